@@ -1,0 +1,173 @@
+"""Wiring: sockets, discovery, prober, metrics and HTTP server, run as named asyncio tasks
+until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, Metric
+
+from exporter.config import ConfigError, Settings
+from exporter.discovery.static import Resolver, StaticDiscovery, system_resolver
+from exporter.http import Health, HttpServer
+from exporter.metrics import MetricsDocument, build_registry
+from exporter.probing.engine import Prober
+from exporter.probing.icmpsocket import IcmpSocket, PrivilegeError, open_socket
+from exporter.targets import Target, merge
+
+log = logging.getLogger("exporter.app")
+
+EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
+
+SocketOpener = Callable[[int, str, int, int, int], IcmpSocket]
+
+
+def loopback_defaults() -> list[str]:
+    """What the exporter probes with no targets and no cluster: its own loopback."""
+    defaults = ["127.0.0.1"]
+    try:
+        with open("/proc/net/if_inet6") as fh:
+            if any(line.split()[0] == "0" * 31 + "1" for line in fh if line.strip()):
+                defaults.append("::1")
+    except OSError:
+        pass
+    return defaults
+
+
+@dataclass
+class Seams:
+    """Where the exporter touches the world; tests replace these with functions."""
+
+    open_socket: SocketOpener = open_socket
+    resolver: Resolver = system_resolver
+    defaults: Callable[[], list[str]] = loopback_defaults
+
+
+@dataclass
+class TargetTable:
+    """Every discovery source's latest targets, merged into the prober's table."""
+
+    prober: Prober
+    sources: dict[str, list[Target]] = field(default_factory=dict)
+
+    def publish(self, source: str, targets: list[Target]) -> None:
+        self.sources[source] = targets
+        self.prober.set_targets(merge(self.sources))
+
+
+def open_sockets(settings: Settings, opener: SocketOpener) -> dict[int, IcmpSocket]:
+    p = settings.probe
+    sockets = {4: opener(4, p.socket_mode, p.ttl, p.traffic_class, 256 * 1024)}
+    try:
+        sockets[6] = opener(6, p.socket_mode, p.ttl, p.traffic_class, 256 * 1024)
+    except OSError as exc:
+        if exc.errno not in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+            raise
+        log.warning("IPv6 is not available (%s); IPv6 targets will count send failures", exc)
+    for fam, s in sockets.items():
+        log.info("ICMP socket open: ipv%d %s, receive buffer %d bytes", fam, s.mode, s.rcvbuf)
+    return sockets
+
+
+class App:
+    def __init__(self, settings: Settings, seams: Seams | None = None) -> None:
+        self.settings = settings
+        self.seams = seams or Seams()
+        self.stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self.stop.set()
+
+    async def run(self) -> int:
+        s = self.settings
+        try:
+            sockets = open_sockets(s, self.seams.open_socket)
+        except PrivilegeError as exc:
+            log.error("%s", exc)
+            return EXIT_FATAL
+        try:
+            return await self._run_with(sockets)
+        finally:
+            for sock in sockets.values():
+                sock.close()
+
+    async def _run_with(self, sockets: dict[int, IcmpSocket]) -> int:
+        s = self.settings
+        prober = Prober(s.probe, sockets)
+        static = StaticDiscovery(s.static, self.seams.defaults(), self.seams.resolver)
+        table = TargetTable(prober)
+        try:
+            table.publish("static", await static.initial())
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return EXIT_CONFIG
+
+        def discovery_metrics() -> Iterator[Metric]:
+            fam = CounterMetricFamily("pingmesh_discovery_errors",
+                                      "Discovery problems: unresolvable names, bad lines, "
+                                      "unreadable files, API errors.",
+                                      labels=["source", "reason"])
+            for reason, n in sorted(static.errors.items()):
+                fam.add_metric(["static", reason], n)
+            yield fam
+
+        registry = build_registry(prober, discovery_metrics)
+        document = MetricsDocument(prober, registry)
+        health = Health()
+        stall_limit = max(10.0, 3 * s.probe.interval)
+
+        def live() -> tuple[bool, str]:
+            age = time.monotonic() - prober.last_tick_monotonic
+            return (age < stall_limit, f"probe loop last ran {age:.1f}s ago")
+
+        health.live = live
+        health.ready = lambda: (True, "ready")
+        host, port = s.web.host_port
+        try:
+            server = HttpServer(host, port, s.web.telemetry_path, document.render, health)
+        except OSError as exc:
+            log.error("flag --web.listen-address %s: cannot listen: %s", s.web.listen_address,
+                      exc.strerror or exc)
+            return EXIT_FATAL
+        server.start()
+        shown = host if host and host not in ("::", "0.0.0.0") else "localhost"
+        if ":" in shown:
+            shown = f"[{shown}]"
+        log.info("serving metrics on http://%s:%d%s (pid %d, %d targets)", shown, server.port,
+                 s.web.telemetry_path, os.getpid(), len(prober.states))
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        prober.attach(loop)
+        tasks = [
+            asyncio.create_task(prober.send_loop(), name="probe.send"),
+            asyncio.create_task(prober.sweep_loop(), name="probe.sweep"),
+            asyncio.create_task(static.run(lambda t: table.publish("static", t)),
+                                name="discovery.static"),
+        ]
+        stopper = asyncio.create_task(self.stop.wait(), name="app.stop")
+        code = EXIT_OK
+        try:
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stopper and not t.cancelled() and t.exception() is not None:
+                    log.error("task %s failed", t.get_name(), exc_info=t.exception())
+                    code = EXIT_FATAL
+        finally:
+            log.info("stopping")
+            for t in [*tasks, stopper]:
+                t.cancel()
+            await asyncio.wait([*tasks, stopper], timeout=0.5)
+            prober.detach(loop)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            server.stop()
+        return code

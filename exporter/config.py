@@ -1,0 +1,304 @@
+"""Settings tree and its parsing from flags and environment variables.
+
+Every flag ``--group.name-part`` can also be given as ``PINGMESH_GROUP_NAME_PART``; a flag on
+the command line wins over the environment. Parsing never touches the network or sockets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from exporter import __version__
+
+DEFAULT_LISTEN = ":9871"
+ENV_PREFIX = "PINGMESH_"
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|s|m|h|d)")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message names the flag."""
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Prometheus-style duration (``500ms``, ``1m30s``) into seconds."""
+    s = text.strip()
+    if not s:
+        raise ValueError("empty duration")
+    pos = 0
+    total = 0.0
+    for m in _DURATION_RE.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or pos == 0:
+        raise ValueError(f"invalid duration {text!r} (use e.g. 500ms, 1s, 1m30s)")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    if seconds >= 1 and math.isclose(seconds, round(seconds)):
+        return f"{round(seconds)}s"
+    return f"{round(seconds * 1000, 3):g}ms"
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """``host:port``, ``:port`` or ``[v6]:port`` into (host, port); an empty host is every
+    address."""
+    s = text.strip()
+    if s.startswith("["):
+        end = s.find("]")
+        if end < 0 or not s[end + 1 :].startswith(":"):
+            raise ValueError(f"invalid listen address {text!r}")
+        host, port_s = s[1:end], s[end + 2 :]
+    else:
+        host, sep, port_s = s.rpartition(":")
+        if not sep:
+            raise ValueError(f"invalid listen address {text!r} (expected host:port or :port)")
+        if ":" in host:
+            raise ValueError(f"invalid listen address {text!r} (bracket IPv6 hosts: [::1]:9871)")
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ValueError(f"invalid port in listen address {text!r}")
+    return host, int(port_s)
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    listen_address: str = DEFAULT_LISTEN
+    telemetry_path: str = "/metrics"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_listen_address(self.listen_address)
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    interval: float = 1.0
+    timeout: float = 1.0
+    payload_size: int = 56
+    ttl: int = 64
+    traffic_class: int = 0
+    socket_mode: str = "auto"  # auto | datagram | raw
+    up_window: int = 3
+
+
+@dataclass(frozen=True)
+class StaticSettings:
+    targets: tuple[str, ...] = ()
+    targets_file: str | None = None
+    refresh_interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = "info"
+    format: str = "logfmt"
+
+
+@dataclass(frozen=True)
+class Settings:
+    web: WebSettings = field(default_factory=WebSettings)
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    static: StaticSettings = field(default_factory=StaticSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+
+def _positive_duration(minimum: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = parse_duration(text)
+        if value < minimum:
+            raise ValueError(f"must be at least {format_duration(minimum)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _int_range(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise ValueError(f"not an integer: {text!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def _listen(text: str) -> str:
+    parse_listen_address(text)
+    return text
+
+
+def _path(text: str) -> str:
+    if not text.startswith("/") or text == "/":
+        raise ValueError(f"must be a path such as /metrics, got {text!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class _Flag:
+    name: str
+    dest: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    repeatable: bool = False
+
+    @property
+    def metavar(self) -> str:
+        return self.name.rsplit(".", 1)[-1].lstrip("-").upper().replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + re.sub(r"[.\-]", "_", self.name.lstrip("-")).upper()
+
+
+_FLAGS: tuple[_Flag, ...] = (
+    _Flag("--web.listen-address", "web.listen_address", _listen, DEFAULT_LISTEN,
+          "address to serve /metrics on (host:port, :port or [v6]:port)"),
+    _Flag("--web.telemetry-path", "web.telemetry_path", _path, "/metrics",
+          "path under which metrics are exposed"),
+    _Flag("--probe.interval", "probe.interval", _positive_duration(0.01), "1s",
+          "time between two probes of one target"),
+    _Flag("--probe.timeout", "probe.timeout", _positive_duration(0.001), "1s",
+          "a reply later than this counts as lost (and as late)"),
+    _Flag("--probe.payload-size", "probe.payload_size", _int_range(16, 1452), "56",
+          "ICMP echo payload in bytes (the first 16 carry a per-process cookie and send time)"),
+    _Flag("--probe.ttl", "probe.ttl", _int_range(1, 255), "64",
+          "IPv4 TTL and IPv6 hop limit of probes"),
+    _Flag("--probe.traffic-class", "probe.traffic_class", _int_range(0, 255), "0",
+          "IPv4 TOS / IPv6 traffic class byte of probes (DSCP << 2)"),
+    _Flag("--probe.socket", "probe.socket_mode", _choice("auto", "datagram", "raw"), "auto",
+          "ICMP socket kind: datagram (needs net.ipv4.ping_group_range), raw (needs "
+          "CAP_NET_RAW), or auto: datagram, else raw"),
+    _Flag("--probe.up-window", "probe.up_window", _int_range(1, 64), "3",
+          "pingmesh_target_up is 1 when any of the last N probes got a reply"),
+    _Flag("--target", "static.targets", str, [],
+          "static target: IP address or host name (repeatable; comma-separated in the "
+          "environment variable)", repeatable=True),
+    _Flag("--targets-file", "static.targets_file", str, None,
+          "file with one static target per line, # starts a comment; re-read on refresh"),
+    _Flag("--static.refresh-interval", "static.refresh_interval", _positive_duration(1.0), "1m",
+          "how often host names are resolved again and the targets file is re-read"),
+    _Flag("--log.level", "log.level", _choice("debug", "info", "warn", "error"), "info",
+          "log level"),
+    _Flag("--log.format", "log.format", _choice("logfmt", "json"), "logfmt",
+          "log line format"),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage()
+        self.exit(2, f"pingmesh-exporter: error: {message}\n")
+
+
+def _wrap(flag: _Flag) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return flag.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = flag.name
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="pingmesh-exporter",
+        description="Probe peers with ICMP and expose latency and loss for Prometheus.",
+        epilog="Every flag can also be set through the environment: --probe.interval is "
+        "PINGMESH_PROBE_INTERVAL; repeatable flags take a comma-separated list.",
+    )
+    for flag in _FLAGS:
+        if flag.repeatable:
+            parser.add_argument(flag.name, dest=flag.dest, action="append", type=_wrap(flag),
+                                default=None, metavar=flag.metavar,
+                                help=flag.help + f" [env {flag.env}]")
+        else:
+            parser.add_argument(flag.name, dest=flag.dest, type=_wrap(flag), default=None,
+                                metavar=flag.metavar,
+                                help=flag.help + f" (default {flag.default}) [env {flag.env}]")
+    parser.add_argument("--version", action="version", version=f"pingmesh-exporter {__version__}")
+    return parser
+
+
+def _from_env(flag: _Flag, environ: Mapping[str, str]) -> Any:
+    raw = environ.get(flag.env)
+    if raw is None or raw == "":
+        return None
+    try:
+        if flag.repeatable:
+            return [flag.parse(part.strip()) for part in raw.split(",") if part.strip()]
+        return flag.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"environment variable {flag.env} (flag {flag.name}): {exc}") from None
+
+
+def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings tree; argparse exits with status 2 on a bad flag, a bad environment
+    variable raises ConfigError naming it."""
+    env = os.environ if environ is None else environ
+    ns = build_parser().parse_args(list(argv))
+    values: dict[str, Any] = {}
+    for flag in _FLAGS:
+        value = getattr(ns, flag.dest)
+        if value is None:
+            value = _from_env(flag, env)
+        if value is None and flag.default is not None:
+            value = list(flag.default) if flag.repeatable else flag.parse(flag.default)
+        values[flag.dest] = value
+    probe = ProbeSettings(
+        interval=values["probe.interval"],
+        timeout=values["probe.timeout"],
+        payload_size=values["probe.payload_size"],
+        ttl=values["probe.ttl"],
+        traffic_class=values["probe.traffic_class"],
+        socket_mode=values["probe.socket_mode"],
+        up_window=values["probe.up_window"],
+    )
+    if probe.timeout > 30 * probe.interval:
+        raise ConfigError(
+            "flag --probe.timeout: must not exceed 30 x --probe.interval "
+            f"({format_duration(probe.timeout)} > 30 x {format_duration(probe.interval)})"
+        )
+    return Settings(
+        web=WebSettings(values["web.listen_address"], values["web.telemetry_path"]),
+        probe=probe,
+        static=StaticSettings(
+            targets=tuple(values["static.targets"]),
+            targets_file=values["static.targets_file"],
+            refresh_interval=values["static.refresh_interval"],
+        ),
+        log=LogSettings(values["log.level"], values["log.format"]),
+    )

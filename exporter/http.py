@@ -1,0 +1,135 @@
+"""HTTP server: /metrics, /healthz, /readyz and a landing page.
+
+It runs in its own threads so that rendering a large /metrics document never blocks the event
+loop that sends probes (the loop keeps the GIL between render slices and reply timestamps come
+from the kernel, so a scrape cannot inflate latency).
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import html
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from exporter import __version__
+from exporter.metrics import CONTENT_TYPE
+
+log = logging.getLogger("exporter.http")
+
+
+class Health:
+    """What /healthz and /readyz answer; set by the app."""
+
+    def __init__(self) -> None:
+        self.live: Callable[[], tuple[bool, str]] = lambda: (True, "ok")
+        self.ready: Callable[[], tuple[bool, str]] = lambda: (False, "starting")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    render: Callable[[], bytes]
+    telemetry_path: str
+    health: Health
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = f"pingmesh-exporter/{__version__}"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def _send(self, code: int, body: bytes, content_type: str, gzip_ok: bool = False) -> None:
+        encoding = None
+        if gzip_ok and "gzip" in self.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body, compresslevel=1)
+            encoding = "gzip"
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if encoding:
+            self.send_header("Content-Encoding", encoding)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        srv = self.server
+        try:
+            if path == srv.telemetry_path:
+                self._send(200, srv.render(), CONTENT_TYPE, gzip_ok=True)
+            elif path in ("/healthz", "/readyz"):
+                ok, why = (srv.health.live if path == "/healthz" else srv.health.ready)()
+                self._send(200 if ok else 503, (why + "\n").encode(), "text/plain; charset=utf-8")
+            elif path == "/":
+                self._send(200, _landing(srv.telemetry_path), "text/html; charset=utf-8")
+            else:
+                self._send(404, b"not found\n", "text/plain; charset=utf-8")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except Exception:
+            log.exception("error serving %s", path)
+            self._send(500, b"internal error\n", "text/plain; charset=utf-8")
+
+
+def _landing(telemetry_path: str) -> bytes:
+    p = html.escape(telemetry_path)
+    return (
+        "<!doctype html><html><head><title>pingmesh-exporter</title></head><body>"
+        f"<h1>pingmesh-exporter {__version__}</h1>"
+        "<p>ICMP and Service mesh monitoring for Kubernetes.</p>"
+        f'<ul><li><a href="{p}">metrics</a></li><li><a href="/healthz">healthz</a></li>'
+        '<li><a href="/readyz">readyz</a></li></ul></body></html>\n'
+    ).encode()
+
+
+class HttpServer:
+    def __init__(self, host: str, port: int, telemetry_path: str, render: Callable[[], bytes],
+                 health: Health) -> None:
+        family = socket.AF_INET6 if ":" in host or host == "" else socket.AF_INET
+        server_cls = type("Server", (_Server,), {"address_family": family})
+        bind_host = host if host else "::"
+        try:
+            self._server: _Server = server_cls((bind_host, port), _Handler, bind_and_activate=False)
+            if family == socket.AF_INET6 and host == "":
+                # Dual-stack wildcard: one listener for IPv4 and IPv6 clients.
+                self._server.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            self._server.server_bind()
+            self._server.server_activate()
+        except OSError as exc:
+            if host == "" and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                # No IPv6 on this host: fall back to IPv4's wildcard.
+                self._server = type("Server4", (_Server,), {"address_family": socket.AF_INET})(
+                    ("0.0.0.0", port), _Handler)
+            else:
+                raise
+        self._server.render = render
+        self._server.telemetry_path = telemetry_path
+        self._server.health = health
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.1}, name="http", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=1)
+        self._server.server_close()

@@ -1,0 +1,193 @@
+"""The /metrics document: per-target probe families rendered straight from the prober's
+current target table, plus the exporter's own metrics through a prometheus_client registry.
+
+Rendering from the live table means a target that leaves takes its series with it, and
+writing the per-target lines directly keeps a scrape of thousands of targets cheap enough not
+to starve the probing loop (prometheus_client's generic path is several times slower).
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.probing.engine import Prober
+from exporter.probing.stats import TargetState, format_le
+from exporter.targets import family_label
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+RTT = "pingmesh_probe_rtt_seconds"
+SENT = "pingmesh_probe_sent_total"
+RECEIVED = "pingmesh_probe_received_total"
+ERRORS = "pingmesh_probe_errors_total"
+UP = "pingmesh_target_up"
+
+
+def _icmplib_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("icmplib")
+    except Exception:
+        return "unknown"
+
+
+def render_targets(states: Iterable[TargetState], buckets: tuple[float, ...]) -> str:
+    """Exposition text of every per-target family for the given target states."""
+    states = list(states)
+    les = [format_le(b) for b in buckets] + ["+Inf"]
+    out: list[str] = [
+        f"# HELP {RTT} Round-trip time of echo replies received within the timeout, from "
+        "kernel timestamps.\n",
+        f"# TYPE {RTT} histogram\n",
+    ]
+    add = out.append
+    for st in states:
+        lbl = st.label_text
+        counts = st.buckets[:]
+        rtt_sum = st.rtt_sum_ns
+        acc = 0
+        for le, c in zip(les, counts, strict=True):
+            acc += c
+            add(f'{RTT}_bucket{{{lbl},le="{le}"}} {acc}\n')
+        add(f"{RTT}_sum{{{lbl}}} {rtt_sum / 1e9!r}\n{RTT}_count{{{lbl}}} {acc}\n")
+    add(f"# HELP {SENT} Echo requests whose outcome is known (reply, error or timeout).\n"
+        f"# TYPE {SENT} counter\n")
+    for st in states:
+        add(f"{SENT}{{{st.label_text}}} {st.sent}\n")
+    add(f"# HELP {RECEIVED} Echo requests answered by a valid reply within the timeout.\n"
+        f"# TYPE {RECEIVED} counter\n")
+    for st in states:
+        add(f"{RECEIVED}{{{st.label_text}}} {st.received}\n")
+    add(f"# HELP {ERRORS} ICMP errors, send failures and invalid replies, by reason.\n"
+        f"# TYPE {ERRORS} counter\n")
+    for st in states:
+        errors = dict(st.errors)
+        for reason in sorted(errors):
+            add(f'{ERRORS}{{{st.label_text},reason="{reason}"}} {errors[reason]}\n')
+    add(f"# HELP {UP} 1 when one of the last probes (--probe.up-window) got a reply.\n"
+        f"# TYPE {UP} gauge\n")
+    for st in states:
+        add(f"{UP}{{{st.label_text}}} {st.up}\n")
+    return "".join(out)
+
+
+class SelfCollector(Collector):
+    """The exporter's own health, computed at scrape time from the prober's state."""
+
+    def __init__(self, prober: Prober, extra: Callable[[], Iterable[Metric]] | None = None
+                 ) -> None:
+        self.prober = prober
+        self.extra = extra
+
+    def collect(self) -> Iterator[Metric]:
+        p = self.prober
+        info = GaugeMetricFamily("pingmesh_build_info", "Build information; always 1.",
+                                 labels=["version", "python_version", "icmplib_version"])
+        info.add_metric([__version__, platform.python_version(), _icmplib_version()], 1)
+        yield info
+
+        by_kind: Counter[tuple[str, str]] = Counter(
+            (s.target.kind, family_label(s.target.family)) for s in p.states)
+        targets = GaugeMetricFamily("pingmesh_targets", "Targets being probed.",
+                                    labels=["kind", "ip_family"])
+        for (kind, fam), n in sorted(by_kind.items()):
+            targets.add_metric([kind, fam], n)
+        yield targets
+
+        yield GaugeMetricFamily("pingmesh_probe_interval_seconds",
+                                "Time between two probes of one target.",
+                                value=p.settings.interval)
+        yield GaugeMetricFamily("pingmesh_probe_timeout_seconds",
+                                "Replies later than this count as lost.",
+                                value=p.settings.timeout)
+
+        packets = CounterMetricFamily("pingmesh_packets_sent",
+                                      "Echo requests handed to the kernel, all targets.",
+                                      labels=["ip_family"])
+        drops = CounterMetricFamily("pingmesh_socket_receive_drops",
+                                    "Packets the kernel dropped because the exporter's receive "
+                                    "buffer was full (SO_RXQ_OVFL).", labels=["ip_family"])
+        unmatched = CounterMetricFamily("pingmesh_unmatched_packets",
+                                        "ICMP packets that matched no request in flight.",
+                                        labels=["ip_family", "reason"])
+        sock_info = GaugeMetricFamily("pingmesh_socket_info",
+                                      "Open ICMP sockets; value is the receive buffer in bytes.",
+                                      labels=["ip_family", "mode"])
+        in_flight = GaugeMetricFamily("pingmesh_probes_in_flight",
+                                      "Echo requests waiting for a reply.", labels=["ip_family"])
+        for family, ch in p.channels.items():
+            if ch.sock is None:
+                continue
+            fl = family_label(family)
+            packets.add_metric([fl], ch.packets_sent)
+            drops.add_metric([fl], ch.sock.drops)
+            for reason, n in sorted(dict(ch.unmatched).items()):
+                unmatched.add_metric([fl, reason], n)
+            sock_info.add_metric([fl, ch.sock.mode], ch.sock.rcvbuf)
+            in_flight.add_metric([fl], len(ch.to_expire))
+        yield from (packets, drops, unmatched, sock_info, in_flight)
+
+        r = p.rounds
+        yield CounterMetricFamily("pingmesh_probe_rounds", "Completed probe rounds.",
+                                  value=r.rounds)
+        yield CounterMetricFamily("pingmesh_probe_rounds_skipped",
+                                  "Rounds skipped because the loop fell behind.",
+                                  value=r.skipped)
+        yield GaugeMetricFamily("pingmesh_last_round_duration_seconds",
+                                "Time from the first to the last send of the last round.",
+                                value=r.last_duration_s)
+        yield GaugeMetricFamily("pingmesh_last_round_max_lag_seconds",
+                                "Largest delay of a send behind its schedule in the last round.",
+                                value=r.last_max_lag_s)
+        yield GaugeMetricFamily("pingmesh_last_round_end_timestamp_seconds",
+                                "Unix time at which the last round ended.",
+                                value=r.last_end_unix)
+        if self.extra is not None:
+            yield from self.extra()
+
+
+class MetricsDocument:
+    """Builds the whole /metrics text; called from HTTP server threads."""
+
+    def __init__(self, prober: Prober, registry: CollectorRegistry) -> None:
+        self.prober = prober
+        self.registry = registry
+        self.last_render_seconds = 0.0
+        registry.register(_RenderCollector(self))
+
+    def render(self) -> bytes:
+        started = time.perf_counter()
+        head = generate_latest(self.registry)
+        body = render_targets(self.prober.states, self.prober.buckets).encode()
+        self.last_render_seconds = time.perf_counter() - started
+        return head + body
+
+
+def build_registry(prober: Prober, extra: Callable[[], Iterable[Metric]] | None = None
+                   ) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SelfCollector(prober, extra))
+    if sys.platform.startswith("linux"):
+        ProcessCollector(registry=registry)
+    return registry
+
+
+class _RenderCollector(Collector):
+    def __init__(self, doc: MetricsDocument) -> None:
+        self.doc = doc
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("pingmesh_metrics_render_seconds",
+                                "Time the previous /metrics render took.",
+                                value=self.doc.last_render_seconds)

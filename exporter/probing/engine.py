@@ -1,0 +1,366 @@
+"""The probing engine: paced echo requests to every target over one socket per family, and one
+reader per socket that matches replies and ICMP errors to the requests still in flight.
+
+A probe's outcome is decided once: a valid reply within the timeout (received), or a timeout
+or ICMP error (lost). Anything else that arrives for it later (duplicates, late or corrupt
+replies, replies from the wrong source) is counted as an error and never changes RTT or loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from exporter.config import ProbeSettings
+from exporter.probing import wire
+from exporter.probing.icmpsocket import IcmpSocket
+from exporter.probing.stats import DEFAULT_RTT_BUCKETS, TargetState
+from exporter.targets import Target, TargetKey, diff, family_label
+
+log = logging.getLogger("exporter.probing")
+
+PENDING, ANSWERED, EXPIRED = 0, 1, 2
+# Flight record fields (a list, not an object: this is the per-packet hot path).
+_ST, _ADDR, _PAYLOAD, _TXR, _TXM, _STATUS = range(6)
+
+MIN_TICK_NS = 2_000_000  # sends are batched per 2 ms tick at most: no bursts, few wake-ups
+DRAIN_BATCH = 2048  # packets read per wake-up before yielding to the loop
+CLOCK_SLACK_NS = 2_000_000
+
+
+@dataclass
+class RoundStats:
+    rounds: int = 0
+    skipped: int = 0
+    last_duration_s: float = 0.0
+    last_max_lag_s: float = 0.0
+    last_end_unix: float = 0.0
+
+
+@dataclass
+class Channel:
+    """Everything that belongs to one address family's socket."""
+
+    family: int
+    sock: IcmpSocket | None
+    flights: dict[int, list[object]] = field(default_factory=dict)
+    to_expire: deque[tuple[int, int, list[object]]] = field(default_factory=deque)
+    to_forget: deque[tuple[int, int, list[object]]] = field(default_factory=deque)
+    seq: int = 0
+    packets_sent: int = 0
+    unmatched: dict[str, int] = field(default_factory=dict)
+    seq_reuse: int = 0
+
+    def unmatched_add(self, reason: str) -> None:
+        self.unmatched[reason] = self.unmatched.get(reason, 0) + 1
+
+
+class Prober:
+    def __init__(self, settings: ProbeSettings, sockets: Mapping[int, IcmpSocket],
+                 const_labels: str = "",
+                 buckets: tuple[float, ...] = DEFAULT_RTT_BUCKETS) -> None:
+        self.settings = settings
+        self.channels = {f: Channel(f, sockets.get(f)) for f in (4, 6)}
+        self.const_labels = const_labels
+        self.buckets = buckets
+        self._bounds_ns = [round(b * 1e9) for b in buckets]
+        self._interval_ns = round(settings.interval * 1e9)
+        self._timeout_ns = round(settings.timeout * 1e9)
+        # Replies are remembered this long after their deadline so late ones and duplicates
+        # are recognised, not mistaken for strangers.
+        self._linger_ns = max(self._timeout_ns, 5_000_000_000)
+        self._cookie = os.urandom(8)
+        self._filler = bytes(range(256)) * ((settings.payload_size // 256) + 1)
+        self._nonce = int.from_bytes(os.urandom(4), "big")
+        self._states: dict[TargetKey, TargetState] = {}
+        self._targets: dict[TargetKey, Target] = {}
+        self._order: list[TargetState] = []
+        self._logged_send_errors: set[tuple[TargetKey, int]] = set()
+        self.states: tuple[TargetState, ...] = ()
+        self.rounds = RoundStats()
+        self.last_tick_monotonic = time.monotonic()
+
+    # ----- target set -----------------------------------------------------------------
+
+    def set_targets(self, table: Mapping[TargetKey, Target]) -> None:
+        change = diff(self._targets, table)
+        if change.empty:
+            return
+        for t in change.removed:
+            st = self._states.pop(t.key)
+            st.removed = True
+            self._logged_send_errors = {e for e in self._logged_send_errors if e[0] != t.key}
+        for t in change.added:
+            self._states[t.key] = TargetState(t, self._bounds_ns, self.settings.up_window,
+                                              self.const_labels)
+        for t in change.moved:
+            st = self._states[t.key]
+            st.target = t
+            st.address = t.address
+        self._targets = dict(table)
+        self.states = tuple(self._states.values())
+        self._order = sorted(self.states, key=lambda s: s.phase)
+        for fam, ch in self.channels.items():
+            if ch.sock is not None:
+                count = sum(1 for s in self.states if s.target.family == fam)
+                ch.sock.resize(min(max(count * 1280, 256 * 1024), 32 * 1024 * 1024))
+        log.info("target set changed: %d added, %d removed, %d moved, %d total",
+                 len(change.added), len(change.removed), len(change.moved), len(self.states))
+
+    # ----- sending ----------------------------------------------------------------------
+
+    def _send(self, st: TargetState) -> None:
+        fam = st.target.family
+        ch = self.channels[fam]
+        sock = ch.sock
+        if sock is None:
+            self._send_failed(st, errno.EAFNOSUPPORT)
+            return
+        seq = ch.seq = (ch.seq + 1) & 0xFFFF
+        old = ch.flights.get(seq)
+        if old is not None and old[_STATUS] == PENDING:
+            # More probes in flight than sequence numbers: the oldest is given up as lost.
+            # Only reachable with rate x timeout beyond 65,536 per family.
+            old[_STATUS] = EXPIRED
+            old_st = old[_ST]
+            assert isinstance(old_st, TargetState)
+            old_st.lost()
+            ch.seq_reuse += 1
+        self._nonce = (self._nonce + 1) & 0xFFFFFFFFFFFFFFFF
+        payload = wire.make_payload(self._cookie, self._nonce, self.settings.payload_size,
+                                    self._filler)
+        packet = wire.build_echo(fam, sock.ident, seq, payload,
+                                 with_checksum=sock.raw and fam == 4)
+        address = st.address
+        tx_mono = time.monotonic_ns()
+        tx_real = time.time_ns()
+        try:
+            sock.send(packet, address)
+        except OSError as exc:
+            self._send_failed(st, exc.errno or 0)
+            return
+        flight: list[object] = [st, address, payload, tx_real, tx_mono, PENDING]
+        ch.flights[seq] = flight
+        ch.to_expire.append((tx_mono + self._timeout_ns, seq, flight))
+        ch.packets_sent += 1
+
+    def _send_failed(self, st: TargetState, err: int) -> None:
+        st.error("send_failed")
+        key = (st.target.key, err)
+        if key not in self._logged_send_errors:
+            self._logged_send_errors.add(key)
+            log.warning("cannot send to %s (%s): %s", st.target.display, st.address,
+                        os.strerror(err) if err else "unknown error")
+
+    async def send_loop(self) -> None:
+        interval = self._interval_ns
+        next_round = time.monotonic_ns()
+        jitter_max = min(interval // 20, 10_000_000)
+        while True:
+            round_start = next_round + random.randrange(jitter_max + 1)
+            order = self._order
+            n = len(order)
+            i = 0
+            max_lag = 0
+            first_send = last_send = 0
+            while i < n:
+                now = time.monotonic_ns()
+                self.last_tick_monotonic = now / 1e9
+                due = 0
+                while i < n:
+                    st = order[i]
+                    due = round_start + int(st.phase * interval)
+                    if due > now:
+                        break
+                    if not st.removed:
+                        self._send(st)
+                        last_send = now
+                        first_send = first_send or now
+                        max_lag = max(max_lag, now - due)
+                    i += 1
+                if i < n:
+                    await asyncio.sleep(max(due - now, MIN_TICK_NS) / 1e9)
+            if n:
+                self.rounds.rounds += 1
+                self.rounds.last_duration_s = (last_send - first_send) / 1e9
+                self.rounds.last_max_lag_s = max_lag / 1e9
+                self.rounds.last_end_unix = time.time()
+            next_round += interval
+            now = time.monotonic_ns()
+            if next_round < now - interval:
+                # The loop was stalled for more than a round: skip ahead instead of bursting.
+                skipped = (now - next_round) // interval
+                self.rounds.skipped += skipped
+                next_round += skipped * interval
+            self.last_tick_monotonic = now / 1e9
+            await asyncio.sleep(max(next_round - now, 0) / 1e9)
+
+    # ----- receiving --------------------------------------------------------------------
+
+    def drain(self, ch: Channel) -> None:
+        """Read everything queued on the channel's socket (reader callback)."""
+        sock = ch.sock
+        if sock is None:
+            return
+        for _ in range(DRAIN_BATCH):
+            try:
+                got = sock.recv()
+            except OSError:
+                # An error the kernel reports on the socket; the details wait on the error
+                # queue, read below.
+                self._drain_errors(ch)
+                continue
+            if got is None:
+                break
+            self._on_packet(ch, got.data, got.source, got.rx_ns, got.truncated)
+        self._drain_errors(ch)
+
+    def _drain_errors(self, ch: Channel) -> None:
+        sock = ch.sock
+        if sock is None or sock.raw:
+            return
+        for _ in range(DRAIN_BATCH):
+            try:
+                qe = sock.recv_error()
+            except OSError:
+                return
+            if qe is None:
+                return
+            quoted = wire.parse_quoted_request(ch.family, qe.quoted)
+            if qe.icmp_type < 0 or quoted is None:
+                ch.unmatched_add("unknown_error")
+                continue
+            self._on_error(ch, wire.error_reason(ch.family, qe.icmp_type), quoted[1],
+                           qe.destination)
+
+    def _on_packet(self, ch: Channel, data: bytes, source: str, rx_ns: int | None,
+                   truncated: bool) -> None:
+        parsed = wire.parse_icmp(ch.family, data)
+        sock = ch.sock
+        assert sock is not None
+        if isinstance(parsed, wire.EchoReply):
+            if sock.raw and parsed.ident != sock.ident:
+                return  # another program's ping, seen because raw sockets see everything
+            self._on_reply(ch, source, parsed.seq, parsed.payload, rx_ns, truncated)
+        elif isinstance(parsed, wire.IcmpError):
+            if sock.raw and parsed.ident != sock.ident:
+                return
+            self._on_error(ch, parsed.reason, parsed.seq, parsed.inner_destination)
+        else:
+            ch.unmatched_add(parsed.why)
+
+    def _on_reply(self, ch: Channel, source: str, seq: int, payload: bytes,
+                  rx_ns: int | None, truncated: bool) -> None:
+        flight = ch.flights.get(seq)
+        if flight is None:
+            ch.unmatched_add("unknown_sequence")
+            return
+        st = flight[_ST]
+        assert isinstance(st, TargetState)
+        if st.removed:
+            return
+        if source != flight[_ADDR]:
+            st.error("wrong_source")
+            return
+        expected = flight[_PAYLOAD]
+        if payload != expected:
+            assert isinstance(expected, bytes)
+            st.error("truncated" if truncated or len(payload) < len(expected) else "corrupt")
+            return
+        status = flight[_STATUS]
+        if status == ANSWERED:
+            st.error("duplicate")
+            return
+        if status == EXPIRED:
+            st.error("late")
+            return
+        now_real = time.time_ns()
+        tx_real = flight[_TXR]
+        tx_mono = flight[_TXM]
+        assert isinstance(tx_real, int) and isinstance(tx_mono, int)
+        elapsed = time.monotonic_ns() - tx_mono
+        rtt = (rx_ns if rx_ns is not None else now_real) - tx_real
+        if rtt < 0 or rtt > elapsed + CLOCK_SLACK_NS:
+            # The wall clock stepped between send and receive: the reply is real, its RTT
+            # is not.
+            flight[_STATUS] = ANSWERED
+            st.reply(None)
+            st.error("clock_step")
+            return
+        if rtt > self._timeout_ns:
+            flight[_STATUS] = EXPIRED
+            st.lost()
+            st.error("late")
+            return
+        flight[_STATUS] = ANSWERED
+        st.reply(rtt)
+
+    def _on_error(self, ch: Channel, reason: str, seq: int, destination: str | None) -> None:
+        flight = ch.flights.get(seq)
+        if flight is None or (destination is not None and destination != flight[_ADDR]):
+            ch.unmatched_add("unknown_error")
+            return
+        st = flight[_ST]
+        assert isinstance(st, TargetState)
+        if st.removed:
+            return
+        st.error(reason)
+        if flight[_STATUS] == PENDING:
+            flight[_STATUS] = EXPIRED
+            st.lost()
+
+    # ----- timeouts ---------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Give up on requests past their deadline and forget old flights."""
+        now = time.monotonic_ns()
+        for ch in self.channels.values():
+            if ch.to_expire and ch.to_expire[0][0] <= now:
+                # Replies already queued in the kernel were on time or not by their own
+                # timestamps; read them before declaring anything lost.
+                self.drain(ch)
+            exp = ch.to_expire
+            while exp and exp[0][0] <= now:
+                deadline, seq, flight = exp.popleft()
+                if flight[_STATUS] == PENDING:
+                    flight[_STATUS] = EXPIRED
+                    st = flight[_ST]
+                    assert isinstance(st, TargetState)
+                    if not st.removed:
+                        st.lost()
+                ch.to_forget.append((deadline + self._linger_ns, seq, flight))
+            fg = ch.to_forget
+            while fg and fg[0][0] <= now:
+                _, seq, flight = fg.popleft()
+                if ch.flights.get(seq) is flight:
+                    del ch.flights[seq]
+
+    async def sweep_loop(self) -> None:
+        period = min(0.05, self.settings.timeout / 2)
+        while True:
+            await asyncio.sleep(period)
+            self.sweep()
+
+    # ----- lifecycle --------------------------------------------------------------------
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        for ch in self.channels.values():
+            if ch.sock is not None:
+                loop.add_reader(ch.sock.fileno(), self.drain, ch)
+
+    def detach(self, loop: asyncio.AbstractEventLoop) -> None:
+        for ch in self.channels.values():
+            if ch.sock is not None:
+                loop.remove_reader(ch.sock.fileno())
+
+    def socket_info(self) -> list[tuple[str, str, int]]:
+        """(ip_family, mode, receive buffer bytes) of every open socket."""
+        return [(family_label(f), ch.sock.mode, ch.sock.rcvbuf)
+                for f, ch in self.channels.items() if ch.sock is not None]

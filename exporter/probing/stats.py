@@ -1,0 +1,101 @@
+"""Per-target probe state: counters and the RTT histogram, updated only by the event loop.
+
+The HTTP thread reads these objects while the loop writes them. Each field is read once per
+render (an int or a list copy, atomic under the GIL), so a scrape may lag a probe behind but
+never sees a histogram whose count disagrees with its buckets.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+from exporter.targets import Target, family_label
+
+# 25 us doubling to 6.5536 s: separates 50, 100 and 200 us pod paths and still covers
+# intercontinental and overloaded paths, in 19 buckets.
+DEFAULT_RTT_BUCKETS: tuple[float, ...] = tuple(25e-6 * 2**k for k in range(19))
+
+ERROR_REASONS = (
+    "send_failed",
+    "duplicate",
+    "late",
+    "wrong_source",
+    "corrupt",
+    "truncated",
+    "clock_step",
+    "unreachable",
+    "ttl_exceeded",
+    "packet_too_big",
+    "parameter_problem",
+    "source_quench",
+    "icmp_error",
+)
+
+
+def format_le(bound: float) -> str:
+    return repr(float(round(bound, 9)))
+
+
+class TargetState:
+    __slots__ = (
+        "address",
+        "bounds_ns",
+        "buckets",
+        "errors",
+        "history",
+        "label_text",
+        "phase",
+        "received",
+        "removed",
+        "resolved",
+        "rtt_sum_ns",
+        "sent",
+        "target",
+        "up_mask",
+    )
+
+    def __init__(self, target: Target, bounds_ns: list[int], up_window: int,
+                 const_labels: str) -> None:
+        self.target = target
+        self.address = target.address
+        self.phase = target.phase()
+        self.bounds_ns = bounds_ns
+        self.buckets = [0] * (len(bounds_ns) + 1)
+        self.rtt_sum_ns = 0
+        self.sent = 0
+        self.received = 0
+        self.errors: dict[str, int] = {}
+        self.history = 0
+        self.resolved = 0
+        self.up_mask = (1 << up_window) - 1
+        self.removed = False
+        parts = [const_labels] if const_labels else []
+        parts += [f'{k}="{escape(v)}"' for k, v in target.labels]
+        parts.append(f'ip_family="{family_label(target.family)}"')
+        self.label_text = ",".join(parts)
+
+    def reply(self, rtt_ns: int | None) -> None:
+        """A valid reply within the timeout; rtt_ns None when it could not be trusted."""
+        self.sent += 1
+        self.received += 1
+        self.resolved += 1
+        self.history = ((self.history << 1) | 1) & self.up_mask
+        if rtt_ns is not None:
+            self.buckets[bisect_left(self.bounds_ns, rtt_ns)] += 1
+            self.rtt_sum_ns += rtt_ns
+
+    def lost(self) -> None:
+        self.sent += 1
+        self.resolved += 1
+        self.history = (self.history << 1) & self.up_mask
+
+    def error(self, reason: str) -> None:
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+    @property
+    def up(self) -> int:
+        return 1 if self.history else 0
+
+
+def escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

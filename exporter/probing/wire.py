@@ -1,0 +1,135 @@
+"""ICMP and ICMPv6 echo messages and errors, as bytes. Pure functions, no sockets."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+ECHO_REQUEST = {4: 8, 6: 128}
+ECHO_REPLY = {4: 0, 6: 129}
+
+# ICMP error types by family, named as they appear in the errors metric's reason label.
+ERROR_REASONS: dict[int, dict[int, str]] = {
+    4: {3: "unreachable", 11: "ttl_exceeded", 12: "parameter_problem", 4: "source_quench"},
+    6: {1: "unreachable", 2: "packet_too_big", 3: "ttl_exceeded", 4: "parameter_problem"},
+}
+
+_HDR = struct.Struct("!BBHHH")
+_ID_SEQ = struct.Struct("!HH")
+_COOKIE_LEN = 8
+_STAMP = struct.Struct("!Q")
+
+
+def checksum(data: bytes) -> int:
+    """RFC 1071 Internet checksum."""
+    if len(data) % 2:
+        data += b"\x00"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def make_payload(cookie: bytes, stamp: int, size: int, filler: bytes) -> bytes:
+    """Payload of one probe: a per-process cookie, the send time, then filler up to size.
+    A reply must carry exactly these bytes back, which is how corrupt replies are told apart."""
+    head = cookie + _STAMP.pack(stamp & 0xFFFFFFFFFFFFFFFF)
+    return (head + filler)[:size] if size >= len(head) else head[:size]
+
+
+def build_echo(family: int, ident: int, seq: int, payload: bytes, with_checksum: bool) -> bytes:
+    """An echo request. Datagram ICMP sockets and raw ICMPv6 sockets have the kernel fill in
+    the checksum; raw IPv4 sockets need it here."""
+    header = _HDR.pack(ECHO_REQUEST[family], 0, 0, ident, seq)
+    if not with_checksum:
+        return header + payload
+    csum = checksum(header + payload)
+    return _HDR.pack(ECHO_REQUEST[family], 0, csum, ident, seq) + payload
+
+
+@dataclass(frozen=True)
+class EchoReply:
+    ident: int
+    seq: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class IcmpError:
+    reason: str
+    icmp_type: int
+    code: int
+    ident: int  # of the quoted echo request
+    seq: int
+    inner_destination: str | None  # where the quoted request was going
+
+
+@dataclass(frozen=True)
+class Ignored:
+    why: str  # "malformed", "other_type"
+
+
+Parsed = EchoReply | IcmpError | Ignored
+
+
+def strip_ipv4_header(packet: bytes) -> bytes | None:
+    if len(packet) < 20 or packet[0] >> 4 != 4:
+        return None
+    ihl = (packet[0] & 0x0F) * 4
+    if ihl < 20 or len(packet) < ihl:
+        return None
+    return packet[ihl:]
+
+
+def _ntop(family: int, raw: bytes) -> str:
+    import socket
+
+    return socket.inet_ntop(socket.AF_INET if family == 4 else socket.AF_INET6, raw)
+
+
+def _quoted_echo(family: int, quoted: bytes) -> tuple[int, int, str] | None:
+    """(ident, seq, destination) of the echo request an ICMP error quotes."""
+    if family == 4:
+        if len(quoted) < 20 or quoted[0] >> 4 != 4 or quoted[9] != 1:
+            return None
+        ihl = (quoted[0] & 0x0F) * 4
+        dst = _ntop(4, quoted[16:20])
+        inner = quoted[ihl:]
+    else:
+        if len(quoted) < 40 or quoted[0] >> 4 != 6 or quoted[6] != 58:
+            return None
+        dst = _ntop(6, quoted[24:40])
+        inner = quoted[40:]
+    if len(inner) < 8 or inner[0] != ECHO_REQUEST[family]:
+        return None
+    ident, seq = _ID_SEQ.unpack_from(inner, 4)
+    return ident, seq, dst
+
+
+def parse_icmp(family: int, message: bytes) -> Parsed:
+    """Parse an ICMP message that starts at the ICMP header."""
+    if len(message) < 8:
+        return Ignored("malformed")
+    icmp_type, code = message[0], message[1]
+    if icmp_type == ECHO_REPLY[family]:
+        ident, seq = _ID_SEQ.unpack_from(message, 4)
+        return EchoReply(ident, seq, message[8:])
+    reason = ERROR_REASONS[family].get(icmp_type)
+    if reason is None:
+        return Ignored("other_type")
+    quoted = _quoted_echo(family, message[8:])
+    if quoted is None:
+        return Ignored("malformed")
+    return IcmpError(reason, icmp_type, code, quoted[0], quoted[1], quoted[2])
+
+
+def parse_quoted_request(family: int, data: bytes) -> tuple[int, int] | None:
+    """(ident, seq) from the echo request a datagram socket's error queue hands back."""
+    if len(data) < 8 or data[0] != ECHO_REQUEST[family]:
+        return None
+    ident, seq = _ID_SEQ.unpack_from(data, 4)
+    return ident, seq
+
+
+def error_reason(family: int, icmp_type: int) -> str:
+    return ERROR_REASONS[family].get(icmp_type, "icmp_error")

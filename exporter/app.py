@@ -19,14 +19,14 @@ from exporter.discovery.static import Resolver, StaticDiscovery, system_resolver
 from exporter.http import Health, HttpServer
 from exporter.metrics import MetricsDocument, build_registry
 from exporter.probing.engine import Prober
-from exporter.probing.icmpsocket import IcmpSocket, PrivilegeError, open_socket
+from exporter.probing.icmpsocket import PrivilegeError, ProbeSocket, open_socket
 from exporter.targets import Target, merge
 
 log = logging.getLogger("exporter.app")
 
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
 
-SocketOpener = Callable[[int, str, int, int, int], IcmpSocket]
+SocketOpener = Callable[[int, str, int, int, int], ProbeSocket]
 
 
 def loopback_defaults() -> list[str]:
@@ -62,7 +62,7 @@ class TargetTable:
         self.prober.set_targets(merge(self.sources))
 
 
-def open_sockets(settings: Settings, opener: SocketOpener) -> dict[int, IcmpSocket]:
+def open_sockets(settings: Settings, opener: SocketOpener) -> dict[int, ProbeSocket]:
     p = settings.probe
     sockets = {4: opener(4, p.socket_mode, p.ttl, p.traffic_class, 256 * 1024)}
     try:
@@ -98,7 +98,7 @@ class App:
             for sock in sockets.values():
                 sock.close()
 
-    async def _run_with(self, sockets: dict[int, IcmpSocket]) -> int:
+    async def _run_with(self, sockets: dict[int, ProbeSocket]) -> int:
         s = self.settings
         prober = Prober(s.probe, sockets)
         static = StaticDiscovery(s.static, self.seams.defaults(), self.seams.resolver)

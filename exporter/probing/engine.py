@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from exporter.config import ProbeSettings
 from exporter.probing import wire
-from exporter.probing.icmpsocket import IcmpSocket
+from exporter.probing.icmpsocket import ProbeSocket
 from exporter.probing.stats import DEFAULT_RTT_BUCKETS, TargetState
 from exporter.targets import Target, TargetKey, diff, family_label
 
@@ -49,7 +49,7 @@ class Channel:
     """Everything that belongs to one address family's socket."""
 
     family: int
-    sock: IcmpSocket | None
+    sock: ProbeSocket | None
     flights: dict[int, list[object]] = field(default_factory=dict)
     to_expire: deque[tuple[int, int, list[object]]] = field(default_factory=deque)
     to_forget: deque[tuple[int, int, list[object]]] = field(default_factory=deque)
@@ -63,7 +63,7 @@ class Channel:
 
 
 class Prober:
-    def __init__(self, settings: ProbeSettings, sockets: Mapping[int, IcmpSocket],
+    def __init__(self, settings: ProbeSettings, sockets: Mapping[int, ProbeSocket],
                  const_labels: str = "",
                  buckets: tuple[float, ...] = DEFAULT_RTT_BUCKETS) -> None:
         self.settings = settings

@@ -12,6 +12,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Protocol
 
 import icmplib
 
@@ -35,6 +36,24 @@ _U32 = struct.Struct("@I")
 _EXT_ERR = struct.Struct("@IBBBBII")
 _ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_U32.size) + 64
 _ERR_ANC_SIZE = 512
+
+
+class ProbeSocket(Protocol):
+    """What the engine needs of a socket; IcmpSocket is the real one."""
+
+    family: int
+    mode: str
+    raw: bool
+    ident: int
+    rcvbuf: int
+    drops: int
+
+    def fileno(self) -> int: ...
+    def send(self, packet: bytes, address: str) -> None: ...
+    def recv(self) -> Received | None: ...
+    def recv_error(self) -> QueuedError | None: ...
+    def resize(self, wanted: int) -> None: ...
+    def close(self) -> None: ...
 
 
 class PrivilegeError(Exception):

@@ -1,0 +1,46 @@
+# Everything a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+APT_PACKAGES := fping dnsmasq-base iptables iproute2 prometheus prometheus-smokeping-prober
+
+.PHONY: run test lint bench system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+## run: the exporter on its embedded default (probes this machine's loopback), Ctrl-C stops it
+run: $(STAMP)
+	$(PY) -m exporter --web.listen-address 127.0.0.1:9871
+
+## system-deps: Debian packages the tests and benchmarks use (fping, Prometheus, ...)
+system-deps:
+	@missing=""; \
+	for bin in fping dnsmasq iptables ip prometheus promtool prometheus-smokeping-prober; do \
+	  command -v $$bin >/dev/null 2>&1 || missing="$$missing $$bin"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+
+## test: the whole suite (unit, real-network, lint and types); root runs the network tests
+test: $(STAMP) system-deps
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check exporter tests bench
+	$(PY) -m mypy exporter
+
+## bench: probe 1,000 and 5,000 routed targets against fping and smokeping_prober
+bench: $(STAMP) system-deps
+	$(PY) bench/probe_bench.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

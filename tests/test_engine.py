@@ -1,0 +1,247 @@
+"""Reply matching and accounting of the probing engine, with a scripted socket: no network."""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections import deque
+
+import pytest
+
+from exporter.config import ProbeSettings
+from exporter.probing import wire
+from exporter.probing.engine import Prober
+from exporter.probing.icmpsocket import QueuedError, Received
+from exporter.probing.stats import TargetState
+from exporter.targets import index, static_target
+
+
+class ScriptedSocket:
+    """Records what the engine sends; hands back whatever a test queues."""
+
+    def __init__(self, family: int = 4, raw: bool = False) -> None:
+        self.family = family
+        self.raw = raw
+        self.mode = "raw" if raw else "datagram"
+        self.ident = 0x4242 if raw else 0
+        self.rcvbuf = 1 << 20
+        self.drops = 0
+        self.sent: list[tuple[bytes, str, int]] = []
+        self.inbox: deque[Received] = deque()
+        self.errors: deque[QueuedError] = deque()
+        self.fail_with: OSError | None = None
+
+    def fileno(self) -> int:
+        return -1
+
+    def send(self, packet: bytes, address: str) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.sent.append((packet, address, time.time_ns()))
+
+    def recv(self) -> Received | None:
+        return self.inbox.popleft() if self.inbox else None
+
+    def recv_error(self) -> QueuedError | None:
+        return self.errors.popleft() if self.errors else None
+
+    def resize(self, wanted: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    # --- helpers for tests ---
+    def reply(self, i: int = -1, *, delay_ns: int = 300_000, source: str | None = None,
+              payload: bytes | None = None, seq_shift: int = 0, truncated: bool = False) -> None:
+        packet, address, tx = self.sent[i]
+        _t, _c, _k, ident, seq = struct.unpack_from("!BBHHH", packet)
+        body = packet[8:] if payload is None else payload
+        reply = struct.pack("!BBHHH", wire.ECHO_REPLY[self.family], 0, 0, ident,
+                            (seq + seq_shift) & 0xFFFF) + body
+        self.inbox.append(Received(reply, source or address, tx + delay_ns, truncated))
+
+
+def make(targets: list[str], timeout: float = 1.0, raw: bool = False
+         ) -> tuple[Prober, ScriptedSocket, list[TargetState]]:
+    sock = ScriptedSocket(raw=raw)
+    prober = Prober(ProbeSettings(interval=1.0, timeout=timeout), {4: sock})
+    prober.set_targets(index(static_target(t, t) for t in targets))
+    by_name = {dict(s.target.labels)["target"]: s for s in prober.states}
+    return prober, sock, [by_name[t] for t in targets]
+
+
+def drain(prober: Prober) -> None:
+    prober.drain(prober.channels[4])
+
+
+def test_reply_counts_received_with_kernel_rtt() -> None:
+    prober, sock, (st,) = make(["198.18.1.1"])
+    prober._send(st)
+    sock.reply(delay_ns=300_000)
+    drain(prober)
+    assert (st.sent, st.received) == (1, 1)
+    assert 300_000 <= st.rtt_sum_ns < 350_000  # fake stamps its send a little later
+    assert sum(st.buckets) == 1
+    assert st.up == 1
+    # 300 us falls in the (200 us, 400 us] bucket
+    assert st.buckets[prober._bounds_ns.index(400_000)] == 1
+
+
+def test_duplicate_is_counted_once() -> None:
+    prober, sock, (st,) = make(["198.18.1.1"])
+    prober._send(st)
+    sock.reply()
+    sock.reply()
+    drain(prober)
+    assert (st.sent, st.received) == (1, 1)
+    assert st.errors == {"duplicate": 1}
+
+
+def test_wrong_source_does_not_count() -> None:
+    prober, sock, (a, b) = make(["198.18.1.1", "198.18.1.2"])
+    prober._send(a)
+    sock.reply(source="198.18.1.2")
+    drain(prober)
+    assert (a.received, a.errors) == (0, {"wrong_source": 1})
+    assert b.errors == {}
+
+
+def test_corrupt_and_truncated_replies_are_rejected() -> None:
+    prober, sock, (st,) = make(["198.18.1.1"])
+    prober._send(st)
+    good = sock.sent[-1][0][8:]
+    sock.reply(payload=bytes([good[0] ^ 0xFF]) + good[1:])
+    sock.reply(payload=good[: len(good) // 2])
+    drain(prober)
+    assert st.received == 0
+    assert st.errors == {"corrupt": 1, "truncated": 1}
+    sock.reply()  # the genuine reply still counts
+    drain(prober)
+    assert st.received == 1
+
+
+def test_unknown_sequence_is_unmatched() -> None:
+    prober, sock, (st,) = make(["198.18.1.1"])
+    prober._send(st)
+    sock.reply(seq_shift=7)
+    drain(prober)
+    assert st.received == 0 and st.errors == {}
+    assert prober.channels[4].unmatched == {"unknown_sequence": 1}
+
+
+def test_timeout_then_late_reply() -> None:
+    prober, sock, (st,) = make(["198.18.1.1"], timeout=0.01)
+    prober._send(st)
+    time.sleep(0.02)
+    prober.sweep()
+    assert (st.sent, st.received, st.up) == (1, 0, 0)
+    sock.reply(delay_ns=15_000_000)
+    drain(prober)
+    assert (st.sent, st.received) == (1, 0)
+    assert st.errors == {"late": 1}
+
+
+def test_reply_with_rtt_over_timeout_is_late_even_before_sweep() -> None:
+    prober, sock, (st,) = make(["198.18.1.1"], timeout=0.005)
+    prober._send(st)
+    time.sleep(0.01)
+    sock.reply(delay_ns=8_000_000)
+    drain(prober)
+    assert (st.sent, st.received, st.errors) == (1, 0, {"late": 1})
+    prober.sweep()
+    assert st.sent == 1  # not counted twice
+
+
+def test_clock_step_keeps_reply_drops_rtt() -> None:
+    prober, sock, (st,) = make(["198.18.1.1"])
+    prober._send(st)
+    sock.reply(delay_ns=-5_000_000_000)  # wall clock went back 5 s
+    drain(prober)
+    assert (st.sent, st.received) == (1, 1)
+    assert sum(st.buckets) == 0
+    assert st.errors == {"clock_step": 1}
+
+
+def test_icmp_error_from_error_queue_counts_by_type_and_as_lost() -> None:
+    prober, sock, (st,) = make(["198.18.1.1"])
+    prober._send(st)
+    packet, address, _ = sock.sent[-1]
+    sock.errors.append(QueuedError(3, 1, address, packet))
+    drain(prober)
+    assert (st.sent, st.received, st.errors) == (1, 0, {"unreachable": 1})
+    prober.sweep()
+    assert st.sent == 1
+
+
+def test_raw_icmp_error_quoting_our_request() -> None:
+    prober, sock, (st,) = make(["198.18.1.1"], raw=True)
+    prober._send(st)
+    packet, _address, _ = sock.sent[-1]
+    inner_ip = bytes([0x45, 0, 0, 84, 0, 0, 0, 0, 64, 1, 0, 0, 198, 18, 0, 1, 198, 18, 1, 1])
+    err = struct.pack("!BBHI", 11, 0, 0, 0) + inner_ip + packet[:8]
+    sock.inbox.append(Received(err, "198.18.0.2", time.time_ns(), False))
+    drain(prober)
+    assert st.errors == {"ttl_exceeded": 1}
+    assert (st.sent, st.received) == (1, 0)
+
+
+def test_raw_mode_ignores_other_identifiers() -> None:
+    prober, sock, (st,) = make(["198.18.1.1"], raw=True)
+    prober._send(st)
+    packet, address, tx = sock.sent[-1]
+    foreign = bytearray(packet)
+    foreign[0] = 0
+    foreign[4:6] = b"\x00\x01"
+    sock.inbox.append(Received(bytes(foreign), address, tx + 1000, False))
+    drain(prober)
+    assert st.received == 0 and st.errors == {}
+
+
+def test_send_failure_counted_not_sent() -> None:
+    prober, sock, (st,) = make(["198.18.1.1"])
+    sock.fail_with = OSError(101, "Network is unreachable")
+    prober._send(st)
+    prober._send(st)
+    assert st.errors == {"send_failed": 2}
+    assert st.sent == 0
+
+
+def test_removed_target_state_is_gone_and_late_replies_ignored() -> None:
+    prober, sock, (a, _b) = make(["198.18.1.1", "198.18.1.2"])
+    prober._send(a)
+    prober.set_targets(index([static_target("198.18.1.2", "198.18.1.2")]))
+    assert [s.target.address for s in prober.states] == ["198.18.1.2"]
+    sock.reply()
+    drain(prober)
+    assert a.received == 0 and a.removed
+
+
+def test_moved_target_keeps_its_counters() -> None:
+    prober, sock, (st,) = make(["198.18.1.1"])
+    prober._send(st)
+    sock.reply()
+    drain(prober)
+    prober.set_targets(index([static_target("198.18.1.1", "198.18.1.9")]))
+    (same,) = prober.states
+    assert same is st and same.address == "198.18.1.9" and same.received == 1
+
+
+@pytest.mark.parametrize("window,pattern,up", [(3, [1, 0, 0], 1), (3, [1, 0, 0, 0], 0),
+                                               (1, [0, 1], 1), (1, [1, 0], 0)])
+def test_up_window(window: int, pattern: list[int], up: int) -> None:
+    sock = ScriptedSocket()
+    prober = Prober(ProbeSettings(up_window=window), {4: sock})
+    prober.set_targets(index([static_target("198.18.1.1", "198.18.1.1")]))
+    (st,) = prober.states
+    for ok in pattern:
+        st.reply(1000) if ok else st.lost()
+    assert st.up == up
+
+
+def test_sequence_numbers_unique_while_in_flight() -> None:
+    prober, sock, (st,) = make(["198.18.1.1"])
+    for _ in range(1000):
+        prober._send(st)
+    seqs = {struct.unpack_from("!H", p, 6)[0] for p, _a, _t in sock.sent}
+    assert len(seqs) == 1000

@@ -17,6 +17,10 @@ from typing import Any, NoReturn
 from exporter import __version__
 
 DEFAULT_LISTEN = ":9871"
+
+# 25 us doubling to 6.5536 s: separates 50, 100 and 200 us pod paths and still covers
+# intercontinental and overloaded paths, in 19 buckets.
+DEFAULT_RTT_BUCKETS: tuple[float, ...] = tuple(25e-6 * 2**k for k in range(19))
 ENV_PREFIX = "PINGMESH_"
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|s|m|h|d)")
@@ -98,6 +102,7 @@ class ProbeSettings:
     traffic_class: int = 0
     socket_mode: str = "auto"  # auto | datagram | raw
     up_window: int = 3
+    rtt_buckets: tuple[float, ...] = DEFAULT_RTT_BUCKETS
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,17 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _buckets(text: str) -> tuple[float, ...]:
+    if text == "default":
+        return DEFAULT_RTT_BUCKETS
+    values = tuple(parse_duration(part) for part in text.split(",") if part.strip())
+    if not values or any(b <= 0 for b in values) or list(values) != sorted(set(values)):
+        raise ValueError(f"need increasing positive durations, got {text!r}")
+    if len(values) > 64:
+        raise ValueError("at most 64 buckets")
+    return values
+
+
 def _listen(text: str) -> str:
     parse_listen_address(text)
     return text
@@ -202,6 +218,9 @@ _FLAGS: tuple[_Flag, ...] = (
           "CAP_NET_RAW), or auto: datagram, else raw"),
     _Flag("--probe.up-window", "probe.up_window", _int_range(1, 64), "3",
           "pingmesh_target_up is 1 when any of the last N probes got a reply"),
+    _Flag("--probe.rtt-buckets", "probe.rtt_buckets", _buckets, "default",
+          "upper bounds of the RTT histogram buckets, comma-separated durations; default "
+          "25us doubling to 6.5536s"),
     _Flag("--target", "static.targets", str, [],
           "static target: IP address or host name (repeatable; comma-separated in the "
           "environment variable)", repeatable=True),
@@ -286,6 +305,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
         traffic_class=values["probe.traffic_class"],
         socket_mode=values["probe.socket_mode"],
         up_window=values["probe.up_window"],
+        rtt_buckets=values["probe.rtt_buckets"],
     )
     if probe.timeout > 30 * probe.interval:
         raise ConfigError(

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from exporter.config import ProbeSettings
 from exporter.probing import wire
 from exporter.probing.icmpsocket import ProbeSocket
-from exporter.probing.stats import DEFAULT_RTT_BUCKETS, TargetState
+from exporter.probing.stats import TargetState
 from exporter.targets import Target, TargetKey, diff, family_label
 
 log = logging.getLogger("exporter.probing")
@@ -64,13 +64,12 @@ class Channel:
 
 class Prober:
     def __init__(self, settings: ProbeSettings, sockets: Mapping[int, ProbeSocket],
-                 const_labels: str = "",
-                 buckets: tuple[float, ...] = DEFAULT_RTT_BUCKETS) -> None:
+                 const_labels: str = "") -> None:
         self.settings = settings
         self.channels = {f: Channel(f, sockets.get(f)) for f in (4, 6)}
         self.const_labels = const_labels
-        self.buckets = buckets
-        self._bounds_ns = [round(b * 1e9) for b in buckets]
+        self.buckets = settings.rtt_buckets
+        self._bounds_ns = [round(b * 1e9) for b in self.buckets]
         self._interval_ns = round(settings.interval * 1e9)
         self._timeout_ns = round(settings.timeout * 1e9)
         # Replies are remembered this long after their deadline so late ones and duplicates

@@ -11,10 +11,6 @@ from bisect import bisect_left
 
 from exporter.targets import Target, family_label
 
-# 25 us doubling to 6.5536 s: separates 50, 100 and 200 us pod paths and still covers
-# intercontinental and overloaded paths, in 19 buckets.
-DEFAULT_RTT_BUCKETS: tuple[float, ...] = tuple(25e-6 * 2**k for k in range(19))
-
 ERROR_REASONS = (
     "send_failed",
     "duplicate",

@@ -307,11 +307,6 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
         up_window=values["probe.up_window"],
         rtt_buckets=values["probe.rtt_buckets"],
     )
-    if probe.timeout > 30 * probe.interval:
-        raise ConfigError(
-            "flag --probe.timeout: must not exceed 30 x --probe.interval "
-            f"({format_duration(probe.timeout)} > 30 x {format_duration(probe.interval)})"
-        )
     return Settings(
         web=WebSettings(values["web.listen_address"], values["web.telemetry_path"]),
         probe=probe,

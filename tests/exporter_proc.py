@@ -1,0 +1,173 @@
+"""Run the real exporter process inside a test-bed namespace and read its /metrics."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.netbed import Namespace
+
+ROOT = Path(__file__).resolve().parent.parent
+
+Samples = list[tuple[str, dict[str, str], float]]
+
+
+class _NsConnection(http.client.HTTPConnection):
+    """An HTTP connection whose socket is created inside a network namespace."""
+
+    def __init__(self, ns: Namespace, port: int, timeout: float) -> None:
+        super().__init__("127.0.0.1", port, timeout=timeout)
+        self._ns = ns
+
+    def connect(self) -> None:
+        sock = self._ns.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect((self.host, self.port))
+        self.sock = sock
+
+
+def http_get(
+    ns: Namespace,
+    port: int,
+    path: str,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str], bytes]:
+    conn = _NsConnection(ns, port, timeout)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def parse(text: str) -> Samples:
+    out: Samples = []
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.append((s.name, dict(s.labels), float(s.value)))
+    return out
+
+
+def value(samples: Samples, name: str, default: float | None = None, **labels: str) -> float:
+    hits = [
+        v
+        for n, lb, v in samples
+        if n == name and all(lb.get(k) == want for k, want in labels.items())
+    ]
+    if not hits:
+        if default is not None:
+            return default
+        raise KeyError(f"{name}{labels} not in metrics")
+    return sum(hits)
+
+
+def bucket_counts(samples: Samples, **labels: str) -> list[tuple[float, float]]:
+    """(le, cumulative count) of one target's RTT histogram."""
+    out = []
+    for n, lb, v in samples:
+        if n == "pingmesh_probe_rtt_seconds_bucket" and all(
+            lb.get(k) == want for k, want in labels.items()
+        ):
+            out.append((float(lb["le"]), v))
+    return sorted(out)
+
+
+def median_bucket(samples: Samples, **labels: str) -> tuple[float, float]:
+    """The (lower, upper] bucket bounds that hold the median RTT."""
+    buckets = bucket_counts(samples, **labels)
+    total = buckets[-1][1]
+    lower = 0.0
+    for le, cum in buckets:
+        if cum >= total / 2:
+            return lower, le
+        lower = le
+    raise AssertionError("empty histogram")
+
+
+class ExporterProcess:
+    def __init__(
+        self, ns: Namespace, args: Sequence[str], port: int = 9871, user: str | None = None
+    ) -> None:
+        self.ns = ns
+        self.port = port
+        argv = [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--web.listen-address",
+            f"127.0.0.1:{port}",
+            "--log.level",
+            "debug",
+            *args,
+        ]
+        if user is not None:
+            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+        self.proc: subprocess.Popen[str] = ns.popen(
+            argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"exporter exited with {self.proc.returncode}: {self.output()}"
+                )
+            try:
+                code, _, _ = http_get(self.ns, self.port, "/readyz", timeout=2)
+                if code == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"exporter not ready after {timeout}s")
+
+    def get(self, path: str, **kw: Any) -> tuple[int, dict[str, str], bytes]:
+        return http_get(self.ns, self.port, path, **kw)
+
+    def scrape(self) -> Samples:
+        code, headers, body = self.get("/metrics", headers={"Accept-Encoding": "gzip"})
+        assert code == 200
+        if headers.get("content-encoding") == "gzip":
+            body = gzip.decompress(body)
+        return parse(body.decode())
+
+    def stop(self, timeout: float = 5.0) -> float:
+        """SIGTERM; returns the seconds it took to exit."""
+        if self.proc.poll() is not None:
+            return 0.0
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError("exporter did not stop on SIGTERM") from None
+        return time.monotonic() - started
+
+    def output(self) -> str:
+        if self.proc.poll() is None:
+            return "(running)"
+        out, err = self.proc.communicate(timeout=5)
+        return (out or "") + (err or "")
+
+    def __enter__(self) -> ExporterProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)

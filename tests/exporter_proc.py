@@ -98,7 +98,8 @@ def median_bucket(samples: Samples, **labels: str) -> tuple[float, float]:
 
 class ExporterProcess:
     def __init__(
-        self, ns: Namespace, args: Sequence[str], port: int = 9871, user: str | None = None
+        self, ns: Namespace, args: Sequence[str], port: int = 9871,
+        no_capabilities: bool = False,
     ) -> None:
         self.ns = ns
         self.port = port
@@ -112,8 +113,10 @@ class ExporterProcess:
             "debug",
             *args,
         ]
-        if user is not None:
-            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+        if no_capabilities:
+            # Root's uid without a single capability: what a container with
+            # `capabilities: drop: [ALL]` gets.
+            argv = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", *argv]
         self.proc: subprocess.Popen[str] = ns.popen(
             argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )

@@ -11,8 +11,8 @@ Addressing, all inside the documentation/benchmark ranges::
 
     links     198.18.0.0/20        (dst N: 198.18.0.{4(N-1)+1,+2}/30)
               2001:db8:ffff::/48   (dst N: 2001:db8:ffff:N::1 and ::2 /64)
-    targets   dst N by default 198.18.32N.0/19 (the N-th /19 of 198.18.0.0/15)
-              and 2001:db8:N::/64
+    targets   dst N by default the N-th /19 of 198.18.0.0/15 (198.18.32.0/19,
+              198.18.64.0/19, ...; room for 8190 each) and 2001:db8:N::/64
 
 Nothing here sends traffic anywhere else, and every namespace carries the
 ``pmtb-`` prefix so leftovers of a crashed run can be recognised.
@@ -23,6 +23,7 @@ Needs root.  Call :func:`require_root` first to get a skip reason.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -45,7 +46,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Union
+from typing import Any, ClassVar, Self
 
 NS_PREFIX = "pmtb-"
 NETNS_RUN_DIR = Path("/var/run/netns")
@@ -61,9 +62,6 @@ MAX_DSTS = 15  # /19 target blocks left in 198.18.0.0/15 after the link block
 DEFAULT_TIMEOUT_S = 60.0
 KILL_GRACE_S = 3.0
 CLONE_NEWNET = 0x40000000
-
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-ProfileLike = Union["Profile", Mapping[str, Any]]
 
 _counter = itertools.count(1)
 _sweep_lock = threading.Lock()
@@ -113,20 +111,16 @@ def _pid_alive(pid: int) -> bool:
 def _kill_pids(pids: Iterable[int], grace_s: float = KILL_GRACE_S) -> None:
     pending = {p for p in pids if p != os.getpid()}
     for pid in pending:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + grace_s
     while pending and time.monotonic() < deadline:
         pending = {p for p in pending if _pid_alive(p) and not _is_zombie(p)}
         if pending:
             time.sleep(0.02)
     for pid in pending:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _is_zombie(pid: int) -> bool:
@@ -252,17 +246,13 @@ class Namespace:
                 proc.wait(timeout=max(0.05, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=KILL_GRACE_S)
-                except subprocess.TimeoutExpired:
-                    pass
         for proc in self._procs:
             for stream in (proc.stdin, proc.stdout, proc.stderr):
                 if stream is not None:
-                    try:
+                    with contextlib.suppress(OSError):
                         stream.close()
-                    except OSError:
-                        pass
         self._procs.clear()
         # Processes not started through popen() (e.g. grandchildren) would
         # keep the namespace alive after its name is deleted.
@@ -316,12 +306,22 @@ def sweep_stale_namespaces() -> list[str]:
     return removed
 
 
+def _sweep_stale_workdirs() -> None:
+    # Config files of responders from a crashed run; same ownership rule.
+    tmp = Path(tempfile.gettempdir())
+    for path in tmp.glob(f"{NS_PREFIX}*"):
+        match = _NAME_RE.match(path.name)
+        if match and path.is_dir() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _sweep_once() -> None:
     global _swept
     with _sweep_lock:
         if not _swept:
             _swept = True
             sweep_stale_namespaces()
+            _sweep_stale_workdirs()
 
 
 @functools.lru_cache(maxsize=1)
@@ -361,6 +361,9 @@ class Profile:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+ProfileLike = Profile | Mapping[str, Any]
 
 
 class _LineReader:
@@ -453,9 +456,8 @@ class Responder:
         Answers are ordered after every packet the responder has already
         read, so counters include all requests that reached it before.
         """
-        if not self.running():
-            if self.final_stats is not None:
-                return self.final_stats
+        if not self.running() and self.final_stats is not None:
+            return self.final_stats
         result: dict[str, Any] = json.loads(self._command("stats", "STATS", timeout_s))
         return result
 
@@ -479,10 +481,8 @@ class Responder:
                     if line is None:
                         break
                     if line.startswith("STATS "):
-                        try:
+                        with contextlib.suppress(ValueError):
                             self.final_stats = json.loads(line[6:])
-                        except ValueError:
-                            pass
                 try:
                     self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
@@ -490,10 +490,8 @@ class Responder:
                     self.proc.wait(timeout=KILL_GRACE_S)
             for stream in (self.proc.stdin, self.proc.stdout):
                 if stream is not None:
-                    try:
+                    with contextlib.suppress(OSError):
                         stream.close()
-                    except OSError:
-                        pass
             return self.final_stats
 
 
@@ -604,7 +602,7 @@ class Bed:
     def __repr__(self) -> str:
         return f"Bed(src={self.src.name!r}, dsts={len(self.dsts)})"
 
-    def __enter__(self) -> Bed:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -688,9 +686,7 @@ class Bed:
         src_if, dst_if = f"pmv{tag}a", f"pmv{tag}b"
         dst = Dst(self, ns, index, kernel_echo, v4, v6, src_if, dst_if)
         if not kernel_echo:
-            ns.sysctls(
-                {"net.ipv4.icmp_echo_ignore_all": 1, "net.ipv6.icmp.echo_ignore_all": 1}
-            )
+            ns.sysctls({"net.ipv4.icmp_echo_ignore_all": 1, "net.ipv6.icmp.echo_ignore_all": 1})
         # Created straight inside the namespaces, so the names only need to
         # be unique per namespace and never touch the host's interfaces.
         _run(
@@ -725,8 +721,8 @@ class Bed:
 
     # -- impairments ---------------------------------------------------------
 
-    _LOSS_CHAIN = "PMTB_LOSS"
-    _LOSS_MATCH = {
+    _LOSS_CHAIN: ClassVar[str] = "PMTB_LOSS"
+    _LOSS_MATCH: ClassVar[dict[str, list[str]]] = {
         "iptables": ["-p", "icmp", "--icmp-type", "echo-request"],
         "ip6tables": ["-p", "ipv6-icmp", "--icmpv6-type", "echo-request"],
     }
@@ -825,10 +821,9 @@ class Bed:
 def _close_forgotten_beds() -> None:
     # Last line of defence for a caller that never closed its bed.
     for bed in list(_open_beds):
-        try:
+        # The interpreter is exiting: report nothing, clean what we can.
+        with contextlib.suppress(Exception):
             bed.close()
-        except Exception:  # the interpreter is exiting anyway
-            pass
 
 
 __all__ = [

@@ -28,6 +28,7 @@ so a responder never outlives the harness that started it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -43,10 +44,10 @@ import struct
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 ICMP_ECHO_REPLY = 0
 ICMP_DEST_UNREACH = 3
@@ -70,6 +71,8 @@ IPV6_HOPLIMIT = 52
 IPV6_RECVTCLASS = 66
 IPV6_TCLASS = 67
 SO_RCVBUFFORCE = 33
+SO_TIMESTAMPNS = 35
+SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 PR_SET_TIMERSLACK = 29
 
 NETLINK_ROUTE = 0
@@ -83,6 +86,11 @@ IFA_ADDRESS = 1
 IFA_LOCAL = 2
 
 DUPLICATE_GAP_S = 0.0002
+# Bounds for the busy-wait that follows an early timer wake-up (see
+# Responder.wait_timeout); the actual value adapts to the measured timer
+# overshoot of this machine.
+SPIN_MARGIN_MIN_S = 0.00002
+SPIN_MARGIN_MAX_S = 0.0005
 # Upper bounds keep every loop finite even under a packet flood.
 MAX_DRAIN_PER_WAKEUP = 512
 MAX_SENDS_PER_WAKEUP = 4096
@@ -192,7 +200,7 @@ def load_config(path: str) -> tuple[list[Profile], int]:
 def checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = int(sum(struct.unpack(f"!{len(data) // 2}H", data)))
     total = (total >> 16) + (total & 0xFFFF)
     total += total >> 16
     return ~total & 0xFFFF
@@ -275,9 +283,7 @@ def parse_v6(
     if dst is None or dst.is_multicast:
         return None
     src = ipaddress.IPv6Address(peer[0].split("%", 1)[0])
-    first_word = 0x60000000 | (
-        (flowinfo & 0x0FFFFFFF) if flowinfo is not None else (tclass << 20)
-    )
+    first_word = 0x60000000 | ((flowinfo & 0x0FFFFFFF) if flowinfo is not None else (tclass << 20))
     # Raw ICMPv6 sockets never see the IPv6 header, so the quoted header is
     # rebuilt from ancillary data; a prober matches on addresses and the
     # echo id/seq, which are exact.
@@ -351,6 +357,20 @@ def _parse_netlink_addrs(chunk: bytes) -> tuple[bool, list[IPAddress]]:
     return False, addrs
 
 
+def arrival_time(ancdata: list[tuple[int, int, bytes]]) -> float:
+    """Monotonic time the kernel received the packet (now, if unknown)."""
+    now_mono = time.monotonic()
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack("=qq", data[:16])
+            age = time.time() - (int(sec) + int(nsec) / 1e9)
+            # A stepped wall clock must not turn into a bogus delay.
+            if 0.0 <= age < 1.0:
+                return now_mono - age
+            break
+    return now_mono
+
+
 @dataclass(order=True)
 class Pending:
     due: float
@@ -373,6 +393,7 @@ class Responder:
         self.heap: list[Pending] = []
         self.order = 0
         self.malformed = 0
+        self.overshoot_s = 0.0001
         self.local_v4 = 0
         self.local_v6 = 0
         self.sock4 = self._open_v4()
@@ -382,6 +403,9 @@ class Responder:
     @staticmethod
     def _tune(sock: socket.socket) -> None:
         sock.setblocking(False)
+        # Kernel receive stamps let the delay count from the packet's
+        # arrival, not from when this process got around to reading it.
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         for opt in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
@@ -461,7 +485,7 @@ class Responder:
                 # Queued ICMP errors and the like; nothing to answer.
                 self.malformed += 1
                 return
-            arrived = time.monotonic()
+            arrived = arrival_time(ancdata)
             try:
                 if sock is self.sock4:
                     request = parse_v4(data, peer)
@@ -577,10 +601,24 @@ class Responder:
 
     # -- send side --------------------------------------------------------
 
-    def next_timeout(self) -> float | None:
+    def wait_timeout(self) -> float | None:
+        """How long select() may block before the next reply is due.
+
+        Timer wake-ups overshoot by tens to hundreds of microseconds (more
+        in VMs), a visible error on a millisecond delay.  So wake up early
+        by the typical overshoot and busy-wait the remainder with select()
+        timeouts of zero, which still serves incoming packets meanwhile.
+        """
         if not self.heap:
             return None
-        return max(0.0, self.heap[0].due - time.monotonic())
+        margin = min(max(1.5 * self.overshoot_s, SPIN_MARGIN_MIN_S), SPIN_MARGIN_MAX_S)
+        return max(0.0, self.heap[0].due - time.monotonic() - margin)
+
+    def note_wakeup(self, asked_s: float, slept_s: float) -> None:
+        """Track how late timer wake-ups are (exponential moving average)."""
+        if asked_s > 0.0:
+            late = max(0.0, slept_s - asked_s)
+            self.overshoot_s += 0.1 * (late - self.overshoot_s)
 
     def send_due(self) -> None:
         for _ in range(MAX_SENDS_PER_WAKEUP):
@@ -597,9 +635,7 @@ class Responder:
         # come from the target (or, when misdirecting, another local one).
         if item.family == socket.AF_INET:
             info = struct.pack("=I4s4s", 0, item.source.packed, b"\0\0\0\0")
-            self.sock4.sendmsg(
-                [item.data], [(socket.IPPROTO_IP, IP_PKTINFO, info)], 0, item.peer
-            )
+            self.sock4.sendmsg([item.data], [(socket.IPPROTO_IP, IP_PKTINFO, info)], 0, item.peer)
         else:
             info = struct.pack("=16sI", item.source.packed, 0)
             self.sock6.sendmsg(
@@ -656,18 +692,20 @@ def run(config_path: str, control: bool) -> int:
     emit("READY")
     try:
         while not flags["stop"]:
+            timeout = responder.wait_timeout()
+            started = time.monotonic()
             try:
-                readable, _, _ = select.select(inputs, [], [], responder.next_timeout())
+                readable, _, _ = select.select(inputs, [], [], timeout)
             except InterruptedError:
                 readable = []
+            if not readable and timeout is not None:
+                responder.note_wakeup(timeout, time.monotonic() - started)
             for ready in readable:
                 if ready is responder.sock4 or ready is responder.sock6:
                     responder.drain(ready)
                 elif ready == wake_r:
-                    try:
+                    with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 4096)
-                    except BlockingIOError:
-                        pass
                 elif ready == stdin_fd:
                     chunk = os.read(stdin_fd, 4096)
                     if not chunk:

@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from tests import netbed_fixtures
 from tests.exporter_proc import ExporterProcess, value
 from tests.netbed import Bed, Profile
-from tests.netbed_fixtures import BedFactory, bed, bed_factory  # noqa: F401
+from tests.netbed_fixtures import BedFactory
+
+bed = netbed_fixtures.bed
+bed_factory = netbed_fixtures.bed_factory
 
 pytestmark = pytest.mark.netns
 

@@ -14,12 +14,16 @@ from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from exporter.config import ConfigError, Settings
+from exporter.config import ConfigError, KubernetesSettings, Settings
+from exporter.discovery.kubeapi import KubeApi, load_configuration
+from exporter.discovery.kubernetes import KubernetesDiscovery
+from exporter.discovery.reflector import Api, FatalApiError
 from exporter.discovery.static import Resolver, StaticDiscovery, system_resolver
 from exporter.http import Health, HttpServer
 from exporter.metrics import MetricsDocument, build_registry
 from exporter.probing.engine import Prober
 from exporter.probing.icmpsocket import PrivilegeError, ProbeSocket, open_socket
+from exporter.probing.stats import escape
 from exporter.targets import Target, merge
 
 log = logging.getLogger("exporter.app")
@@ -41,6 +45,10 @@ def loopback_defaults() -> list[str]:
     return defaults
 
 
+def kube_api(settings: KubernetesSettings) -> Api:
+    return KubeApi(load_configuration(settings))
+
+
 @dataclass
 class Seams:
     """Where the exporter touches the world; tests replace these with functions."""
@@ -48,6 +56,7 @@ class Seams:
     open_socket: SocketOpener = open_socket
     resolver: Resolver = system_resolver
     defaults: Callable[[], list[str]] = loopback_defaults
+    kube_api: Callable[[KubernetesSettings], Api] = kube_api
 
 
 @dataclass
@@ -100,11 +109,19 @@ class App:
 
     async def _run_with(self, sockets: dict[int, ProbeSocket]) -> int:
         s = self.settings
-        prober = Prober(s.probe, sockets)
-        static = StaticDiscovery(s.static, self.seams.defaults(), self.seams.resolver)
+        node = s.kubernetes.node_name
+        prober = Prober(s.probe, sockets,
+                        const_labels=f'source_node="{escape(node)}"' if node else "")
+        kubernetes = s.discovery == "kubernetes"
+        defaults = [] if kubernetes else self.seams.defaults()
+        static = StaticDiscovery(s.static, defaults, self.seams.resolver)
         table = TargetTable(prober)
+        kube: KubernetesDiscovery | None = None
         try:
             table.publish("static", await static.initial())
+            if kubernetes:
+                kube = KubernetesDiscovery(s, self.seams.kube_api(s.kubernetes),
+                                           lambda t: table.publish("kubernetes", t))
         except ConfigError as exc:
             log.error("%s", exc)
             return EXIT_CONFIG
@@ -117,6 +134,8 @@ class App:
             for reason, n in sorted(static.errors.items()):
                 fam.add_metric(["static", reason], n)
             yield fam
+            if kube is not None:
+                yield from kube.collect()
 
         registry = build_registry(prober, discovery_metrics)
         document = MetricsDocument(prober, registry)
@@ -127,8 +146,13 @@ class App:
             age = time.monotonic() - prober.last_tick_monotonic
             return (age < stall_limit, f"probe loop last ran {age:.1f}s ago")
 
+        def ready() -> tuple[bool, str]:
+            if kube is not None and not kube.ready:
+                return False, "waiting for the first complete sync with the Kubernetes API"
+            return True, "ready"
+
         health.live = live
-        health.ready = lambda: (True, "ready")
+        health.ready = ready
         host, port = s.web.host_port
         try:
             server = HttpServer(host, port, s.web.telemetry_path, document.render, health)
@@ -153,14 +177,23 @@ class App:
             asyncio.create_task(static.run(lambda t: table.publish("static", t)),
                                 name="discovery.static"),
         ]
+        if kube is not None:
+            tasks.append(asyncio.create_task(kube.run(), name="discovery.kubernetes"))
         stopper = asyncio.create_task(self.stop.wait(), name="app.stop")
         code = EXIT_OK
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
             for t in done:
-                if t is not stopper and not t.cancelled() and t.exception() is not None:
-                    log.error("task %s failed", t.get_name(), exc_info=t.exception())
-                    code = EXIT_FATAL
+                if t is stopper or t.cancelled() or t.exception() is None:
+                    continue
+                failure = t.exception()
+                fatal = [e for e in getattr(failure, "exceptions", [failure])
+                         if isinstance(e, FatalApiError)]
+                if fatal:
+                    log.error("%s", fatal[0])
+                else:
+                    log.error("task %s failed", t.get_name(), exc_info=failure)
+                code = EXIT_FATAL
         finally:
             log.info("stopping")
             for t in [*tasks, stopper]:

@@ -7,6 +7,7 @@ the command line wins over the environment. Parsing never touches the network or
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 import re
@@ -113,6 +114,26 @@ class StaticSettings:
 
 
 @dataclass(frozen=True)
+class KubernetesSettings:
+    kubeconfig: str | None = None
+    namespace: str | None = None
+    peer_selector: str = "app.kubernetes.io/name=pingmesh-exporter"
+    node_name: str | None = None
+    pod_name: str | None = None
+    pod_ips: tuple[str, ...] = ()
+    watch_timeout: float = 300.0
+    request_timeout: float = 120.0
+    retry_max_delay: float = 30.0
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    full_mesh_max: int = 100
+    peers: int = 20
+    zones: bool = False
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "info"
     format: str = "logfmt"
@@ -124,6 +145,9 @@ class Settings:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     static: StaticSettings = field(default_factory=StaticSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    discovery: str = "static"  # static | kubernetes, resolved from auto at parse time
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    mesh: MeshSettings = field(default_factory=MeshSettings)
 
 
 def _positive_duration(minimum: float) -> Callable[[str], float]:
@@ -169,6 +193,29 @@ def _buckets(text: str) -> tuple[float, ...]:
     return values
 
 
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {text!r}")
+
+
+def _ip_list(text: str) -> tuple[str, ...]:
+    out = []
+    for part in text.replace(" ", ",").split(","):
+        if part:
+            out.append(str(ipaddress.ip_address(part)))
+    return tuple(out)
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
 def _listen(text: str) -> str:
     parse_listen_address(text)
     return text
@@ -188,6 +235,8 @@ class _Flag:
     default: Any
     help: str
     repeatable: bool = False
+    alt_env: str | None = None  # a plain name the downward API conventionally uses
+    boolean: bool = False
 
     @property
     def metavar(self) -> str:
@@ -228,6 +277,38 @@ _FLAGS: tuple[_Flag, ...] = (
           "file with one static target per line, # starts a comment; re-read on refresh"),
     _Flag("--static.refresh-interval", "static.refresh_interval", _positive_duration(1.0), "1m",
           "how often host names are resolved again and the targets file is re-read"),
+    _Flag("--discovery", "discovery", _choice("auto", "static", "kubernetes"), "auto",
+          "where targets come from: kubernetes (peer pods and their nodes), static (flags and "
+          "file), or auto: kubernetes inside a cluster, else static"),
+    _Flag("--kubeconfig", "kubernetes.kubeconfig", _nonempty, None,
+          "kubeconfig to use outside a cluster (inside, the service account is used)"),
+    _Flag("--kubernetes.namespace", "kubernetes.namespace", _nonempty, None,
+          "namespace of the exporter's own pods", alt_env="POD_NAMESPACE"),
+    _Flag("--kubernetes.peer-selector", "kubernetes.peer_selector", _nonempty,
+          "app.kubernetes.io/name=pingmesh-exporter",
+          "label selector of the exporter's own pods (the peers)"),
+    _Flag("--kubernetes.node-name", "kubernetes.node_name", _nonempty, None,
+          "this pod's node (downward API spec.nodeName)", alt_env="NODE_NAME"),
+    _Flag("--kubernetes.pod-name", "kubernetes.pod_name", _nonempty, None,
+          "this pod's name (downward API metadata.name)", alt_env="POD_NAME"),
+    _Flag("--kubernetes.pod-ips", "kubernetes.pod_ips", _ip_list, None,
+          "this pod's IPs, comma-separated (downward API status.podIPs)", alt_env="POD_IPS"),
+    _Flag("--kubernetes.watch-timeout", "kubernetes.watch_timeout", _positive_duration(1.0),
+          "5m", "server-side length of one watch; each is randomised up to twice this"),
+    _Flag("--kubernetes.request-timeout", "kubernetes.request_timeout",
+          _positive_duration(1.0), "2m",
+          "a list, or a watch silent this long (no event, no bookmark), is abandoned and retried"),
+    _Flag("--kubernetes.retry-max-delay", "kubernetes.retry_max_delay",
+          _positive_duration(0.01), "30s",
+          "cap of the jittered exponential back-off between failed API requests"),
+    _Flag("--mesh.full-mesh-max", "mesh.full_mesh_max", _int_range(0, 1_000_000), "100",
+          "up to this many peers every exporter probes all of them"),
+    _Flag("--mesh.peers", "mesh.peers", _int_range(1, 10_000), "20",
+          "peers each exporter probes above --mesh.full-mesh-max"),
+    _Flag("--mesh.zones", "mesh.zones", _bool, "false",
+          "label targets with their node's topology.kubernetes.io/zone and make every "
+          "exporter probe at least one peer in each other zone (watches node metadata)",
+          boolean=True),
     _Flag("--log.level", "log.level", _choice("debug", "info", "warn", "error"), "info",
           "log level"),
     _Flag("--log.format", "log.format", _choice("logfmt", "json"), "logfmt",
@@ -264,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag.name, dest=flag.dest, action="append", type=_wrap(flag),
                                 default=None, metavar=flag.metavar,
                                 help=flag.help + f" [env {flag.env}]")
+        elif flag.boolean:
+            parser.add_argument(flag.name, dest=flag.dest, type=_wrap(flag), default=None,
+                                nargs="?", const=True, metavar="BOOL",
+                                help=flag.help + f" (default {flag.default}) [env {flag.env}]")
         else:
             parser.add_argument(flag.name, dest=flag.dest, type=_wrap(flag), default=None,
                                 metavar=flag.metavar,
@@ -273,7 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _from_env(flag: _Flag, environ: Mapping[str, str]) -> Any:
-    raw = environ.get(flag.env)
+    name = flag.env
+    raw = environ.get(name)
+    if (raw is None or raw == "") and flag.alt_env:
+        name = flag.alt_env
+        raw = environ.get(name)
     if raw is None or raw == "":
         return None
     try:
@@ -281,7 +370,7 @@ def _from_env(flag: _Flag, environ: Mapping[str, str]) -> Any:
             return [flag.parse(part.strip()) for part in raw.split(",") if part.strip()]
         return flag.parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"environment variable {flag.env} (flag {flag.name}): {exc}") from None
+        raise ConfigError(f"environment variable {name} (flag {flag.name}): {exc}") from None
 
 
 def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
@@ -307,6 +396,26 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
         up_window=values["probe.up_window"],
         rtt_buckets=values["probe.rtt_buckets"],
     )
+    discovery = values["discovery"]
+    if discovery == "auto":
+        discovery = "kubernetes" if env.get("KUBERNETES_SERVICE_HOST") else "static"
+    kube = KubernetesSettings(
+        kubeconfig=values["kubernetes.kubeconfig"],
+        namespace=values["kubernetes.namespace"],
+        peer_selector=values["kubernetes.peer_selector"],
+        node_name=values["kubernetes.node_name"],
+        pod_name=values["kubernetes.pod_name"],
+        pod_ips=values["kubernetes.pod_ips"] or (),
+        watch_timeout=values["kubernetes.watch_timeout"],
+        request_timeout=values["kubernetes.request_timeout"],
+        retry_max_delay=values["kubernetes.retry_max_delay"],
+    )
+    if discovery == "kubernetes":
+        for name, have in (("--kubernetes.node-name (NODE_NAME)", kube.node_name),
+                           ("--kubernetes.namespace (POD_NAMESPACE)", kube.namespace)):
+            if not have:
+                raise ConfigError(f"flag {name}: required with --discovery=kubernetes; set it "
+                                  "from the downward API")
     return Settings(
         web=WebSettings(values["web.listen_address"], values["web.telemetry_path"]),
         probe=probe,
@@ -316,4 +425,8 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
             refresh_interval=values["static.refresh_interval"],
         ),
         log=LogSettings(values["log.level"], values["log.format"]),
+        discovery=discovery,
+        kubernetes=kube,
+        mesh=MeshSettings(values["mesh.full_mesh_max"], values["mesh.peers"],
+                          values["mesh.zones"]),
     )

@@ -1,0 +1,197 @@
+"""The one place that talks to the Kubernetes API. Kubernetes client types stop here.
+
+Lists and watches go through the official client with ``_preload_content=False``: the JSON is
+parsed here, item by item, so one malformed object cannot make a whole typed list fail.
+Calls block; the reflector runs them in daemon threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from exporter.config import ConfigError, KubernetesSettings
+
+log = logging.getLogger("exporter.discovery.kubernetes")
+
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+LIST_PAGE = 500
+
+
+class ApiError(Exception):
+    """An answer from the API server that is not what was asked for."""
+
+    def __init__(self, status: int, reason: str, message: str = "") -> None:
+        super().__init__(f"{status} {reason}: {message}" if message else f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class Gone(ApiError):
+    """410: the resourceVersion is too old; the caller must list again."""
+
+
+class ConnectionFailed(Exception):
+    """The request did not get an HTTP answer: refused, reset, timed out."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    name: str  # "pods", "nodes", "services", "endpointslices"
+    namespace: str | None = None
+    label_selector: str | None = None
+    field_selector: str | None = None
+    metadata_only: bool = False
+
+
+def _status_error(status: int, body: Any) -> ApiError:
+    reason, message = "", ""
+    try:
+        obj = json.loads(body) if isinstance(body, (bytes, str)) and body else {}
+        reason = str(obj.get("reason", ""))
+        message = str(obj.get("message", ""))
+    except (ValueError, AttributeError):
+        pass
+    cls = Gone if status == 410 else ApiError
+    return cls(status, reason or "Error", message)
+
+
+def load_configuration(settings: KubernetesSettings) -> client.Configuration:
+    """In-cluster service account, or a kubeconfig; ConfigError names what is missing."""
+    cfg = client.Configuration()
+    if settings.kubeconfig:
+        path = settings.kubeconfig
+        if not os.path.isfile(path):
+            raise ConfigError(f"flag --kubeconfig: no such file: {path}")
+        try:
+            config.load_kube_config(config_file=path, client_configuration=cfg)
+        except (ConfigException, OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"flag --kubeconfig: cannot use {path}: {exc}") from None
+        return cfg
+    try:
+        config.load_incluster_config(client_configuration=cfg)
+    except ConfigException as exc:
+        raise ConfigError(
+            "no Kubernetes credentials: not in a cluster or no service account token "
+            f"at {SERVICE_ACCOUNT_TOKEN} ({exc}); pass --kubeconfig outside a cluster, or "
+            "--discovery=static") from None
+    return cfg
+
+
+class KubeApi:
+    def __init__(self, configuration: client.Configuration) -> None:
+        self._api_client = client.ApiClient(configuration)
+        self._core = client.CoreV1Api(self._api_client)
+        self._discovery = client.DiscoveryV1Api(self._api_client)
+
+    def _call(self, res: Resource, **kw: Any) -> Any:
+        headers = {"Accept": METADATA_ONLY} if res.metadata_only else None
+        common: dict[str, Any] = {"_preload_content": False, "_headers": headers}
+        if res.label_selector:
+            common["label_selector"] = res.label_selector
+        if res.field_selector:
+            common["field_selector"] = res.field_selector
+        common.update(kw)
+        try:
+            if res.name == "pods":
+                if res.namespace:
+                    return self._core.list_namespaced_pod(res.namespace, **common)
+                return self._core.list_pod_for_all_namespaces(**common)
+            if res.name == "nodes":
+                return self._core.list_node(**common)
+            if res.name == "services":
+                if res.namespace:
+                    return self._core.list_namespaced_service(res.namespace, **common)
+                return self._core.list_service_for_all_namespaces(**common)
+            if res.name == "endpointslices":
+                if res.namespace:
+                    return self._discovery.list_namespaced_endpoint_slice(res.namespace, **common)
+                return self._discovery.list_endpoint_slice_for_all_namespaces(**common)
+        except ApiException as exc:
+            raise _status_error(int(exc.status or 0), exc.body) from None
+        except Exception as exc:
+            # urllib3's MaxRetryError, ProtocolError, ReadTimeoutError and friends.
+            raise ConnectionFailed(f"{type(exc).__name__}: {exc}") from None
+        raise ValueError(f"unknown resource {res.name}")
+
+    def list(self, res: Resource, timeout: float) -> tuple[list[Any], str]:
+        """Every object (raw JSON) and the list's resourceVersion, paginated."""
+        items: list[Any] = []
+        cont: str | None = None
+        for _ in range(100_000):
+            kw: dict[str, Any] = {"limit": LIST_PAGE, "_request_timeout": (10, timeout)}
+            if cont:
+                kw["_continue"] = cont
+            resp = self._call(res, **kw)
+            try:
+                body = resp.read()
+            except Exception as exc:
+                raise ConnectionFailed(f"{type(exc).__name__}: {exc}") from None
+            finally:
+                resp.release_conn()
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                raise ApiError(200, "BadList", "list response is not JSON") from None
+            if not isinstance(doc, dict) or not isinstance(doc.get("items", []), list):
+                raise ApiError(200, "BadList", "list response has no items")
+            items.extend(doc.get("items") or [])
+            meta = doc.get("metadata")
+            if not isinstance(meta, dict):
+                meta = {}
+            cont = meta.get("continue") or None
+            if not cont:
+                return items, str(meta.get("resourceVersion", ""))
+        raise ApiError(200, "BadList", "list never ended")
+
+    def watch(self, res: Resource, resource_version: str, timeout_seconds: int,
+              read_timeout: float) -> Watch:
+        resp = self._call(res, watch=True, resource_version=resource_version,
+                          allow_watch_bookmarks=True, timeout_seconds=timeout_seconds,
+                          _request_timeout=(10, read_timeout))
+        return Watch(resp)
+
+
+class Watch:
+    """One open watch stream; iterate for (type, object) events."""
+
+    def __init__(self, response: Any) -> None:
+        self._resp = response
+
+    def events(self) -> Iterator[tuple[str, Any]]:
+        try:
+            for line in self._resp:
+                if not line.strip():
+                    continue
+                try:
+                    event = json.loads(line)
+                    etype, obj = event["type"], event["object"]
+                except (ValueError, KeyError, TypeError):
+                    yield "MALFORMED", None
+                    continue
+                if etype == "ERROR":
+                    code = obj.get("code", 0) if isinstance(obj, dict) else 0
+                    raise _status_error(int(code or 0), json.dumps(obj))
+                yield str(etype), obj
+        except ApiError:
+            raise
+        except Exception as exc:
+            raise ConnectionFailed(f"{type(exc).__name__}: {exc}") from None
+        finally:
+            self._resp.release_conn()
+
+    def close(self) -> None:
+        """Unblock a reader in another thread."""
+        with contextlib.suppress(Exception):
+            self._resp.shutdown()

@@ -1,0 +1,269 @@
+"""List once, then watch: a local copy of one API resource that follows the cluster.
+
+The store is replaced only by a complete list and changed only by watch events, so live
+entries survive API outages, dropped connections and 410s (a re-list reconciles: only what
+is really gone leaves). One malformed object is counted and skipped; its previous good
+version, if any, is kept. Requests back off with capped, jittered exponential delays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from exporter.discovery.kubeapi import ApiError, ConnectionFailed, Gone, Resource, Watch
+from exporter.discovery.objects import Skip, object_key
+
+log = logging.getLogger("exporter.discovery.kubernetes")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Api(Protocol):
+    def list(self, res: Resource, timeout: float) -> tuple[list[Any], str]: ...
+    def watch(self, res: Resource, resource_version: str, timeout_seconds: int,
+              read_timeout: float) -> Watch: ...
+
+
+class FatalApiError(Exception):
+    """The API refused us at start (401/403): no point retrying, the operator must act."""
+
+
+@dataclass
+class ReflectorStats:
+    requests: dict[str, int] = field(default_factory=dict)  # verb -> n
+    errors: dict[str, int] = field(default_factory=dict)  # code -> n
+    restarts: dict[str, int] = field(default_factory=dict)  # reason -> n
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> n
+    last_sync: float = 0.0  # unix time the store was last known current
+    healthy: bool = False
+
+    @staticmethod
+    def add(table: dict[str, int], key: str, n: int = 1) -> None:
+        table[key] = table.get(key, 0) + n
+
+
+class Backoff:
+    def __init__(self, base: float, cap: float) -> None:
+        self.base = min(base, cap)
+        self.cap = cap
+        self.attempt = 0
+
+    def next(self) -> float:
+        # Full jitter: thousands of exporters that lost the API server at once must not come
+        # back in step.
+        delay = min(self.cap, self.base * 2**self.attempt)
+        self.attempt = min(self.attempt + 1, 30)
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+async def in_thread(fn: Callable[[], R], name: str) -> R:
+    """Run a blocking call in a daemon thread: unlike the default executor, a call stuck on a
+    dead connection can never hold up the process's exit."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[R] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+    def run() -> None:
+        try:
+            result: Any = fn()
+            ok = True
+        except BaseException as exc:
+            result, ok = exc, False
+        # RuntimeError: the loop is gone because we are shutting down.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, ok, result)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await fut
+
+
+class Reflector(Generic[T]):
+    def __init__(self, api: Api, resource: Resource, parse: Callable[[Any], T | Skip],
+                 on_change: Callable[[], None], *, request_timeout: float,
+                 watch_timeout: float, retry_max_delay: float) -> None:
+        self.api = api
+        self.resource = resource
+        self.parse = parse
+        self.on_change = on_change
+        self.request_timeout = request_timeout
+        self.watch_timeout = watch_timeout
+        self.retry_max_delay = retry_max_delay
+        self.store: dict[str, T] = {}
+        self.synced = asyncio.Event()
+        self.stats = ReflectorStats()
+        self._resource_version = ""
+        self._logged_denial = False
+
+    # ----- store updates ----------------------------------------------------------------
+
+    def _parse(self, obj: Any) -> tuple[str | None, T | None]:
+        key = object_key(obj)
+        try:
+            parsed = self.parse(obj)
+        except Exception:  # a parser bug must not take discovery down
+            log.exception("cannot parse %s %s", self.resource.name, key)
+            parsed = Skip("malformed")
+        if isinstance(parsed, Skip):
+            ReflectorStats.add(self.stats.skipped, parsed.reason)
+            return key, None
+        return key, parsed
+
+    def _replace(self, items: list[Any]) -> None:
+        fresh: dict[str, T] = {}
+        for obj in items:
+            key, value = self._parse(obj)
+            if key is None:
+                continue
+            if value is not None:
+                fresh[key] = value
+            elif key in self.store:
+                fresh[key] = self.store[key]
+        self.store = fresh
+        self.on_change()
+
+    def _apply(self, etype: str, obj: Any) -> None:
+        if etype == "BOOKMARK":
+            self._note_version(obj)
+            return
+        if etype == "MALFORMED":
+            ReflectorStats.add(self.stats.skipped, "malformed_event")
+            return
+        self._note_version(obj)
+        if etype == "DELETED":
+            key = object_key(obj)
+            if key is not None and self.store.pop(key, None) is not None:
+                self.on_change()
+            return
+        key, value = self._parse(obj)
+        if key is None or value is None:
+            return
+        if self.store.get(key) != value:
+            self.store[key] = value
+            self.on_change()
+
+    def _note_version(self, obj: Any) -> None:
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
+        if isinstance(rv, str) and rv:
+            self._resource_version = rv
+        self.stats.last_sync = time.time()
+
+    # ----- the loop ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        backoff = Backoff(0.2, self.retry_max_delay)
+        while True:
+            try:
+                if not self._resource_version:
+                    await self._list()
+                    backoff.reset()
+                await self._watch()
+                backoff.reset()
+            except Gone:
+                # Too old to resume: list again now (a 410 is not a failure of the server).
+                ReflectorStats.add(self.stats.restarts, "gone")
+                self._resource_version = ""
+            except ApiError as exc:
+                self._failed(str(exc.status), exc)
+                if exc.status in (401, 403) and not self.synced.is_set():
+                    raise FatalApiError(self._denial_message(exc)) from None
+                await asyncio.sleep(backoff.next())
+            except ConnectionFailed as exc:
+                self._failed("connection", exc)
+                await asyncio.sleep(backoff.next())
+            except Exception as exc:  # never let one odd answer stop discovery
+                self._failed("error", exc)
+                log.exception("%s discovery error", self.resource.name)
+                await asyncio.sleep(backoff.next())
+
+    def _failed(self, code: str, exc: BaseException) -> None:
+        ReflectorStats.add(self.stats.errors, code)
+        self.stats.healthy = False
+        if code in ("401", "403"):
+            if not self._logged_denial:
+                self._logged_denial = True
+                log.error("%s", self._denial_message(exc))
+            return
+        log.warning("%s %s failed: %s", self.resource.name,
+                    "list" if not self._resource_version else "watch", exc)
+
+    def _denial_message(self, exc: BaseException) -> str:
+        r = self.resource
+        where = f" in namespace {r.namespace}" if r.namespace else " at cluster scope"
+        status = getattr(exc, "status", 0)
+        if status == 401:
+            return (f"the API server rejected our credentials (401) listing {r.name}: check the "
+                    "service account token or the kubeconfig")
+        return (f"RBAC denies us (403) on {r.name}{where}: the exporter needs get, list and "
+                f"watch on {r.name}; see the ClusterRole in deploy/ ({exc})")
+
+    async def _list(self) -> None:
+        ReflectorStats.add(self.stats.requests, "list")
+        items, rv = await in_thread(
+            lambda: self.api.list(self.resource, self.request_timeout),
+            name=f"list-{self.resource.name}")
+        self._replace(items)
+        self._resource_version = rv
+        self.stats.last_sync = time.time()
+        self.stats.healthy = True
+        self.synced.set()
+
+    async def _watch(self) -> None:
+        """One watch from the current resourceVersion until the server ends it."""
+        ReflectorStats.add(self.stats.requests, "watch")
+        # Spread the server-side timeouts (as client-go does) so watches do not end in step.
+        timeout_seconds = int(self.watch_timeout * random.uniform(1.0, 2.0))
+        read_timeout = self.request_timeout
+        rv = self._resource_version
+        watch = await in_thread(
+            lambda: self.api.watch(self.resource, rv, timeout_seconds, read_timeout),
+            name=f"watch-open-{self.resource.name}")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any] | BaseException | None] = asyncio.Queue()
+        stop = threading.Event()
+
+        def pump() -> None:
+            try:
+                for event in watch.events():
+                    if stop.is_set():
+                        return
+                    loop.call_soon_threadsafe(queue.put_nowait, event)
+                item: BaseException | None = None
+            except BaseException as exc:
+                item = exc
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        threading.Thread(target=pump, name=f"watch-{self.resource.name}", daemon=True).start()
+        self.stats.healthy = True
+        try:
+            while True:
+                got = await queue.get()
+                if got is None:
+                    ReflectorStats.add(self.stats.restarts, "timeout")
+                    return
+                if isinstance(got, BaseException):
+                    raise got
+                self._apply(*got)
+        finally:
+            stop.set()
+            watch.close()

@@ -76,7 +76,7 @@ def load_configuration(settings: KubernetesSettings) -> client.Configuration:
             raise ConfigError(f"flag --kubeconfig: no such file: {path}")
         try:
             config.load_kube_config(config_file=path, client_configuration=cfg)
-        except (ConfigException, OSError, ValueError, TypeError) as exc:
+        except Exception as exc:  # yaml, OS and config errors all mean "unusable"
             raise ConfigError(f"flag --kubeconfig: cannot use {path}: {exc}") from None
         return cfg
     try:

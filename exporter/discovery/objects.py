@@ -79,9 +79,13 @@ def parse_pod(obj: Any) -> Peer | Skip:
     key = object_key(obj)
     if key is None:
         return Skip("malformed")
+    spec, status = obj.get("spec"), obj.get("status", {})
+    if not isinstance(spec, dict) or not isinstance(status, dict):
+        return Skip("malformed")
+    for field in ("podIPs", "hostIPs", "conditions"):
+        if status.get(field) is not None and not isinstance(status[field], list):
+            return Skip("malformed")
     meta = _dict(obj.get("metadata"))
-    spec = _dict(obj.get("spec"))
-    status = _dict(obj.get("status"))
     node = spec.get("nodeName")
     if not isinstance(node, str):
         node = ""

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gzip
 import http.client
+import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,6 +24,7 @@ from tests.netbed import Namespace
 ROOT = Path(__file__).resolve().parent.parent
 
 Samples = list[tuple[str, dict[str, str], float]]
+T = TypeVar("T")
 
 
 class _NsConnection(http.client.HTTPConnection):
@@ -174,3 +179,30 @@ class ExporterProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+
+def in_namespace(ns: Namespace, fn: Callable[[], T]) -> T:
+    """Call fn in a thread that has entered ns: sockets it creates (a listening server's,
+    say) live in that namespace for good."""
+    out: list[Any] = []
+
+    def worker() -> None:
+        try:
+            fd = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+                if libc.setns(fd, 0x40000000) != 0:
+                    raise OSError(ctypes.get_errno(), "setns")
+            finally:
+                os.close(fd)
+            out.append((True, fn()))
+        except BaseException as exc:
+            out.append((False, exc))
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    thread.join(30)
+    ok, result = out[0]
+    if not ok:
+        raise result
+    return cast(T, result)

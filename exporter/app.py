@@ -18,6 +18,7 @@ from exporter.config import ConfigError, KubernetesSettings, Settings
 from exporter.discovery.kubeapi import KubeApi, load_configuration
 from exporter.discovery.kubernetes import KubernetesDiscovery
 from exporter.discovery.reflector import Api, FatalApiError
+from exporter.discovery.services import ServiceDiscovery, make_checker
 from exporter.discovery.static import Resolver, StaticDiscovery, system_resolver
 from exporter.http import Health, HttpServer
 from exporter.metrics import MetricsDocument, build_registry
@@ -117,11 +118,15 @@ class App:
         static = StaticDiscovery(s.static, defaults, self.seams.resolver)
         table = TargetTable(prober)
         kube: KubernetesDiscovery | None = None
+        services: ServiceDiscovery | None = None
         try:
             table.publish("static", await static.initial())
             if kubernetes:
-                kube = KubernetesDiscovery(s, self.seams.kube_api(s.kubernetes),
-                                           lambda t: table.publish("kubernetes", t))
+                api = self.seams.kube_api(s.kubernetes)
+                kube = KubernetesDiscovery(s, api, lambda t: table.publish("kubernetes", t))
+                if s.services.enabled:
+                    services = ServiceDiscovery(s.services, s.kubernetes, api,
+                                                make_checker(s.services, node))
         except ConfigError as exc:
             log.error("%s", exc)
             return EXIT_CONFIG
@@ -135,7 +140,9 @@ class App:
                 fam.add_metric(["static", reason], n)
             yield fam
             if kube is not None:
-                yield from kube.collect()
+                yield from kube.collect(services.reflectors if services else ())
+            if services is not None:
+                yield from services.checker.collect()
 
         registry = build_registry(prober, discovery_metrics)
         document = MetricsDocument(prober, registry)
@@ -147,7 +154,8 @@ class App:
             return (age < stall_limit, f"probe loop last ran {age:.1f}s ago")
 
         def ready() -> tuple[bool, str]:
-            if kube is not None and not kube.ready:
+            if (kube is not None and not kube.ready) or (services is not None
+                                                         and not services.services.synced.is_set()):
                 return False, "waiting for the first complete sync with the Kubernetes API"
             return True, "ready"
 
@@ -179,6 +187,9 @@ class App:
         ]
         if kube is not None:
             tasks.append(asyncio.create_task(kube.run(), name="discovery.kubernetes"))
+        if services is not None:
+            tasks.append(asyncio.create_task(services.run(), name="discovery.services"))
+            tasks.append(asyncio.create_task(services.checker.run(), name="services.checks"))
         stopper = asyncio.create_task(self.stop.wait(), name="app.stop")
         code = EXIT_OK
         try:

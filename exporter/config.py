@@ -134,6 +134,23 @@ class MeshSettings:
 
 
 @dataclass(frozen=True)
+class ServicesSettings:
+    enabled: bool = True
+    always: tuple[str, ...] = ("default/kubernetes",)
+    dns: tuple[str, ...] = ("kube-system/kube-dns",)
+    selector: str | None = None
+    interval: float = 10.0
+    timeout: float = 2.0
+    concurrency: int = 16
+    cluster_domain: str = "cluster.local"
+    dns_name: str | None = None
+
+    @property
+    def query_name(self) -> str:
+        return self.dns_name or f"kubernetes.default.svc.{self.cluster_domain}"
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "info"
     format: str = "logfmt"
@@ -148,6 +165,7 @@ class Settings:
     discovery: str = "static"  # static | kubernetes, resolved from auto at parse time
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     mesh: MeshSettings = field(default_factory=MeshSettings)
+    services: ServicesSettings = field(default_factory=ServicesSettings)
 
 
 def _positive_duration(minimum: float) -> Callable[[str], float]:
@@ -214,6 +232,21 @@ def _nonempty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
     return text.strip()
+
+
+def _service_keys(text: str) -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in text.split(",") if k.strip())
+    for k in keys:
+        if k.count("/") != 1 or not all(k.split("/")):
+            raise ValueError(f"expected namespace/name, got {k!r}")
+    return keys
+
+
+def _selector(text: str) -> str:
+    from exporter.services.plan import LabelSelector
+
+    LabelSelector(text)
+    return text
 
 
 def _listen(text: str) -> str:
@@ -309,6 +342,25 @@ _FLAGS: tuple[_Flag, ...] = (
           "label targets with their node's topology.kubernetes.io/zone and make every "
           "exporter probe at least one peer in each other zone (watches node metadata)",
           boolean=True),
+    _Flag("--services", "services.enabled", _bool, "true",
+          "check Services through their ClusterIPs (Kubernetes discovery only)", boolean=True),
+    _Flag("--services.always", "services.always", _service_keys, "default/kubernetes",
+          "Services always checked, comma-separated namespace/name"),
+    _Flag("--services.dns", "services.dns", _service_keys, "kube-system/kube-dns",
+          "cluster DNS Services, checked with a real query (always checked too)"),
+    _Flag("--services.selector", "services.selector", _selector, None,
+          "label selector of further Services to check (besides those annotated "
+          "pingmesh.io/probe: \"true\")"),
+    _Flag("--services.interval", "services.interval", _positive_duration(0.1), "10s",
+          "time between two checks of one ClusterIP and port"),
+    _Flag("--services.timeout", "services.timeout", _positive_duration(0.01), "2s",
+          "a connect or query slower than this is a timeout"),
+    _Flag("--services.concurrency", "services.concurrency", _int_range(1, 1024), "16",
+          "checks running at once at most"),
+    _Flag("--services.cluster-domain", "services.cluster_domain", _nonempty, "cluster.local",
+          "cluster DNS domain"),
+    _Flag("--services.dns-name", "services.dns_name", _nonempty, None,
+          "name the DNS check resolves; default kubernetes.default.svc.<cluster domain>"),
     _Flag("--log.level", "log.level", _choice("debug", "info", "warn", "error"), "info",
           "log level"),
     _Flag("--log.format", "log.format", _choice("logfmt", "json"), "logfmt",
@@ -429,4 +481,15 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
         kubernetes=kube,
         mesh=MeshSettings(values["mesh.full_mesh_max"], values["mesh.peers"],
                           values["mesh.zones"]),
+        services=ServicesSettings(
+            enabled=values["services.enabled"],
+            always=values["services.always"],
+            dns=values["services.dns"],
+            selector=values["services.selector"],
+            interval=values["services.interval"],
+            timeout=values["services.timeout"],
+            concurrency=values["services.concurrency"],
+            cluster_domain=values["services.cluster_domain"],
+            dns_name=values["services.dns_name"],
+        ),
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -85,12 +85,13 @@ class KubernetesDiscovery:
 
     # ----- metrics ----------------------------------------------------------------------
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self, more: Iterable[Reflector[Any]] = ()) -> Iterator[Metric]:
+        reflectors = [*self.reflectors, *more]
         up = GaugeMetricFamily("pingmesh_discovery_up",
                                "1 when every watched resource is synced and its last request "
                                "succeeded.", labels=["source"])
-        up.add_metric(["kubernetes"],
-                      1 if self.ready and all(r.stats.healthy for r in self.reflectors) else 0)
+        up.add_metric(["kubernetes"], 1 if all(
+            r.synced.is_set() and r.stats.healthy for r in reflectors) else 0)
         yield up
         last = GaugeMetricFamily("pingmesh_discovery_last_sync_timestamp_seconds",
                                  "Unix time a resource's local copy was last confirmed current.",
@@ -107,7 +108,7 @@ class KubernetesDiscovery:
         skipped = CounterMetricFamily("pingmesh_discovery_objects_skipped",
                                       "Malformed API objects or fields, skipped.",
                                       labels=["resource", "reason"])
-        for r in self.reflectors:
+        for r in reflectors:
             name = r.resource.name
             s = r.stats
             last.add_metric([name], s.last_sync)

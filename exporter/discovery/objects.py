@@ -122,3 +122,112 @@ def parse_node_meta(obj: Any) -> NodeMeta | Skip:
     region = labels.get(REGION_LABEL)
     return NodeMeta(key, zone if isinstance(zone, str) else None,
                     region if isinstance(region, str) else None)
+
+
+PROBE_ANNOTATION = "pingmesh.io/probe"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    port: int
+    protocol: str  # TCP, UDP, SCTP
+
+
+@dataclass(frozen=True)
+class Service:
+    namespace: str
+    name: str
+    type: str
+    cluster_ips: tuple[str, ...]  # empty for headless and ExternalName Services
+    headless: bool
+    ports: tuple[ServicePort, ...]
+    labels: tuple[tuple[str, str], ...]
+    annotated: bool  # pingmesh.io/probe: "true"
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class SliceCounts:
+    """Endpoint counts of one EndpointSlice, by condition."""
+
+    service: str  # namespace/name of the owning Service
+    address_type: str  # IPv4, IPv6, FQDN
+    ready: int
+    serving: int
+    terminating: int
+
+
+def parse_service(obj: Any) -> Service | Skip:
+    key = object_key(obj)
+    if key is None or "/" not in key:
+        return Skip("malformed")
+    meta = _dict(obj.get("metadata"))
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return Skip("malformed")
+    svc_type = str(spec.get("type") or "ClusterIP")
+    raw_ips = spec.get("clusterIPs")
+    if not isinstance(raw_ips, list) or not raw_ips:
+        raw_ips = [spec.get("clusterIP")] if spec.get("clusterIP") else []
+    headless = any(ip == "None" for ip in raw_ips)
+    ips: list[str] = []
+    for ip in raw_ips:
+        if ip in (None, "", "None"):
+            continue
+        try:
+            ips.append(str(ipaddress.ip_address(ip)))
+        except (ValueError, TypeError):
+            return Skip("invalid_ip")
+    ports: list[ServicePort] = []
+    raw_ports = spec.get("ports") or []
+    if not isinstance(raw_ports, list):
+        return Skip("malformed")
+    for p in raw_ports:
+        if not isinstance(p, dict) or not isinstance(p.get("port"), int):
+            return Skip("malformed")
+        name = p.get("name") if isinstance(p.get("name"), str) else ""
+        proto = str(p.get("protocol") or "TCP")
+        ports.append(ServicePort(name, int(p["port"]), proto))
+    labels = _dict(meta.get("labels"))
+    annotations = _dict(meta.get("annotations"))
+    namespace, name = key.split("/", 1)
+    return Service(
+        namespace=namespace,
+        name=name,
+        type=svc_type,
+        cluster_ips=tuple(ips) if svc_type != "ExternalName" else (),
+        headless=headless,
+        ports=tuple(ports),
+        labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+        annotated=str(annotations.get(PROBE_ANNOTATION, "")).lower() == "true",
+    )
+
+
+def parse_endpoint_slice(obj: Any) -> SliceCounts | Skip:
+    key = object_key(obj)
+    if key is None or "/" not in key:
+        return Skip("malformed")
+    meta = _dict(obj.get("metadata"))
+    service = _dict(meta.get("labels")).get(SERVICE_NAME_LABEL)
+    address_type = obj.get("addressType")
+    endpoints = obj.get("endpoints") or []
+    if not isinstance(service, str) or not isinstance(address_type, str) or not isinstance(
+            endpoints, list):
+        return Skip("malformed")
+    ready = serving = terminating = 0
+    for ep in endpoints:
+        if not isinstance(ep, dict):
+            return Skip("malformed")
+        cond = _dict(ep.get("conditions"))
+        # The API defines an absent ready or serving as true, an absent terminating as false.
+        is_ready = cond.get("ready") is not False
+        ready += is_ready
+        serving += cond.get("serving", is_ready) is not False
+        terminating += cond.get("terminating") is True
+    return SliceCounts(f"{key.split('/', 1)[0]}/{service}", address_type, ready, serving,
+                       terminating)

@@ -190,7 +190,7 @@ def parse_service(obj: Any) -> Service | Skip:
     for p in raw_ports:
         if not isinstance(p, dict) or not isinstance(p.get("port"), int):
             return Skip("malformed")
-        name = p.get("name") if isinstance(p.get("name"), str) else ""
+        name = str(p.get("name") or "")
         proto = str(p.get("protocol") or "TCP")
         ports.append(ServicePort(name, int(p["port"]), proto))
     labels = _dict(meta.get("labels"))

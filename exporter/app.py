@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from exporter.config import ConfigError, KubernetesSettings, Settings
-from exporter.discovery.kubeapi import KubeApi, load_configuration
+from exporter.discovery.api import Api
 from exporter.discovery.kubernetes import KubernetesDiscovery
-from exporter.discovery.reflector import Api, FatalApiError
+from exporter.discovery.reflector import FatalApiError
 from exporter.discovery.services import ServiceDiscovery, make_checker
 from exporter.discovery.static import Resolver, StaticDiscovery, system_resolver
 from exporter.http import Health, HttpServer
@@ -47,6 +47,9 @@ def loopback_defaults() -> list[str]:
 
 
 def kube_api(settings: KubernetesSettings) -> Api:
+    # Imported here: the client library costs ~25 MiB, and static mode never needs it.
+    from exporter.discovery.kubeapi import KubeApi, load_configuration
+
     return KubeApi(load_configuration(settings))
 
 
@@ -163,7 +166,7 @@ class App:
         health.ready = ready
         host, port = s.web.host_port
         try:
-            server = HttpServer(host, port, s.web.telemetry_path, document.render, health)
+            server = HttpServer(host, port, s.web.telemetry_path, document.chunks, health)
         except OSError as exc:
             log.error("flag --web.listen-address %s: cannot listen: %s", s.web.listen_address,
                       exc.strerror or exc)

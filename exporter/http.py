@@ -8,12 +8,12 @@ from the kernel, so a scrape cannot inflate latency).
 from __future__ import annotations
 
 import errno
-import gzip
 import html
 import logging
 import socket
 import threading
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from exporter import __version__
@@ -33,7 +33,7 @@ class Health:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    render: Callable[[], bytes]
+    render: Callable[[], Iterable[bytes]]
     telemetry_path: str
     health: Health
 
@@ -46,19 +46,48 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
-    def _send(self, code: int, body: bytes, content_type: str, gzip_ok: bool = False) -> None:
-        encoding = None
-        if gzip_ok and "gzip" in self.headers.get("Accept-Encoding", ""):
-            body = gzip.compress(body, compresslevel=1)
-            encoding = "gzip"
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        if encoding:
-            self.send_header("Content-Encoding", encoding)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _stream(self, chunks: Iterable[bytes]) -> None:
+        """The metrics document as it is rendered, chunk by chunk (HTTP/1.1 chunked
+        encoding), gzip-compressed on the fly when the client accepts it: thousands of targets
+        never sit in memory as one document."""
+        compress = "gzip" in self.headers.get("Accept-Encoding", "")
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        if compress:
+            self.send_header("Content-Encoding", "gzip")
+        chunked = self.request_version == "HTTP/1.1"
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.close_connection = True
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        gz = zlib.compressobj(1, zlib.DEFLATED, 31) if compress else None
+        write = self.wfile.write
+
+        def emit(data: bytes) -> None:
+            if not data:
+                return
+            if chunked:
+                write(b"%x\r\n%s\r\n" % (len(data), data))
+            else:
+                write(data)
+
+        for chunk in chunks:
+            emit(gz.compress(chunk) if gz else chunk)
+        if gz:
+            emit(gz.flush())
+        if chunked:
+            write(b"0\r\n\r\n")
 
     def do_HEAD(self) -> None:
         self.do_GET()
@@ -68,7 +97,7 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.server
         try:
             if path == srv.telemetry_path:
-                self._send(200, srv.render(), CONTENT_TYPE, gzip_ok=True)
+                self._stream(srv.render())
             elif path in ("/healthz", "/readyz"):
                 ok, why = (srv.health.live if path == "/healthz" else srv.health.ready)()
                 self._send(200 if ok else 503, (why + "\n").encode(), "text/plain; charset=utf-8")
@@ -95,7 +124,8 @@ def _landing(telemetry_path: str) -> bytes:
 
 
 class HttpServer:
-    def __init__(self, host: str, port: int, telemetry_path: str, render: Callable[[], bytes],
+    def __init__(self, host: str, port: int, telemetry_path: str,
+                 render: Callable[[], Iterable[bytes]],
                  health: Health) -> None:
         family = socket.AF_INET6 if ":" in host or host == "" else socket.AF_INET
         server_cls = type("Server", (_Server,), {"address_family": family})

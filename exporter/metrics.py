@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -42,44 +43,51 @@ def _icmplib_version() -> str:
         return "unknown"
 
 
-def render_targets(states: Iterable[TargetState], buckets: tuple[float, ...]) -> str:
-    """Exposition text of every per-target family for the given target states."""
+CHUNK_TARGETS = 250  # targets per chunk of a streamed /metrics response
+
+
+def render_target_chunks(states: Iterable[TargetState], buckets: tuple[float, ...]
+                         ) -> Iterator[str]:
+    """Exposition text of every per-target family, in chunks of a few hundred targets, so a
+    scrape of thousands of targets never holds the whole document in memory."""
     states = list(states)
-    les = [format_le(b) for b in buckets] + ["+Inf"]
-    out: list[str] = [
-        f"# HELP {RTT} Round-trip time of echo replies received within the timeout, from "
-        "kernel timestamps.\n",
-        f"# TYPE {RTT} histogram\n",
-    ]
-    add = out.append
-    for st in states:
-        lbl = st.label_text
-        counts = st.buckets[:]
-        rtt_sum = st.rtt_sum_ns
-        acc = 0
-        for le, c in zip(les, counts, strict=True):
-            acc += c
-            add(f'{RTT}_bucket{{{lbl},le="{le}"}} {acc}\n')
-        add(f"{RTT}_sum{{{lbl}}} {rtt_sum / 1e9!r}\n{RTT}_count{{{lbl}}} {acc}\n")
-    add(f"# HELP {SENT} Echo requests whose outcome is known (reply, error or timeout).\n"
-        f"# TYPE {SENT} counter\n")
-    for st in states:
-        add(f"{SENT}{{{st.label_text}}} {st.sent}\n")
-    add(f"# HELP {RECEIVED} Echo requests answered by a valid reply within the timeout.\n"
-        f"# TYPE {RECEIVED} counter\n")
-    for st in states:
-        add(f"{RECEIVED}{{{st.label_text}}} {st.received}\n")
-    add(f"# HELP {ERRORS} ICMP errors, send failures and invalid replies, by reason.\n"
-        f"# TYPE {ERRORS} counter\n")
-    for st in states:
-        errors = dict(st.errors)
-        for reason in sorted(errors):
-            add(f'{ERRORS}{{{st.label_text},reason="{reason}"}} {errors[reason]}\n')
-    add(f"# HELP {UP} 1 when one of the last probes (--probe.up-window) got a reply.\n"
-        f"# TYPE {UP} gauge\n")
-    for st in states:
-        add(f"{UP}{{{st.label_text}}} {st.up}\n")
-    return "".join(out)
+    chunks = [states[i:i + CHUNK_TARGETS] for i in range(0, len(states), CHUNK_TARGETS)]
+    suffixes = [f',le="{format_le(b)}"}} ' for b in buckets] + [',le="+Inf"} ']
+    yield (f"# HELP {RTT} Round-trip time of echo replies received within the timeout, from "
+           f"kernel timestamps.\n# TYPE {RTT} histogram\n")
+    for chunk in chunks:
+        lines: list[str] = []
+        for st in chunk:
+            head = f"{RTT}_bucket{{{st.label_text}"
+            cumulative = list(accumulate(st.buckets[:]))
+            lines += [f"{head}{suffix}{v}\n" for suffix, v in zip(suffixes, cumulative,
+                                                                   strict=True)]
+            lines.append(f"{RTT}_sum{{{st.label_text}}} {st.rtt_sum_ns / 1e9!r}\n"
+                         f"{RTT}_count{{{st.label_text}}} {cumulative[-1]}\n")
+        yield "".join(lines)
+    for name, help_text, attr in (
+        (SENT, "Echo requests whose outcome is known (reply, error or timeout).", "sent"),
+        (RECEIVED, "Echo requests answered by a valid reply within the timeout.", "received"),
+        (UP, "1 when one of the last probes (--probe.up-window) got a reply.", "up"),
+    ):
+        kind = "gauge" if name == UP else "counter"
+        yield f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
+        for chunk in chunks:
+            yield "".join([f"{name}{{{st.label_text}}} {getattr(st, attr)}\n" for st in chunk])
+    yield (f"# HELP {ERRORS} ICMP errors, send failures and invalid replies, by reason.\n"
+           f"# TYPE {ERRORS} counter\n")
+    for chunk in chunks:
+        lines = []
+        for st in chunk:
+            if st.errors:
+                errors = dict(st.errors)
+                lines += [f'{ERRORS}{{{st.label_text},reason="{reason}"}} {errors[reason]}\n'
+                          for reason in sorted(errors)]
+        yield "".join(lines)
+
+
+def render_targets(states: Iterable[TargetState], buckets: tuple[float, ...]) -> str:
+    return "".join(render_target_chunks(states, buckets))
 
 
 class SelfCollector(Collector):
@@ -166,12 +174,16 @@ class MetricsDocument:
         self.last_render_seconds = 0.0
         registry.register(_RenderCollector(self))
 
-    def render(self) -> bytes:
+    def chunks(self) -> Iterator[bytes]:
+        """The document in pieces, for a streamed response."""
         started = time.perf_counter()
-        head = generate_latest(self.registry)
-        body = render_targets(self.prober.states, self.prober.buckets).encode()
+        yield generate_latest(self.registry)
+        for chunk in render_target_chunks(self.prober.states, self.prober.buckets):
+            yield chunk.encode()
         self.last_render_seconds = time.perf_counter() - started
-        return head + body
+
+    def render(self) -> bytes:
+        return b"".join(self.chunks())
 
 
 def build_registry(prober: Prober, extra: Callable[[], Iterable[Metric]] | None = None

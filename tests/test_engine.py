@@ -34,13 +34,21 @@ class ScriptedSocket:
     def fileno(self) -> int:
         return -1
 
-    def send(self, packet: bytes, address: str) -> None:
+    def destination(self, address: str) -> tuple[str, int]:
+        return (address, 0)
+
+    def send(self, packet: bytes, destination: tuple[str, int] | tuple[str, int, int, int]
+             ) -> None:
         if self.fail_with is not None:
             raise self.fail_with
-        self.sent.append((packet, address, time.time_ns()))
+        self.sent.append((packet, destination[0], time.time_ns()))
 
-    def recv(self) -> Received | None:
-        return self.inbox.popleft() if self.inbox else None
+    def recv_many(self, limit: int) -> tuple[list[Received], bool]:
+        out = []
+        while self.inbox and len(out) < limit:
+            out.append(self.inbox.popleft())
+        # A queued ICMP error also sets the socket's error, as the kernel does.
+        return out, bool(self.errors)
 
     def recv_error(self) -> QueuedError | None:
         return self.errors.popleft() if self.errors else None
@@ -59,7 +67,7 @@ class ScriptedSocket:
         body = packet[8:] if payload is None else payload
         reply = struct.pack("!BBHHH", wire.ECHO_REPLY[self.family], 0, 0, ident,
                             (seq + seq_shift) & 0xFFFF) + body
-        self.inbox.append(Received(reply, source or address, tx + delay_ns, truncated))
+        self.inbox.append((reply, source or address, tx + delay_ns, truncated))
 
 
 def make(targets: list[str], timeout: float = 1.0, raw: bool = False
@@ -180,7 +188,7 @@ def test_raw_icmp_error_quoting_our_request() -> None:
     packet, _address, _ = sock.sent[-1]
     inner_ip = bytes([0x45, 0, 0, 84, 0, 0, 0, 0, 64, 1, 0, 0, 198, 18, 0, 1, 198, 18, 1, 1])
     err = struct.pack("!BBHI", 11, 0, 0, 0) + inner_ip + packet[:8]
-    sock.inbox.append(Received(err, "198.18.0.2", time.time_ns(), False))
+    sock.inbox.append((err, "198.18.0.2", time.time_ns(), False))
     drain(prober)
     assert st.errors == {"ttl_exceeded": 1}
     assert (st.sent, st.received) == (1, 0)
@@ -193,7 +201,7 @@ def test_raw_mode_ignores_other_identifiers() -> None:
     foreign = bytearray(packet)
     foreign[0] = 0
     foreign[4:6] = b"\x00\x01"
-    sock.inbox.append(Received(bytes(foreign), address, tx + 1000, False))
+    sock.inbox.append((bytes(foreign), address, tx + 1000, False))
     drain(prober)
     assert st.received == 0 and st.errors == {}
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from exporter.config import KubernetesSettings
-from exporter.discovery.kubeapi import KubeApi, Resource
+from exporter.discovery.api import Resource
+from exporter.discovery.kubeapi import KubeApi
 from exporter.discovery.objects import Peer, parse_pod
 from exporter.discovery.reflector import FatalApiError, Reflector
 from tests import kubefake_fixtures

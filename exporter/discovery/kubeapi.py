@@ -12,7 +12,6 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, config
@@ -20,39 +19,13 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from exporter.config import ConfigError, KubernetesSettings
+from exporter.discovery.api import ApiError, ConnectionFailed, Gone, Resource
 
 log = logging.getLogger("exporter.discovery.kubernetes")
 
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 LIST_PAGE = 500
-
-
-class ApiError(Exception):
-    """An answer from the API server that is not what was asked for."""
-
-    def __init__(self, status: int, reason: str, message: str = "") -> None:
-        super().__init__(f"{status} {reason}: {message}" if message else f"{status} {reason}")
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-
-class Gone(ApiError):
-    """410: the resourceVersion is too old; the caller must list again."""
-
-
-class ConnectionFailed(Exception):
-    """The request did not get an HTTP answer: refused, reset, timed out."""
-
-
-@dataclass(frozen=True)
-class Resource:
-    name: str  # "pods", "nodes", "services", "endpointslices"
-    namespace: str | None = None
-    label_selector: str | None = None
-    field_selector: str | None = None
-    metadata_only: bool = False
 
 
 def _status_error(status: int, body: Any) -> ApiError:

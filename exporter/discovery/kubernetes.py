@@ -12,9 +12,9 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter.config import MeshSettings, Settings
-from exporter.discovery.kubeapi import Resource
+from exporter.discovery.api import Api, Resource
 from exporter.discovery.objects import NodeMeta, Peer, Skip, parse_node_meta, parse_pod
-from exporter.discovery.reflector import Api, Reflector, ReflectorStats
+from exporter.discovery.reflector import Reflector, ReflectorStats
 from exporter.mesh import Identity, MeshPlan, plan
 from exporter.targets import Target
 

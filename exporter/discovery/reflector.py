@@ -16,21 +16,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
-from exporter.discovery.kubeapi import ApiError, ConnectionFailed, Gone, Resource, Watch
+from exporter.discovery.api import Api, ApiError, ConnectionFailed, Gone, Resource
 from exporter.discovery.objects import Skip, object_key
 
 log = logging.getLogger("exporter.discovery.kubernetes")
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class Api(Protocol):
-    def list(self, res: Resource, timeout: float) -> tuple[list[Any], str]: ...
-    def watch(self, res: Resource, resource_version: str, timeout_seconds: int,
-              read_timeout: float) -> Watch: ...
 
 
 class FatalApiError(Exception):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from exporter.config import KubernetesSettings, ServicesSettings
-from exporter.discovery.kubeapi import Resource
+from exporter.discovery.api import Api, Resource
 from exporter.discovery.objects import (
     SERVICE_NAME_LABEL,
     Service,
@@ -21,7 +21,7 @@ from exporter.discovery.objects import (
     parse_endpoint_slice,
     parse_service,
 )
-from exporter.discovery.reflector import Api, Reflector
+from exporter.discovery.reflector import Reflector
 from exporter.services.checker import ServiceChecker
 from exporter.services.plan import LabelSelector, endpoint_counts, plan_checks, selected
 

@@ -34,6 +34,7 @@ SO_EE_ORIGIN_ICMP6 = 3
 _TIMESPEC = struct.Struct("@qq")
 _U32 = struct.Struct("@I")
 _EXT_ERR = struct.Struct("@IBBBBII")
+_SOL_SOCKET = int(socket.SOL_SOCKET)
 _ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_U32.size) + 64
 _ERR_ANC_SIZE = 512
 
@@ -49,8 +50,10 @@ class ProbeSocket(Protocol):
     drops: int
 
     def fileno(self) -> int: ...
-    def send(self, packet: bytes, address: str) -> None: ...
-    def recv(self) -> Received | None: ...
+    def destination(self, address: str) -> tuple[str, int] | tuple[str, int, int, int]: ...
+    def send(self, packet: bytes, destination: tuple[str, int] | tuple[str, int, int, int]
+             ) -> None: ...
+    def recv_many(self, limit: int) -> tuple[list[Received], bool]: ...
     def recv_error(self) -> QueuedError | None: ...
     def resize(self, wanted: int) -> None: ...
     def close(self) -> None: ...
@@ -60,12 +63,10 @@ class PrivilegeError(Exception):
     """No kind of ICMP socket could be opened; the message names the remedies."""
 
 
-@dataclass(frozen=True)
-class Received:
-    data: bytes  # starts at the ICMP header
-    source: str
-    rx_ns: int | None  # kernel receive time, CLOCK_REALTIME
-    truncated: bool
+# One received packet: (ICMP message from its header on, source address, kernel receive time
+# in CLOCK_REALTIME ns or None, truncated). A plain tuple: this is built once per reply.
+Received = tuple[bytes, str, int | None, bool]
+_MSG_TRUNC = int(socket.MSG_TRUNC)
 
 
 @dataclass(frozen=True)
@@ -169,30 +170,43 @@ class IcmpSocket:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, packet: bytes, address: str) -> None:
-        dest = (address, 0) if self.family == 4 else (address, 0, 0, 0)
-        self.sock.sendto(packet, dest)
+    def destination(self, address: str) -> tuple[str, int] | tuple[str, int, int, int]:
+        """The sockaddr tuple for sendto, built once per target, not once per packet."""
+        return (address, 0) if self.family == 4 else (address, 0, 0, 0)
 
-    def recv(self) -> Received | None:
-        """The next packet, or None when the queue is empty. Raises OSError for an error the
-        kernel reports on the socket itself."""
-        try:
-            data, anc, flags, addr = self.sock.recvmsg(self._bufsize, _ANC_SIZE)
-        except BlockingIOError:
-            return None
-        rx_ns = None
-        for level, kind, cdata in anc:
-            if level != socket.SOL_SOCKET:
+    def send(self, packet: bytes, destination: tuple[str, int] | tuple[str, int, int, int]
+             ) -> None:
+        self.sock.sendto(packet, destination)
+
+    def recv_many(self, limit: int) -> tuple[list[Received], bool]:
+        """Up to limit queued packets, and whether the kernel reported an error on the socket
+        itself (its details then wait on the error queue)."""
+        out: list[Received] = []
+        recvmsg = self.sock.recvmsg
+        bufsize = self._bufsize
+        strip = self.raw and self.family == 4
+        for _ in range(limit):
+            try:
+                data, anc, flags, addr = recvmsg(bufsize, _ANC_SIZE)
+            except BlockingIOError:
+                return out, False
+            except InterruptedError:
                 continue
-            if kind == SCM_TIMESTAMPNS and len(cdata) >= _TIMESPEC.size:
-                sec, nsec = _TIMESPEC.unpack_from(cdata)
-                rx_ns = sec * 1_000_000_000 + nsec
-            elif kind == SO_RXQ_OVFL and len(cdata) >= _U32.size:
-                self._note_drops(_U32.unpack_from(cdata)[0])
-        if self.raw and self.family == 4:
-            stripped = wire.strip_ipv4_header(data)
-            data = stripped if stripped is not None else b""
-        return Received(data, addr[0], rx_ns, bool(flags & socket.MSG_TRUNC))
+            except OSError:
+                return out, True
+            rx_ns = None
+            for level, kind, cdata in anc:
+                if level != _SOL_SOCKET:
+                    continue
+                if kind == SCM_TIMESTAMPNS and len(cdata) >= _TIMESPEC.size:
+                    sec, nsec = _TIMESPEC.unpack_from(cdata)
+                    rx_ns = sec * 1_000_000_000 + nsec
+                elif kind == SO_RXQ_OVFL and len(cdata) >= _U32.size:
+                    self._note_drops(_U32.unpack_from(cdata)[0])
+            if strip:
+                data = wire.strip_ipv4_header(data) or b""
+            out.append((data, addr[0], rx_ns, bool(flags & _MSG_TRUNC)))
+        return out, False
 
     def _note_drops(self, counter: int) -> None:
         # The kernel's counter is cumulative per socket and wraps at 2**32.

@@ -37,6 +37,7 @@ class TargetState:
         "address",
         "bounds_ns",
         "buckets",
+        "dest",
         "errors",
         "history",
         "label_text",
@@ -54,6 +55,7 @@ class TargetState:
                  const_labels: str) -> None:
         self.target = target
         self.address = target.address
+        self.dest: tuple[str, int] | tuple[str, int, int, int] | None = None
         self.phase = target.phase()
         self.bounds_ns = bounds_ns
         self.buckets = [0] * (len(bounds_ns) + 1)

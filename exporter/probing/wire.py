@@ -15,6 +15,8 @@ ERROR_REASONS: dict[int, dict[int, str]] = {
 }
 
 _HDR = struct.Struct("!BBHHH")
+_ECHO_HEAD = struct.Struct("!BBHHH8sQ")  # header, then cookie and nonce: the payload's head
+PAYLOAD_HEAD = 16
 _ID_SEQ = struct.Struct("!HH")
 _COOKIE_LEN = 8
 _STAMP = struct.Struct("!Q")
@@ -35,6 +37,17 @@ def make_payload(cookie: bytes, stamp: int, size: int, filler: bytes) -> bytes:
     A reply must carry exactly these bytes back, which is how corrupt replies are told apart."""
     head = cookie + _STAMP.pack(stamp & 0xFFFFFFFFFFFFFFFF)
     return (head + filler)[:size] if size >= len(head) else head[:size]
+
+
+def echo_request(family: int, ident: int, seq: int, cookie: bytes, nonce: int, tail: bytes,
+                 with_checksum: bool) -> bytes:
+    """An echo request whose payload is cookie, nonce, then tail; the probing hot path's
+    one-pack version of build_echo(make_payload(...))."""
+    packet = _ECHO_HEAD.pack(ECHO_REQUEST[family], 0, 0, ident, seq, cookie, nonce) + tail
+    if with_checksum:
+        csum = checksum(packet)
+        packet = packet[:2] + csum.to_bytes(2, "big") + packet[4:]
+    return packet
 
 
 def build_echo(family: int, ident: int, seq: int, payload: bytes, with_checksum: bool) -> bytes:

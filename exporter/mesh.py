@@ -59,8 +59,12 @@ def _labels(kind: str, node: str, zone: str | None) -> tuple[tuple[str, str], ..
 
 def plan(me: Identity, peers: Iterable[Peer], zones: Mapping[str, str | None] | None,
          settings: MeshSettings) -> MeshPlan:
-    """zones is None when zone awareness is off; else node name to zone (None if unknown)."""
+    """zones is None when zone awareness is off; else every node the API knows, by name, with
+    its zone (None if unlabelled). With zones on, a peer whose node is gone from the API is
+    dropped at once instead of waiting for the pod garbage collector."""
     by_node = one_per_node(peers, me)
+    if zones is not None:
+        by_node = {n: p for n, p in by_node.items() if n in zones}
     zone_of = (lambda n: (zones.get(n) or "")) if zones is not None else (lambda n: None)
     nodes = [NodeInfo(n, zone_of(n) or None) for n in sorted(by_node)]
     nodes.append(NodeInfo(me.node, zone_of(me.node) or None))

@@ -105,13 +105,17 @@ def test_zones_label_targets_from_node_metadata(bed: Bed, fake_in_src: KubeFake,
     fake.upsert("nodes", make_node("node-0", {"topology.kubernetes.io/zone": "z-a"}, ["1.0.0.1"]))
     fake.upsert("nodes", make_node("node-1", {"topology.kubernetes.io/zone": "z-b"}, [a[1]]))
     fake.upsert("pods", peer("pm-1", "node-1", [a[0]], [a[1]]))
-    fake.upsert("pods", peer("pm-2", "node-2", [a[2]], [a[3]]))  # node without metadata
+    fake.upsert("nodes", make_node("node-2", {}, [a[3]]))  # no zone label
+    fake.upsert("pods", peer("pm-2", "node-2", [a[2]], [a[3]]))
     with ExporterProcess(bed.src, exporter_args(fake, tmp_path, "--mesh.zones")) as proc:
         proc.wait_ready()
         s = wait_for(proc, lambda s: len(series(s)) == 4)
         zones = {(lb["target_node"], lb["target_zone"]) for n, lb, _v in s
                  if n == "pingmesh_probe_sent_total" and "target_zone" in lb}
         assert zones == {("node-1", "z-b"), ("node-2", "")}
+        # The node is deleted: its targets go at once, before its pod is collected.
+        fake.delete("nodes", None, "node-2")
+        s = wait_for(proc, lambda s: {x[1] for x in series(s)} == {"node-1"})
     metadata = [r for r in fake.requests if r.resource == "nodes"]
     assert metadata and all(r.metadata_only for r in metadata)
 

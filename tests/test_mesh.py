@@ -97,10 +97,10 @@ def test_two_pods_on_a_node_prefer_ready_then_newer() -> None:
 
 
 def test_zone_labels_when_enabled() -> None:
-    p = plan(ME, [peer("node-1"), peer("node-2")], {"node-0": "a", "node-1": "b"},
-             MeshSettings(zones=True))
+    p = plan(ME, [peer("node-1"), peer("node-2"), peer("node-3")],
+             {"node-0": "a", "node-1": "b", "node-2": None}, MeshSettings(zones=True))
     zones = {dict(t.labels)["target_node"]: dict(t.labels)["target_zone"] for t in p.targets}
-    assert zones == {"node-1": "b", "node-2": ""}
+    assert zones == {"node-1": "b", "node-2": ""}  # node-3 is gone from the API
     assert all("target_zone" not in dict(t.labels)
                for t in plan(ME, [peer("node-1")], None, MeshSettings()).targets)
 

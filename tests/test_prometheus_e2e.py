@@ -159,8 +159,13 @@ def test_rules_dashboards_and_alerts_against_real_prometheus(cluster: Cluster) -
     time.sleep(6)  # longer than every shrunk `for:`
     assert c.firing() == []
 
-    # promtool on a real /metrics document.
+    # promtool on a real /metrics document, and every family in README's metric table.
     metrics = c.exporters[0].get("/metrics")[2]
+    readme = (ROOT / "README.md").read_text()
+    families = set(re.findall(r"^# TYPE (pingmesh_\w+) ", metrics.decode(), re.M))
+    assert len(families) > 30
+    missing = [f for f in families if f"`{f}`" not in readme and f"`{f}_total`" not in readme]
+    assert not missing, f"metrics missing from README's table: {missing}"
     proc = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from exporter.config import MeshSettings
 from exporter.discovery.objects import Peer
 from exporter.selection import NodeInfo, SelectionSettings, Selector
-from exporter.targets import Target, ip_family
+from exporter.targets import Target
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def plan(me: Identity, peers: Iterable[Peer], zones: Mapping[str, str | None] | 
         for kind, ips in (("pod", peer.pod_ips), ("node", peer.host_ips)):
             seen: set[int] = set()
             for ip in ips:
-                fam = ip_family(ip)
+                fam = 6 if ":" in ip else 4  # already validated and canonical
                 if fam in seen:
                     continue  # one target per family: the first IP, as the API orders them
                 seen.add(fam)

@@ -3,7 +3,7 @@ itself is only imported by exporter.discovery.kubeapi, and only with --discovery
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ class WatchStream(Protocol):
 
 
 class Api(Protocol):
-    def list(self, res: Resource, timeout: float) -> tuple[list[Any], str]: ...
+    def list(self, res: Resource, timeout: float,
+             transform: Callable[[Any], Any] = ...) -> tuple[list[Any], str]: ...
     def watch(self, res: Resource, resource_version: str, timeout_seconds: int,
               read_timeout: float) -> WatchStream: ...

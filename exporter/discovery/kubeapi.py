@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kubernetes import client, config
@@ -98,14 +98,23 @@ class KubeApi:
             raise ConnectionFailed(f"{type(exc).__name__}: {exc}") from None
         raise ValueError(f"unknown resource {res.name}")
 
-    def list(self, res: Resource, timeout: float) -> tuple[list[Any], str]:
-        """Every object (raw JSON) and the list's resourceVersion, paginated."""
+    def list(self, res: Resource, timeout: float,
+             transform: Callable[[Any], Any] = lambda obj: obj) -> tuple[list[Any], str]:
+        """Every object, passed through transform page by page (so a large list never sits
+        in memory as raw JSON), and the list's resourceVersion.
+
+        resourceVersion=0 lets the API server answer from its watch cache instead of a
+        quorum read from etcd, as client-go's reflectors do: when thousands of exporters list
+        at once (after a 410, say), etcd never sees them. The watch that follows starts from
+        the list's own resourceVersion, so nothing is missed."""
         items: list[Any] = []
         cont: str | None = None
         for _ in range(100_000):
             kw: dict[str, Any] = {"limit": LIST_PAGE, "_request_timeout": (10, timeout)}
             if cont:
                 kw["_continue"] = cont
+            else:
+                kw["resource_version"] = "0"
             resp = self._call(res, **kw)
             try:
                 body = resp.read()
@@ -119,10 +128,11 @@ class KubeApi:
                 raise ApiError(200, "BadList", "list response is not JSON") from None
             if not isinstance(doc, dict) or not isinstance(doc.get("items", []), list):
                 raise ApiError(200, "BadList", "list response has no items")
-            items.extend(doc.get("items") or [])
+            items.extend(transform(obj) for obj in doc.get("items") or [])
             meta = doc.get("metadata")
             if not isinstance(meta, dict):
                 meta = {}
+            del doc, body  # this page's raw JSON goes before the next page arrives
             cont = meta.get("continue") or None
             if not cont:
                 return items, str(meta.get("resourceVersion", ""))

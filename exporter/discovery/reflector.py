@@ -109,22 +109,29 @@ class Reflector(Generic[T]):
 
     # ----- store updates ----------------------------------------------------------------
 
-    def _parse(self, obj: Any) -> tuple[str | None, T | None]:
+    def _parse_item(self, obj: Any) -> tuple[str | None, T | Skip]:
+        """Pure apart from logging: also runs in the list's thread, page by page."""
         key = object_key(obj)
         try:
-            parsed = self.parse(obj)
+            return key, self.parse(obj)
         except Exception:  # a parser bug must not take discovery down
             log.exception("cannot parse %s %s", self.resource.name, key)
-            parsed = Skip("malformed")
+            return key, Skip("malformed")
+
+    def _counted(self, item: tuple[str | None, T | Skip]) -> tuple[str | None, T | None]:
+        key, parsed = item
         if isinstance(parsed, Skip):
             ReflectorStats.add(self.stats.skipped, parsed.reason)
             return key, None
         return key, parsed
 
-    def _replace(self, items: list[Any]) -> None:
+    def _parse(self, obj: Any) -> tuple[str | None, T | None]:
+        return self._counted(self._parse_item(obj))
+
+    def _replace(self, items: list[tuple[str | None, T | Skip]]) -> None:
         fresh: dict[str, T] = {}
-        for obj in items:
-            key, value = self._parse(obj)
+        for item in items:
+            key, value = self._counted(item)
             if key is None:
                 continue
             if value is not None:
@@ -213,7 +220,7 @@ class Reflector(Generic[T]):
     async def _list(self) -> None:
         ReflectorStats.add(self.stats.requests, "list")
         items, rv = await in_thread(
-            lambda: self.api.list(self.resource, self.request_timeout),
+            lambda: self.api.list(self.resource, self.request_timeout, self._parse_item),
             name=f"list-{self.resource.name}")
         self._replace(items)
         self._resource_version = rv

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from itertools import accumulate
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -46,44 +47,62 @@ def _icmplib_version() -> str:
 CHUNK_TARGETS = 250  # targets per chunk of a streamed /metrics response
 
 
+class _Snapshot(NamedTuple):
+    labels: str
+    buckets: list[int]
+    rtt_sum_ns: int
+    received: int
+    sent: int
+    up: int
+    errors: dict[str, int]
+
+
+def snapshot(st: TargetState) -> _Snapshot:
+    """One target's figures, read in the order that keeps them consistent while the probing
+    loop keeps counting: every counter only grows and histogram count <= received <= sent
+    holds at every instant, so reading the histogram, then received, then sent can never
+    show more replies than requests."""
+    buckets = st.buckets[:]
+    rtt_sum = st.rtt_sum_ns
+    received = st.received
+    sent = st.sent
+    return _Snapshot(st.label_text, buckets, rtt_sum, received, sent, st.up, dict(st.errors))
+
+
 def render_target_chunks(states: Iterable[TargetState], buckets: tuple[float, ...]
                          ) -> Iterator[str]:
     """Exposition text of every per-target family, in chunks of a few hundred targets, so a
-    scrape of thousands of targets never holds the whole document in memory."""
-    states = list(states)
-    chunks = [states[i:i + CHUNK_TARGETS] for i in range(0, len(states), CHUNK_TARGETS)]
+    scrape of thousands of targets never holds the whole document in memory. All families
+    come from one snapshot per target, so they agree with each other."""
+    snaps = [snapshot(st) for st in states]
+    chunks = [snaps[i:i + CHUNK_TARGETS] for i in range(0, len(snaps), CHUNK_TARGETS)]
     suffixes = [f',le="{format_le(b)}"}} ' for b in buckets] + [',le="+Inf"} ']
     yield (f"# HELP {RTT} Round-trip time of echo replies received within the timeout, from "
            f"kernel timestamps.\n# TYPE {RTT} histogram\n")
     for chunk in chunks:
         lines: list[str] = []
-        for st in chunk:
-            head = f"{RTT}_bucket{{{st.label_text}"
-            cumulative = list(accumulate(st.buckets[:]))
+        for sn in chunk:
+            head = f"{RTT}_bucket{{{sn.labels}"
+            cumulative = list(accumulate(sn.buckets))
             lines += [f"{head}{suffix}{v}\n" for suffix, v in zip(suffixes, cumulative,
                                                                    strict=True)]
-            lines.append(f"{RTT}_sum{{{st.label_text}}} {st.rtt_sum_ns / 1e9!r}\n"
-                         f"{RTT}_count{{{st.label_text}}} {cumulative[-1]}\n")
+            lines.append(f"{RTT}_sum{{{sn.labels}}} {sn.rtt_sum_ns / 1e9!r}\n"
+                         f"{RTT}_count{{{sn.labels}}} {cumulative[-1]}\n")
         yield "".join(lines)
-    for name, help_text, attr in (
-        (SENT, "Echo requests whose outcome is known (reply, error or timeout).", "sent"),
-        (RECEIVED, "Echo requests answered by a valid reply within the timeout.", "received"),
-        (UP, "1 when one of the last probes (--probe.up-window) got a reply.", "up"),
+    for name, help_text, field in (
+        (SENT, "Echo requests whose outcome is known (reply, error or timeout).", 4),
+        (RECEIVED, "Echo requests answered by a valid reply within the timeout.", 3),
+        (UP, "1 when one of the last probes (--probe.up-window) got a reply.", 5),
     ):
         kind = "gauge" if name == UP else "counter"
         yield f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
         for chunk in chunks:
-            yield "".join([f"{name}{{{st.label_text}}} {getattr(st, attr)}\n" for st in chunk])
+            yield "".join([f"{name}{{{sn.labels}}} {sn[field]}\n" for sn in chunk])
     yield (f"# HELP {ERRORS} ICMP errors, send failures and invalid replies, by reason.\n"
            f"# TYPE {ERRORS} counter\n")
     for chunk in chunks:
-        lines = []
-        for st in chunk:
-            if st.errors:
-                errors = dict(st.errors)
-                lines += [f'{ERRORS}{{{st.label_text},reason="{reason}"}} {errors[reason]}\n'
-                          for reason in sorted(errors)]
-        yield "".join(lines)
+        yield "".join([f'{ERRORS}{{{sn.labels},reason="{reason}"}} {sn.errors[reason]}\n'
+                       for sn in chunk if sn.errors for reason in sorted(sn.errors)])
 
 
 def render_targets(states: Iterable[TargetState], buckets: tuple[float, ...]) -> str:
@@ -175,12 +194,19 @@ class MetricsDocument:
         registry.register(_RenderCollector(self))
 
     def chunks(self) -> Iterator[bytes]:
-        """The document in pieces, for a streamed response."""
+        """The document in pieces, for a streamed response. The render time counts only the
+        time spent here, not compressing or writing to the client in between."""
+        busy = 0.0
         started = time.perf_counter()
-        yield generate_latest(self.registry)
+        data = generate_latest(self.registry)
         for chunk in render_target_chunks(self.prober.states, self.prober.buckets):
-            yield chunk.encode()
-        self.last_render_seconds = time.perf_counter() - started
+            busy += time.perf_counter() - started
+            yield data
+            started = time.perf_counter()
+            data = chunk.encode()
+        busy += time.perf_counter() - started
+        self.last_render_seconds = busy
+        yield data
 
     def render(self) -> bytes:
         return b"".join(self.chunks())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -69,3 +70,36 @@ def test_promtool_check_metrics_clean() -> None:
     proc = subprocess.run(["promtool", "check", "metrics"], input=_doc(prober), text=True,
                           capture_output=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_one_scrape_never_shows_more_replies_than_requests() -> None:
+    """Probing goes on while a scrape renders: every target's figures in one document must
+    still satisfy histogram count <= received <= sent."""
+    import threading
+
+    prober = _prober([static_target(f"198.18.1.{i}", f"198.18.1.{i}") for i in range(1, 101)])
+    states = list(prober.states)
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            for st in states:
+                st.reply(100_000)  # sent == received between any two probes
+
+    worker = threading.Thread(target=probe)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # interleave the two threads often
+    worker.start()
+    try:
+        for _ in range(10):
+            fams = {f.name: f for f in text_string_to_metric_families(_doc(prober))}
+            sent = {s.labels["target"]: s.value for s in fams["pingmesh_probe_sent"].samples}
+            received = {s.labels["target"]: s.value
+                        for s in fams["pingmesh_probe_received"].samples}
+            count = {s.labels["target"]: s.value for s in fams["pingmesh_probe_rtt_seconds"]
+                     .samples if s.name.endswith("_count")}
+            assert all(count[t] <= received[t] <= sent[t] for t in sent)
+    finally:
+        stop.set()
+        worker.join()
+        sys.setswitchinterval(switch)

@@ -487,6 +487,8 @@ class Plan:
     workdir: Path
     # Where ``python -m exporter`` runs from: its working directory comes first on sys.path.
     exporter_tree: Path = ROOT
+    # How often the exporter is scraped in the cost part (Prometheus: typically 15-60 s).
+    scrape_period_s: float = 1.0
 
 
 def write_targets(path: Path, addresses: Sequence[str]) -> Path:
@@ -589,7 +591,7 @@ def view_delta(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
 def run_exporter(bed: Bed, plan: Plan, counter: RequestCounter, targets_file: Path,
                  n: int) -> dict[str, Any]:
     proc, log_path, ready_s = start_exporter(bed, plan, targets_file, tag=f"exporter-{n}")
-    scraper = Scraper(bed.src, EXPORTER_PORT)
+    scraper = Scraper(bed.src, EXPORTER_PORT, period_s=plan.scrape_period_s)
     texts: list[str] = []
     main_cpu: list[float] = []
     marks: list[float] = []
@@ -1203,6 +1205,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--probers", default="exporter,fping,smokeping",
                    help="which probers to run in the cost part, comma-separated")
     p.add_argument("--no-rtt", action="store_true", help="skip the RTT accuracy part")
+    p.add_argument("--scrape-period", type=float, default=1.0,
+                   help="seconds between scrapes of the exporter in the cost part")
     p.add_argument("--out", type=Path, default=OUT_DIR, help="directory for the JSON result")
     p.add_argument("--exporter-tree", type=Path, default=ROOT,
                    help="directory holding the exporter package to run (default: this tree)")
@@ -1235,7 +1239,7 @@ def run_all(args: argparse.Namespace, probers: set[str], sizes: list[int], warmu
         "cost": {},
         "rtt": {},
     }
-    plan = Plan(warmup, window, workdir, exporter_tree)
+    plan = Plan(warmup, window, workdir, exporter_tree, args.scrape_period)
     with Bed() as bed:
         echo = bed.add_dst("echo", kernel_echo=True)
         addresses = echo.add_targets(max(sizes), 0)

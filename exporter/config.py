@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from exporter import __version__
 
@@ -23,6 +23,7 @@ DEFAULT_LISTEN = ":9871"
 # intercontinental and overloaded paths, in 19 buckets.
 DEFAULT_RTT_BUCKETS: tuple[float, ...] = tuple(25e-6 * 2**k for k in range(19))
 ENV_PREFIX = "PINGMESH_"
+T = TypeVar("T")
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|s|m|h|d)")
 _UNIT_SECONDS = {
@@ -438,30 +439,18 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
         if value is None and flag.default is not None:
             value = list(flag.default) if flag.repeatable else flag.parse(flag.default)
         values[flag.dest] = value
-    probe = ProbeSettings(
-        interval=values["probe.interval"],
-        timeout=values["probe.timeout"],
-        payload_size=values["probe.payload_size"],
-        ttl=values["probe.ttl"],
-        traffic_class=values["probe.traffic_class"],
-        socket_mode=values["probe.socket_mode"],
-        up_window=values["probe.up_window"],
-        rtt_buckets=values["probe.rtt_buckets"],
-    )
+    values["static.targets"] = tuple(values["static.targets"])
+    values["kubernetes.pod_ips"] = values["kubernetes.pod_ips"] or ()
+
+    def group(prefix: str, cls: Callable[..., T]) -> T:
+        # Flag destinations are "<group>.<field>" of the settings tree, one to one.
+        return cls(**{k.split(".", 1)[1]: v for k, v in values.items()
+                      if k.startswith(prefix + ".")})
+
     discovery = values["discovery"]
     if discovery == "auto":
         discovery = "kubernetes" if env.get("KUBERNETES_SERVICE_HOST") else "static"
-    kube = KubernetesSettings(
-        kubeconfig=values["kubernetes.kubeconfig"],
-        namespace=values["kubernetes.namespace"],
-        peer_selector=values["kubernetes.peer_selector"],
-        node_name=values["kubernetes.node_name"],
-        pod_name=values["kubernetes.pod_name"],
-        pod_ips=values["kubernetes.pod_ips"] or (),
-        watch_timeout=values["kubernetes.watch_timeout"],
-        request_timeout=values["kubernetes.request_timeout"],
-        retry_max_delay=values["kubernetes.retry_max_delay"],
-    )
+    kube = group("kubernetes", KubernetesSettings)
     if discovery == "kubernetes":
         for name, have in (("--kubernetes.node-name (NODE_NAME)", kube.node_name),
                            ("--kubernetes.namespace (POD_NAMESPACE)", kube.namespace)):
@@ -469,27 +458,12 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
                 raise ConfigError(f"flag {name}: required with --discovery=kubernetes; set it "
                                   "from the downward API")
     return Settings(
-        web=WebSettings(values["web.listen_address"], values["web.telemetry_path"]),
-        probe=probe,
-        static=StaticSettings(
-            targets=tuple(values["static.targets"]),
-            targets_file=values["static.targets_file"],
-            refresh_interval=values["static.refresh_interval"],
-        ),
-        log=LogSettings(values["log.level"], values["log.format"]),
+        web=group("web", WebSettings),
+        probe=group("probe", ProbeSettings),
+        static=group("static", StaticSettings),
+        log=group("log", LogSettings),
         discovery=discovery,
         kubernetes=kube,
-        mesh=MeshSettings(values["mesh.full_mesh_max"], values["mesh.peers"],
-                          values["mesh.zones"]),
-        services=ServicesSettings(
-            enabled=values["services.enabled"],
-            always=values["services.always"],
-            dns=values["services.dns"],
-            selector=values["services.selector"],
-            interval=values["services.interval"],
-            timeout=values["services.timeout"],
-            concurrency=values["services.concurrency"],
-            cluster_domain=values["services.cluster_domain"],
-            dns_name=values["services.dns_name"],
-        ),
+        mesh=group("mesh", MeshSettings),
+        services=group("services", ServicesSettings),
     )

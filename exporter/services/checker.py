@@ -38,6 +38,15 @@ GOOD = ("ok", "noerror")
 _UNREACHABLE = (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN)
 
 
+def failure(exc: OSError) -> str:
+    """The result label of a failed check."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    return "unreachable" if exc.errno in _UNREACHABLE else "error"
+
+
 async def tcp_connect(check: Check, timeout: float) -> tuple[str, float | None]:
     """ok, refused (a REJECT: usually no endpoints), timeout (the datapath lost the SYN),
     unreachable (an ICMP error), or error. No data is sent; the connection is closed at once."""
@@ -49,12 +58,8 @@ async def tcp_connect(check: Check, timeout: float) -> tuple[str, float | None]:
         try:
             await asyncio.wait_for(loop.sock_connect(sock, (check.cluster_ip, check.port)),
                                    timeout)
-        except ConnectionRefusedError:
-            return "refused", None
-        except TimeoutError:
-            return "timeout", None
-        except OSError as exc:
-            return ("unreachable" if exc.errno in _UNREACHABLE else "error"), None
+        except OSError as exc:  # TimeoutError and ConnectionRefusedError included
+            return failure(exc), None
         return "ok", time.perf_counter() - started
 
 
@@ -82,12 +87,8 @@ def dns_prober(name: str) -> Probe:
                     if result is not None:
                         return result, time.perf_counter() - started
                 return "error", None
-            except ConnectionRefusedError:
-                return "refused", None
-            except TimeoutError:
-                return "timeout", None
             except OSError as exc:
-                return ("unreachable" if exc.errno in _UNREACHABLE else "error"), None
+                return failure(exc), None
 
     return dns_query
 

@@ -571,7 +571,31 @@ def _sanitize(hint: str) -> str:
     return cleaned or "dst"
 
 
-class Bed:
+class Closing:
+    """A context manager that closes on exit, without letting a cleanup failure hide the
+    error that got there."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.close()
+        except Exception:
+            # A cleanup failure must not hide the error that got us here.
+            if exc_type is None:
+                raise
+
+
+class Bed(Closing):
     """A src namespace plus dst namespaces; use as a context manager.
 
     ``unprivileged_ping=False`` leaves ``net.ipv4.ping_group_range`` at the
@@ -601,22 +625,6 @@ class Bed:
 
     def __repr__(self) -> str:
         return f"Bed(src={self.src.name!r}, dsts={len(self.dsts)})"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            self.close()
-        except Exception:
-            # A cleanup failure must not hide the error that got us here.
-            if exc_type is None:
-                raise
 
     @property
     def namespaces(self) -> list[Namespace]:

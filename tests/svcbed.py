@@ -64,10 +64,18 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
-from tests.netbed import NS_PREFIX, V4_SPACE, V6_SPACE, Bed, Dst, Namespace, NetbedError
+from tests.netbed import (
+    NS_PREFIX,
+    V4_SPACE,
+    V6_SPACE,
+    Bed,
+    Closing,
+    Dst,
+    Namespace,
+    NetbedError,
+)
 
 Protocol = Literal["tcp", "udp"]
 RejectWith = Literal["icmp", "tcp-reset"]
@@ -806,7 +814,7 @@ class DnsService:
     port: int = 53
 
 
-class ServiceBed:
+class ServiceBed(Closing):
     """Services for a netbed Bed: a backend namespace, ClusterIPs, a KubeProxy.
 
     The backend dst has ``n_v4`` + ``n_v6`` addresses for backends.  Routes
@@ -866,22 +874,6 @@ class ServiceBed:
 
     def __repr__(self) -> str:
         return f"ServiceBed({self.bed!r}, backends in {self.dst.name})"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            self.close()
-        except Exception:
-            # A cleanup failure must not hide the error that got us here.
-            if exc_type is None:
-                raise
 
     @property
     def src(self) -> Namespace:

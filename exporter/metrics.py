@@ -105,10 +105,6 @@ def render_target_chunks(states: Iterable[TargetState], buckets: tuple[float, ..
                        for sn in chunk if sn.errors for reason in sorted(sn.errors)])
 
 
-def render_targets(states: Iterable[TargetState], buckets: tuple[float, ...]) -> str:
-    return "".join(render_target_chunks(states, buckets))
-
-
 class SelfCollector(Collector):
     """The exporter's own health, computed at scrape time from the prober's state."""
 

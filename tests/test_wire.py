@@ -12,21 +12,21 @@ from exporter.probing import wire
 
 
 def test_checksum_of_echo_verifies_to_zero() -> None:
-    pkt = wire.build_echo(4, 0x1234, 7, b"hello world!", with_checksum=True)
+    pkt = wire.echo_request(4, 0x1234, 7, b"C" * 8, 1, b"hello world!", with_checksum=True)
     assert wire.checksum(pkt) == 0
 
 
 def test_echo_reply_parses() -> None:
-    req = wire.build_echo(6, 9, 513, b"x" * 20, with_checksum=False)
+    req = wire.echo_request(6, 9, 513, b"x" * 8, 7, b"x" * 20, with_checksum=False)
     reply = bytes([129]) + req[1:]
     parsed = wire.parse_icmp(6, reply)
-    assert parsed == wire.EchoReply(9, 513, b"x" * 20)
+    assert parsed == wire.EchoReply(9, 513, b"x" * 8 + struct.pack("!Q", 7) + b"x" * 20)
 
 
 def test_payload_layout() -> None:
-    p = wire.make_payload(b"C" * 8, 5, 56, bytes(range(256)))
+    p = wire.echo_request(4, 1, 2, b"C" * 8, 5, bytes(range(40)), with_checksum=False)[8:]
     assert len(p) == 56 and p[:8] == b"C" * 8 and p[8:16] == struct.pack("!Q", 5)
-    assert len(wire.make_payload(b"C" * 8, 5, 16, b"")) == 16
+    assert len(wire.echo_request(4, 1, 2, b"C" * 8, 5, b"", with_checksum=False)[8:]) == 16
 
 
 def _v4_header(dst: str, proto: int = 1) -> bytes:
@@ -35,14 +35,14 @@ def _v4_header(dst: str, proto: int = 1) -> bytes:
 
 
 def test_v4_unreachable_quotes_request() -> None:
-    req = wire.build_echo(4, 77, 88, b"p" * 16, with_checksum=True)
+    req = wire.echo_request(4, 77, 88, b"p" * 8, 0, b"", with_checksum=True)
     msg = struct.pack("!BBHI", 3, 1, 0, 0) + _v4_header("198.18.5.5") + req[:8]
     parsed = wire.parse_icmp(4, msg)
     assert parsed == wire.IcmpError("unreachable", 3, 1, 77, 88, "198.18.5.5")
 
 
 def test_v6_time_exceeded_quotes_request() -> None:
-    req = wire.build_echo(6, 1, 2, b"", with_checksum=False)
+    req = wire.echo_request(6, 1, 2, b"\0" * 8, 0, b"", with_checksum=False)
     inner = bytes([0x60, 0, 0, 0, 0, 8, 58, 64]) + socket.inet_pton(
         socket.AF_INET6, "2001:db8::1") + socket.inet_pton(socket.AF_INET6, "2001:db8::2")
     msg = struct.pack("!BBHI", 3, 0, 0, 0) + inner + req

@@ -23,7 +23,7 @@ from exporter.config import ProbeSettings
 from exporter.probing import wire
 from exporter.probing.icmpsocket import ProbeSocket
 from exporter.probing.stats import TargetState
-from exporter.targets import Target, TargetKey, diff, family_label
+from exporter.targets import Target, TargetKey, diff
 
 log = logging.getLogger("exporter.probing")
 
@@ -412,8 +412,3 @@ class Prober:
         for ch in self.channels.values():
             if ch.sock is not None:
                 loop.remove_reader(ch.sock.fileno())
-
-    def socket_info(self) -> list[tuple[str, str, int]]:
-        """(ip_family, mode, receive buffer bytes) of every open socket."""
-        return [(family_label(f), ch.sock.mode, ch.sock.rcvbuf)
-                for f, ch in self.channels.items() if ch.sock is not None]

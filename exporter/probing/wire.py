@@ -14,12 +14,9 @@ ERROR_REASONS: dict[int, dict[int, str]] = {
     6: {1: "unreachable", 2: "packet_too_big", 3: "ttl_exceeded", 4: "parameter_problem"},
 }
 
-_HDR = struct.Struct("!BBHHH")
 _ECHO_HEAD = struct.Struct("!BBHHH8sQ")  # header, then cookie and nonce: the payload's head
 PAYLOAD_HEAD = 16
 _ID_SEQ = struct.Struct("!HH")
-_COOKIE_LEN = 8
-_STAMP = struct.Struct("!Q")
 
 
 def checksum(data: bytes) -> int:
@@ -32,32 +29,17 @@ def checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def make_payload(cookie: bytes, stamp: int, size: int, filler: bytes) -> bytes:
-    """Payload of one probe: a per-process cookie, the send time, then filler up to size.
-    A reply must carry exactly these bytes back, which is how corrupt replies are told apart."""
-    head = cookie + _STAMP.pack(stamp & 0xFFFFFFFFFFFFFFFF)
-    return (head + filler)[:size] if size >= len(head) else head[:size]
-
-
 def echo_request(family: int, ident: int, seq: int, cookie: bytes, nonce: int, tail: bytes,
                  with_checksum: bool) -> bytes:
-    """An echo request whose payload is cookie, nonce, then tail; the probing hot path's
-    one-pack version of build_echo(make_payload(...))."""
+    """An echo request whose payload is a per-process cookie, a nonce, then tail. A reply must
+    carry exactly these bytes back, which is how corrupt replies are told apart. Datagram
+    ICMP sockets and raw ICMPv6 sockets have the kernel fill in the checksum; raw IPv4
+    sockets need it here."""
     packet = _ECHO_HEAD.pack(ECHO_REQUEST[family], 0, 0, ident, seq, cookie, nonce) + tail
     if with_checksum:
         csum = checksum(packet)
         packet = packet[:2] + csum.to_bytes(2, "big") + packet[4:]
     return packet
-
-
-def build_echo(family: int, ident: int, seq: int, payload: bytes, with_checksum: bool) -> bytes:
-    """An echo request. Datagram ICMP sockets and raw ICMPv6 sockets have the kernel fill in
-    the checksum; raw IPv4 sockets need it here."""
-    header = _HDR.pack(ECHO_REQUEST[family], 0, 0, ident, seq)
-    if not with_checksum:
-        return header + payload
-    csum = checksum(header + payload)
-    return _HDR.pack(ECHO_REQUEST[family], 0, csum, ident, seq) + payload
 
 
 @dataclass(frozen=True)

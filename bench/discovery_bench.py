@@ -85,6 +85,7 @@ from typing import IO, Any  # noqa: E402
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from bench.machine import cpu_model, memory_gib  # noqa: E402
 from tests.exporter_proc import http_get, in_namespace  # noqa: E402
 from tests.kubefake import KubeFake, RequestRecord  # noqa: E402
 from tests.kubefake_fixtures import make_pod  # noqa: E402
@@ -859,15 +860,6 @@ def spread_trials(n: int, fn: Callable[[Exporter], dict[str, Any]], name: str
 
 
 def machine_facts() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_kib = 0
-    with contextlib.suppress(OSError), open("/proc/meminfo", encoding="utf-8") as fh:
-        mem_kib = int(fh.readline().split()[1])
 
     def git(*args: str) -> str:
         try:
@@ -876,7 +868,7 @@ def machine_facts() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    return {"nproc": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem_kib / 2**20, 1),
+    return {"nproc": os.cpu_count(), "cpu_model": cpu_model(), "memory_gib": memory_gib(),
             "kernel": platform.release(), "python": platform.python_version(),
             "commit": git("rev-parse", "--short", "HEAD"),
             "exporter_tree_modified": git("status", "--porcelain", "--", "exporter"),

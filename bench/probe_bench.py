@@ -68,6 +68,7 @@ from collections.abc import Callable, Iterable, Sequence  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
+from bench.machine import cpu_model, memory_gib  # noqa: E402
 from tests.exporter_proc import http_get  # noqa: E402
 from tests.netbed import Bed, Dst, Namespace, Profile, require_root  # noqa: E402
 
@@ -1045,20 +1046,11 @@ def extract_revision(rev: str, into: Path) -> tuple[Path, str]:
 
 
 def machine_facts(exporter_tree: Path, exporter_commit: str | None) -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_kib = 0
-    with contextlib.suppress(OSError), open("/proc/meminfo", encoding="utf-8") as fh:
-        mem_kib = int(fh.readline().split()[1])
     return {
         "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "nproc": _first_line(["nproc"]),
-        "cpu_model": model,
-        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "cpu_model": cpu_model(),
+        "memory_gib": memory_gib(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "python_executable": sys.executable,

@@ -1,23 +1,43 @@
-# Two stages: wheels are built with the toolchain of the full Python image, then installed
-# into the slim image, which carries no compiler. The process runs as nobody (65534); ICMP
-# needs no capability because the DaemonSet sets net.ipv4.ping_group_range.
+# Two stages: the build stage installs the exporter and its dependencies into a virtual
+# environment (/opt/pingmesh), with the toolchain of the full Python image; the runtime stage
+# copies that environment into the slim image, which carries no compiler and no pip. The
+# process runs as nobody (65534); ICMP needs no capability because the DaemonSet sets
+# net.ipv4.ping_group_range.
+#
+# Build arguments:
+#   PYTHON_VERSION  the official python images' version (default 3.12)
+#   BUILD_BASE      the build stage's image (default python:${PYTHON_VERSION})
+#   RUNTIME_BASE    the runtime image (default python:${PYTHON_VERSION}-slim)
+#   VERSION         the image's version label
+# BUILD_BASE and RUNTIME_BASE must carry the same Python at the same path (the virtual
+# environment links to it), and BUILD_BASE must have the venv module (Debian: python3-venv).
+# tests/cluster/build-images.sh builds this file over a Debian bookworm base of its own.
+#
+# Bytecode is compiled at build time: the pod's root file system is read-only, and without
+# it every start would compile each module (the kubernetes client is large) in memory.
 ARG PYTHON_VERSION=3.12
+ARG BUILD_BASE=python:${PYTHON_VERSION}
+ARG RUNTIME_BASE=python:${PYTHON_VERSION}-slim
 
-FROM python:${PYTHON_VERSION} AS build
+FROM ${BUILD_BASE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# Pip's cache and any index or CA settings stay in this stage, which the image does not keep.
+RUN python3 -m venv /opt/pingmesh \
+ && /opt/pingmesh/bin/python -m pip install --disable-pip-version-check . \
+ && /opt/pingmesh/bin/python -m pip uninstall --disable-pip-version-check -q -y pip setuptools
 
-FROM python:${PYTHON_VERSION}-slim
+FROM ${RUNTIME_BASE}
 ARG VERSION=0.1.0
+ARG RUNTIME_BASE
 LABEL org.opencontainers.image.title="pingmesh-exporter" \
       org.opencontainers.image.description="Prometheus exporter for a Kubernetes cluster's pod, node and Service networks" \
       org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-compile /wheels/*.whl && rm -rf /wheels
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="${RUNTIME_BASE}"
+COPY --from=build /opt/pingmesh /opt/pingmesh
+ENV PATH=/opt/pingmesh/bin:${PATH} PYTHONUNBUFFERED=1
 USER 65534:65534
 EXPOSE 9871
 ENTRYPOINT ["pingmesh-exporter"]

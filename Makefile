@@ -3,9 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := fping dnsmasq-base iptables iproute2 prometheus prometheus-smokeping-prober
+APT_PACKAGES := fping dnsmasq-base iptables iproute2 prometheus prometheus-smokeping-prober \
+		nftables conntrack openssl curl util-linux containerd runc containernetworking-plugins \
+		buildah debootstrap
 
-.PHONY: run test lint bench system-deps clean
+.PHONY: run test lint bench system-deps cluster-components clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +22,8 @@ run: $(STAMP)
 ## system-deps: Debian packages the tests and benchmarks use (fping, Prometheus, ...)
 system-deps:
 	@missing=""; \
-	for bin in fping dnsmasq iptables ip prometheus promtool prometheus-smokeping-prober; do \
+	for bin in fping dnsmasq iptables ip prometheus promtool prometheus-smokeping-prober \
+	    nft conntrack openssl curl setpriv containerd runc /usr/lib/cni/ptp buildah debootstrap; do \
 	  command -v $$bin >/dev/null 2>&1 || missing="$$missing $$bin"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -30,8 +33,16 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
 
-## test: the whole suite (unit, real-network, lint and types); root runs the network tests
-test: $(STAMP) system-deps
+## cluster-components: the pinned Kubernetes binaries the cluster tests run, built from the
+## Go module proxy into $(PINGMESH_CACHE) (about 7 min the first time, seconds after)
+PINGMESH_CACHE ?= /var/cache/pingmesh-exporter
+export PINGMESH_CACHE
+cluster-components:
+	bash tests/cluster/build-components.sh
+
+## test: the whole suite (unit, real-network, real cluster, lint and types); root runs the
+## network and cluster tests
+test: $(STAMP) system-deps cluster-components
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Builds the real Kubernetes components the cluster tests run, pinned, from the Go module
+# proxy, into a cache outside the work tree. Idempotent: a component whose stamp matches its
+# pinned version is not rebuilt. Prints the bin directory on its last line.
+#
+#   PINGMESH_CACHE  cache root (default /var/cache/pingmesh-exporter)
+set -euo pipefail
+
+# ---- the versions, in one place --------------------------------------------------------
+KUBERNETES_VERSION=v1.34.4   # kube-apiserver, controller-manager, scheduler, proxy, kubelet, kubectl
+STAGING_VERSION=v0.34.4      # k8s.io staging modules released with it
+ETCD_VERSION=v3.6.4          # the version kubernetes v1.34.4 pins
+COREDNS_VERSION=v1.12.4      # cluster DNS with its kubernetes plugin
+
+CACHE=${PINGMESH_CACHE:-/var/cache/pingmesh-exporter}
+BIN=$CACHE/bin
+export GOPATH=$CACHE/go GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build
+export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0 GOPROXY=${GOPROXY:-https://proxy.golang.org}
+mkdir -p "$BIN" "$CACHE/src"
+
+step() { printf 'build-components: %s\n' "$*" >&2; }
+fail() { printf 'build-components: FAILED: %s\n' "$*" >&2; exit 1; }
+command -v go >/dev/null || fail "no Go toolchain on PATH (the tests build Kubernetes with it)"
+
+fresh() {  # fresh NAME VERSION: the built binary is there and its stamp matches
+  [[ -x $BIN/$1 && -f $BIN/.$1.version && $(cat "$BIN/.$1.version") == "$2" ]]
+}
+stamp() { echo "$2" > "$BIN/.$1.version"; }
+
+# A module of our own that requires MODULE@VERSION, so `go build` can build its commands
+# (a module whose go.mod has replace directives cannot be `go install`ed at a version).
+module_dir() {  # module_dir NAME MODULE VERSION -> prints the directory
+  local dir=$CACHE/src/$1-$3
+  mkdir -p "$dir"
+  if [[ ! -f $dir/go.mod ]]; then
+    (cd "$dir" && go mod init "pingmesh.test/build/$1" >/dev/null 2>&1 \
+      && go mod edit -require="$2@$3") || fail "go mod init for $1"
+  fi
+  echo "$dir"
+}
+
+build_kubernetes() {
+  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubectl)
+  local all=1 c
+  for c in "${cmds[@]}"; do fresh "$c" "$KUBERNETES_VERSION" || all=0; done
+  ((all)) && { step "kubernetes $KUBERNETES_VERSION: cached"; return; }
+  step "kubernetes $KUBERNETES_VERSION: building ${cmds[*]} (about 6 min cold on 2 cores)"
+  local dir gomod
+  dir=$(module_dir kubernetes k8s.io/kubernetes "$KUBERNETES_VERSION")
+  gomod=$(cd "$dir" && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" \
+    | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
+  [[ -f $gomod ]] || fail "cannot download k8s.io/kubernetes@$KUBERNETES_VERSION"
+  # kubernetes' go.mod points its staging modules at ./staging, which the module zip lacks:
+  # replace each with its released version.
+  local mod
+  for mod in $(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$gomod"); do
+    case $mod in k8s.io/sample-*) continue ;; esac
+    (cd "$dir" && go mod edit -replace="$mod=$mod@$STAGING_VERSION")
+  done
+  local pkgs=() v=${KUBERNETES_VERSION#v}
+  for c in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+  local ld="-s -w" p
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=${v%%.*}"
+    ld+=" -X $p.gitMinor=$(cut -d. -f2 <<<"$v") -X $p.gitTreeState=clean"
+    ld+=" -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  (cd "$dir" && go build -trimpath -ldflags="$ld" -o "$BIN/" "${pkgs[@]}") \
+    || fail "go build of kubernetes $KUBERNETES_VERSION (see above)"
+  for c in "${cmds[@]}"; do stamp "$c" "$KUBERNETES_VERSION"; done
+}
+
+build_one() {  # build_one BINARY MODULE VERSION PACKAGE [LDFLAGS]
+  fresh "$1" "$3" && { step "$1 $3: cached"; return; }
+  step "$1 $3: building"
+  local dir
+  dir=$(module_dir "$1" "$2" "$3")
+  (cd "$dir" && go build -trimpath -ldflags="-s -w ${5:-}" -o "$BIN/$1" "$4") \
+    || fail "go build of $1 $3 (see above)"
+  stamp "$1" "$3"
+}
+
+build_kubernetes
+build_one etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3
+build_one coredns github.com/coredns/coredns "$COREDNS_VERSION" github.com/coredns/coredns
+echo "$BIN"

@@ -125,6 +125,7 @@ class KubernetesSettings:
     watch_timeout: float = 300.0
     request_timeout: float = 120.0
     retry_max_delay: float = 30.0
+    startup_denial_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -335,6 +336,10 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("--kubernetes.retry-max-delay", "kubernetes.retry_max_delay",
           _positive_duration(0.01), "30s",
           "cap of the jittered exponential back-off between failed API requests"),
+    _Flag("--kubernetes.startup-denial-timeout", "kubernetes.startup_denial_timeout",
+          parse_duration, "1m",
+          "a 403 is retried this long before it is believed: fatal before the first sync, "
+          "logged after it (a starting API server denies until its RBAC caches sync)"),
     _Flag("--mesh.full-mesh-max", "mesh.full_mesh_max", _int_range(0, 1_000_000), "100",
           "up to this many peers every exporter probes all of them"),
     _Flag("--mesh.peers", "mesh.peers", _int_range(1, 10_000), "20",

@@ -421,6 +421,8 @@ class _Watcher:
         self.initial: list[_Stored] = []
         self.send_initial_end = False
         self.error: JSON | None = None
+        # The watch asked for PartialObjectMetadataList: see _NotAList.
+        self.list_media = False
 
 
 @dataclass
@@ -437,6 +439,12 @@ class _Fault:
 class _Snapshot:
     rv: int
     items: list[_Stored]
+
+
+class _NotAList(Exception):
+    """A watch that asked for ``as=PartialObjectMetadataList``: a real API server answers 200,
+    fails to encode the first event ("you requested PartialObjectMetadataList, but the
+    requested object is not a list") and ends the stream cleanly, before sending it."""
 
 
 class _HTTPError(Exception):
@@ -716,6 +724,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HTTPError(status_object(400, "invalid timeoutSeconds")) from None
         bookmarks = query.get("allowWatchBookmarks", "").lower() in ("true", "1")
         w = fake._open_watch(route.rt, route.namespace, query, metadata_only, self.connection)
+        w.list_media = metadata_only and _metadata_kind(self.headers.get("Accept", "")) == (
+            "PartialObjectMetadataList"
+        )
         if fault is not None:
             w.error = fault.status
         try:
@@ -735,7 +746,10 @@ class _Handler(BaseHTTPRequestHandler):
             if w.hang:
                 self._hang(w)
                 return
-            self._stream(w, record, timeout, bookmarks)
+            try:
+                self._stream(w, record, timeout, bookmarks)
+            except _NotAList:
+                self.wfile.write(b"0\r\n\r\n")
         except OSError:
             self.close_connection = True
         finally:
@@ -754,9 +768,13 @@ class _Handler(BaseHTTPRequestHandler):
         enc = (lambda st: st.meta) if w.metadata_only else (lambda st: st.full)
 
         def send(kind: str, st: _Stored) -> None:
+            if w.list_media:
+                raise _NotAList
             self._write_chunk(b'{"type":"%s","object":%s}\n' % (kind.encode(), enc(st)), record)
 
         def bookmark(rv: int, initial_end: bool = False) -> None:
+            if w.list_media:
+                raise _NotAList
             meta: JSON = {"resourceVersion": str(rv)}
             if initial_end:
                 meta["annotations"] = {INITIAL_EVENTS_END: "true"}
@@ -829,21 +847,25 @@ def _parse_media_types(accept: str) -> Iterator[tuple[str, dict[str, str]]]:
         yield parts[0].lower(), params
 
 
-def _wants_metadata(accept: str) -> bool:
+def _metadata_kind(accept: str) -> str | None:
+    """``PartialObjectMetadata`` or ``PartialObjectMetadataList`` when the
+    metadata form was asked for, else None."""
     # The server honours the first media type it can produce, as the real
     # content negotiation does; only JSON is produced here.
     for mtype, params in _parse_media_types(accept):
         if mtype not in ("application/json", "*/*", "application/*"):
             continue
-        return (
-            params.get("as", "")
-            in (
-                "PartialObjectMetadata",
-                "PartialObjectMetadataList",
-            )
-            and params.get("g", "") == META_GROUP
-        )
-    return False
+        kind = params.get("as", "")
+        if kind in ("PartialObjectMetadata", "PartialObjectMetadataList") and (
+            params.get("g", "") == META_GROUP
+        ):
+            return kind
+        return None
+    return None
+
+
+def _wants_metadata(accept: str) -> bool:
+    return _metadata_kind(accept) is not None
 
 
 def _content_type(metadata_only: bool, is_list: bool, watch: bool = False) -> str:

@@ -77,6 +77,16 @@ def test_flags_and_environment() -> None:
     assert s.static.targets == ("198.18.0.1", "198.18.0.2")
 
 
+def test_startup_denial_timeout() -> None:
+    assert parse_settings([], environ={}).kubernetes.startup_denial_timeout == 60.0
+    env = {"PINGMESH_KUBERNETES_STARTUP_DENIAL_TIMEOUT": "90s"}
+    assert parse_settings([], environ=env).kubernetes.startup_denial_timeout == 90.0
+    s = parse_settings(["--kubernetes.startup-denial-timeout", "0s"], environ=env)
+    assert s.kubernetes.startup_denial_timeout == 0.0  # the flag wins; 0: fatal at once
+    with pytest.raises(ConfigError, match="PINGMESH_KUBERNETES_STARTUP_DENIAL_TIMEOUT"):
+        parse_settings([], environ={"PINGMESH_KUBERNETES_STARTUP_DENIAL_TIMEOUT": "soon"})
+
+
 def test_bad_environment_names_variable_and_flag() -> None:
     with pytest.raises(ConfigError, match=r"PINGMESH_PROBE_PAYLOAD_SIZE .*--probe.payload-size"):
         parse_settings([], environ={"PINGMESH_PROBE_PAYLOAD_SIZE": "huge"})
@@ -93,6 +103,7 @@ def test_bad_environment_names_variable_and_flag() -> None:
         (["--web.listen-address", "nope"], "--web.listen-address"),
         (["--web.telemetry-path", "metrics"], "--web.telemetry-path"),
         (["--log.format", "xml"], "--log.format"),
+        (["--kubernetes.startup-denial-timeout", "1"], "--kubernetes.startup-denial-timeout"),
         (["--no-such-flag"], "--no-such-flag"),
     ],
 )

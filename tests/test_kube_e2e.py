@@ -122,12 +122,23 @@ def test_zones_label_targets_from_node_metadata(bed: Bed, fake_in_src: KubeFake,
 
 def test_forbidden_at_start_exits_naming_the_permission(bed: Bed, fake_in_src: KubeFake,
                                                         tmp_path: Path) -> None:
-    fake_in_src.fail_next("pods", 403, verb="list")
-    with ExporterProcess(bed.src, exporter_args(fake_in_src, tmp_path)) as proc:
+    fake_in_src.fail_next("pods", 403, count=1000, verb="list")
+    args = exporter_args(fake_in_src, tmp_path, "--kubernetes.startup-denial-timeout", "1s")
+    with ExporterProcess(bed.src, args) as proc:
         proc.proc.wait(20)
         out = proc.output()
     assert proc.proc.returncode == 1, out
-    assert "get, list and watch on pods" in out
+    assert f"list and watch on pods (core API group) in namespace {NS}" in out
+    assert "Role pingmesh-exporter" in out
+
+
+def test_forbidden_while_the_api_server_warms_up_is_waited_out(bed: Bed, fake_in_src: KubeFake,
+                                                               tmp_path: Path) -> None:
+    fake_in_src.fail_next("pods", 403, count=3, verb="list")
+    with ExporterProcess(bed.src, exporter_args(fake_in_src, tmp_path)) as proc:
+        proc.wait_ready()
+        assert proc.proc.poll() is None
+    assert fake_in_src.count("list", "pods", status=403) == 3
 
 
 def test_api_down_keeps_probing_last_targets(bed: Bed, fake_in_src: KubeFake,

@@ -353,6 +353,25 @@ def test_metadata_only_watch(kube: KubeFake, core: client.CoreV1Api) -> None:
     assert kube.filter_requests("watch", "nodes")[0].metadata_only
 
 
+def test_metadata_watch_asking_for_a_list_ends_at_the_first_event(
+    kube: KubeFake, core: client.CoreV1Api
+) -> None:
+    # As a real API server: 200, then a clean end instead of the first event.
+    kube.upsert("nodes", make_node("n1"))
+    rv = kube.resource_version
+    kube.upsert("nodes", make_node("n2"))
+    started = time.monotonic()
+    events = watch_events(
+        core.list_node,
+        resource_version=rv,
+        allow_watch_bookmarks=True,
+        timeout_seconds=5,
+        _headers={"Accept": METADATA_LIST},
+    )
+    assert events == [] and time.monotonic() - started < 2
+    assert kube.filter_requests("watch", "nodes")[0].status == 200
+
+
 # -- WATCH -------------------------------------------------------------------
 
 

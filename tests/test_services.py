@@ -170,3 +170,45 @@ def test_checker_spreads_records_and_forgets_removed() -> None:
     names = {dict(k)["service"] for k in
              _samples(list(checker.collect()), "pingmesh_service_probe_total")}
     assert names == {"web"}
+
+
+def _run_checker(dns_results: dict[int, str]) -> list[Metric]:
+    async def fake_dns(check: Check, timeout: float) -> tuple[str, float | None]:
+        result = dns_results[check.family]
+        return result, (0.001 if result not in ("timeout", "error") else None)
+
+    async def fake_tcp(check: Check, timeout: float) -> tuple[str, float | None]:
+        return "ok", 0.0003
+
+    checker = ServiceChecker(0.2, 0.1, 4, "x", "node-0", tcp=fake_tcp, dns_probe=fake_dns)
+    kdns = svc("kube-dns", "kube-system", ips=("198.19.128.10", "2001:db8:cafe::a"),
+               ports=(ServicePort("dns", 53, "UDP"),))
+    checker.set_plan(plan_checks([kdns], ["kube-system/kube-dns"]), {})
+
+    async def go() -> None:
+        task = asyncio.create_task(checker.run())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    return list(checker.collect())
+
+
+def test_dns_nodata_is_up_and_keeps_its_label() -> None:
+    # Dual stack: the kubernetes Service is single-stack, so AAAA is NOERROR with no records.
+    metrics = _run_checker({4: "noerror", 6: "nodata"})
+    up = {dict(k)["ip_family"]: v for k, v in _samples(metrics, "pingmesh_service_up").items()}
+    assert up == {"ipv4": 1, "ipv6": 1}
+    results = {(dict(k)["ip_family"], dict(k)["result"])
+               for k in _samples(metrics, "pingmesh_service_probe_total")}
+    assert results == {("ipv4", "noerror"), ("ipv6", "nodata")}
+
+
+@pytest.mark.parametrize("result", ["nxdomain", "servfail", "refused", "formerr", "notimp",
+                                    "rcode_other", "timeout", "unreachable", "error"])
+def test_dns_failures_are_down(result: str) -> None:
+    metrics = _run_checker({4: "noerror", 6: result})
+    up = {dict(k)["ip_family"]: v for k, v in _samples(metrics, "pingmesh_service_up").items()}
+    assert up == {"ipv4": 1, "ipv6": 0}

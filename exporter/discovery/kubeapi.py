@@ -23,7 +23,11 @@ from exporter.discovery.api import ApiError, ConnectionFailed, Gone, Resource
 
 log = logging.getLogger("exporter.discovery.kubernetes")
 
-METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+# A list is a PartialObjectMetadataList, but a watch streams single objects: asking for the
+# list form on a watch makes a real API server answer 200 and end the stream at the first
+# event ("the requested object is not a list"). client-go's metadata client asks the same.
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+METADATA_OBJECT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 LIST_PAGE = 500
 
@@ -40,6 +44,22 @@ def _status_error(status: int, body: Any) -> ApiError:
     return cls(status, reason or "Error", message)
 
 
+def accept_header(res: Resource, watch: bool) -> str | None:
+    """The Accept header of a list or a watch of res (None: the client's default, JSON)."""
+    if not res.metadata_only:
+        return None
+    return METADATA_OBJECT if watch else METADATA_LIST
+
+
+def without_retries(cfg: client.Configuration) -> client.Configuration:
+    """The reflector's capped, jittered back-off is the only retry: urllib3's default would
+    add three immediate retries (and three warnings) to every failed request, hammering an
+    API server that is already down. False, not 0: the error itself surfaces at once, not
+    wrapped in MaxRetryError."""
+    cfg.retries = False
+    return cfg
+
+
 def load_configuration(settings: KubernetesSettings) -> client.Configuration:
     """In-cluster service account, or a kubeconfig; ConfigError names what is missing."""
     cfg = client.Configuration()
@@ -51,7 +71,7 @@ def load_configuration(settings: KubernetesSettings) -> client.Configuration:
             config.load_kube_config(config_file=path, client_configuration=cfg)
         except Exception as exc:  # yaml, OS and config errors all mean "unusable"
             raise ConfigError(f"flag --kubeconfig: cannot use {path}: {exc}") from None
-        return cfg
+        return without_retries(cfg)
     try:
         config.load_incluster_config(client_configuration=cfg)
     except ConfigException as exc:
@@ -59,17 +79,20 @@ def load_configuration(settings: KubernetesSettings) -> client.Configuration:
             "no Kubernetes credentials: not in a cluster or no service account token "
             f"at {SERVICE_ACCOUNT_TOKEN} ({exc}); pass --kubeconfig outside a cluster, or "
             "--discovery=static") from None
-    return cfg
+    return without_retries(cfg)
 
 
 class KubeApi:
     def __init__(self, configuration: client.Configuration) -> None:
-        self._api_client = client.ApiClient(configuration)
+        # Also here, for configurations not made by load_configuration: the REST client reads
+        # retries once, when the ApiClient is built.
+        self._api_client = client.ApiClient(without_retries(configuration))
         self._core = client.CoreV1Api(self._api_client)
         self._discovery = client.DiscoveryV1Api(self._api_client)
 
     def _call(self, res: Resource, **kw: Any) -> Any:
-        headers = {"Accept": METADATA_ONLY} if res.metadata_only else None
+        accept = accept_header(res, bool(kw.get("watch")))
+        headers = {"Accept": accept} if accept else None
         common: dict[str, Any] = {"_preload_content": False, "_headers": headers}
         if res.label_selector:
             common["label_selector"] = res.label_selector
@@ -92,7 +115,9 @@ class KubeApi:
                     return self._discovery.list_namespaced_endpoint_slice(res.namespace, **common)
                 return self._discovery.list_endpoint_slice_for_all_namespaces(**common)
         except ApiException as exc:
-            raise _status_error(int(exc.status or 0), exc.body) from None
+            if not exc.status:  # the client's wrapping of an SSLError: no HTTP answer
+                raise ConnectionFailed(f"ApiException: {exc.reason}") from None
+            raise _status_error(int(exc.status), exc.body) from None
         except Exception as exc:
             # urllib3's MaxRetryError, ProtocolError, ReadTimeoutError and friends.
             raise ConnectionFailed(f"{type(exc).__name__}: {exc}") from None

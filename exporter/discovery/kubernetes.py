@@ -30,7 +30,8 @@ class KubernetesDiscovery:
         self.mesh: MeshSettings = settings.mesh
         self.publish = publish
         timing = {"request_timeout": k.request_timeout, "watch_timeout": k.watch_timeout,
-                  "retry_max_delay": k.retry_max_delay}
+                  "retry_max_delay": k.retry_max_delay,
+                  "startup_denial_timeout": k.startup_denial_timeout}
         self.pods: Reflector[Peer] = Reflector(
             api, Resource("pods", k.namespace, k.peer_selector), self._parse_pod,
             self._changed, **timing)
@@ -104,7 +105,8 @@ class KubernetesDiscovery:
                                      labels=["resource", "code"])
         restarts = CounterMetricFamily("pingmesh_discovery_watch_restarts",
                                        "Watches that ended: timeout (normal), gone (410, "
-                                       "re-list).", labels=["resource", "reason"])
+                                       "re-list), early_end (at once, without an event: "
+                                       "backed off).", labels=["resource", "reason"])
         skipped = CounterMetricFamily("pingmesh_discovery_objects_skipped",
                                       "Malformed API objects or fields, skipped.",
                                       labels=["resource", "reason"])

@@ -3,7 +3,8 @@
 The store is replaced only by a complete list and changed only by watch events, so live
 entries survive API outages, dropped connections and 410s (a re-list reconciles: only what
 is really gone leaves). One malformed object is counted and skipped; its previous good
-version, if any, is kept. Requests back off with capped, jittered exponential delays.
+version, if any, is kept. Requests back off with capped, jittered exponential delays; so does
+a watch the server keeps ending at once, which would otherwise be re-opened in a tight loop.
 """
 
 from __future__ import annotations
@@ -26,9 +27,41 @@ log = logging.getLogger("exporter.discovery.kubernetes")
 T = TypeVar("T")
 R = TypeVar("R")
 
+# A watch the server ends this soon, with nothing delivered, was not served: re-opening it at
+# once would spin (hundreds of WATCHes a second) on whatever made the server end it.
+EARLY_END_SECONDS = 1.0
+# Consecutive early ends after which discovery reads unhealthy: one can be a server
+# restarting, a streak is a watch the server cannot serve.
+EARLY_END_LIMIT = 3
+# The API group of each resource the exporter watches, for the RBAC remedy (others are core).
+API_GROUPS = {"endpointslices": "discovery.k8s.io"}
+
 
 class FatalApiError(Exception):
-    """The API refused us at start (401/403): no point retrying, the operator must act."""
+    """The API refused us at start (401, or a 403 that outlived the API server's warm-up): no
+    point retrying, the operator must act."""
+
+
+class WatchEndedEarly(Exception):
+    """The server ended a watch cleanly, at once and without an event: back off."""
+
+
+def ended_early(elapsed: float, timeout_seconds: int, delivered: bool) -> bool:
+    """Whether a watch that ended cleanly was not really served. Only one that delivered
+    nothing counts: one that delivered an event or a bookmark moved on, and a re-watch starts
+    from there."""
+    return not delivered and elapsed < min(EARLY_END_SECONDS, timeout_seconds / 10)
+
+
+def rbac_remedy(res: Resource) -> str:
+    """What deploy/base/rbac.yaml grants for res, and where, for a 403's message."""
+    group = API_GROUPS.get(res.name)
+    need = f"list and watch on {res.name} ({f'API group {group}' if group else 'core API group'})"
+    if res.namespace:
+        return (f"{need} in namespace {res.namespace}, granted by the Role pingmesh-exporter "
+                "and its RoleBinding in deploy/base/rbac.yaml (both must be in that namespace)")
+    return (f"{need} at cluster scope, granted by the ClusterRole pingmesh-exporter and its "
+            "ClusterRoleBinding in deploy/base/rbac.yaml")
 
 
 @dataclass
@@ -93,7 +126,8 @@ async def in_thread(fn: Callable[[], R], name: str) -> R:
 class Reflector(Generic[T]):
     def __init__(self, api: Api, resource: Resource, parse: Callable[[Any], T | Skip],
                  on_change: Callable[[], None], *, request_timeout: float,
-                 watch_timeout: float, retry_max_delay: float) -> None:
+                 watch_timeout: float, retry_max_delay: float,
+                 startup_denial_timeout: float) -> None:
         self.api = api
         self.resource = resource
         self.parse = parse
@@ -101,11 +135,16 @@ class Reflector(Generic[T]):
         self.request_timeout = request_timeout
         self.watch_timeout = watch_timeout
         self.retry_max_delay = retry_max_delay
+        # A freshly started API server answers 403 to correctly bound service accounts until
+        # its RBAC caches have synced: a 403 is only believed once it has lasted this long.
+        self.denial_timeout = startup_denial_timeout
         self.store: dict[str, T] = {}
         self.synced = asyncio.Event()
         self.stats = ReflectorStats()
         self._resource_version = ""
+        self._denied_since: float | None = None  # first 401/403 since the last success
         self._logged_denial = False
+        self._early_ends = 0  # watches in a row that ended early
 
     # ----- store updates ----------------------------------------------------------------
 
@@ -183,11 +222,15 @@ class Reflector(Generic[T]):
                 # Too old to resume: list again now (a 410 is not a failure of the server).
                 ReflectorStats.add(self.stats.restarts, "gone")
                 self._resource_version = ""
+            except WatchEndedEarly:
+                self._ended_early()
+                await asyncio.sleep(backoff.next())
             except ApiError as exc:
                 self._failed(str(exc.status), exc)
-                if exc.status in (401, 403) and not self.synced.is_set():
-                    raise FatalApiError(self._denial_message(exc)) from None
-                await asyncio.sleep(backoff.next())
+                delay = backoff.next()
+                if exc.status in (401, 403):
+                    delay = self._denied(exc, delay)
+                await asyncio.sleep(delay)
             except ConnectionFailed as exc:
                 self._failed("connection", exc)
                 await asyncio.sleep(backoff.next())
@@ -200,28 +243,70 @@ class Reflector(Generic[T]):
         ReflectorStats.add(self.stats.errors, code)
         self.stats.healthy = False
         if code in ("401", "403"):
-            if not self._logged_denial:
-                self._logged_denial = True
-                log.error("%s", self._denial_message(exc))
-            return
-        log.warning("%s %s failed: %s", self.resource.name,
-                    "list" if not self._resource_version else "watch", exc)
+            return  # _denied decides whether and how loudly
+        log.warning("%s %s failed: %s", self.resource.name, self._verb, exc)
 
-    def _denial_message(self, exc: BaseException) -> str:
+    @property
+    def _verb(self) -> str:
+        return "list" if not self._resource_version else "watch"
+
+    def _succeeded(self) -> None:
+        """An answer from the API server: a later denial is a new one, timed and logged anew."""
+        self._denied_since = None
+        self._logged_denial = False
+
+    def _denied(self, exc: ApiError, delay: float) -> float:
+        """The delay before retrying a 401 or 403; raises FatalApiError when retrying cannot
+        help. A 401 means wrong credentials, which no waiting fixes; a 403 may be the API
+        server's warm-up, so it is believed only once it has lasted denial_timeout."""
+        now = time.monotonic()
+        first = self._denied_since is None
+        since = now if self._denied_since is None else self._denied_since
+        self._denied_since = since
+        denied_for = now - since
+        left = self.denial_timeout - denied_for
+        if not self.synced.is_set():
+            if exc.status == 401 or left <= 0:
+                raise FatalApiError(self._denial_message(exc, denied_for)) from None
+            if first:
+                log.info("%s %s denied (403): retrying for up to %.0fs, the API server's RBAC "
+                         "may still be warming up", self.resource.name, self._verb, left)
+            return min(delay, left)  # the last try is at the deadline, not a back-off later
+        if (exc.status == 401 or left <= 0) and not self._logged_denial:
+            self._logged_denial = True
+            log.log(logging.ERROR if exc.status == 401 else logging.WARNING, "%s",
+                    self._denial_message(exc, denied_for))
+        else:
+            log.debug("%s %s denied (%d) for %.1fs", self.resource.name, self._verb,
+                      exc.status, denied_for)
+        return delay
+
+    def _denial_message(self, exc: ApiError, denied_for: float) -> str:
         r = self.resource
-        where = f" in namespace {r.namespace}" if r.namespace else " at cluster scope"
-        status = getattr(exc, "status", 0)
-        if status == 401:
-            return (f"the API server rejected our credentials (401) listing {r.name}: check the "
+        if exc.status == 401:
+            return (f"the API server rejected our credentials (401) on {r.name}: check the "
                     "service account token or the kubeconfig")
-        return (f"RBAC denies us (403) on {r.name}{where}: the exporter needs get, list and "
-                f"watch on {r.name}; see the ClusterRole in deploy/ ({exc})")
+        lasted = f" for {denied_for:.0f}s" if denied_for >= 1 else ""
+        return (f"RBAC denies us (403) on {r.name}{lasted}: the exporter's service account "
+                f"needs {rbac_remedy(r)} ({exc})")
+
+    def _ended_early(self) -> None:
+        ReflectorStats.add(self.stats.restarts, "early_end")
+        self._early_ends += 1
+        if self._early_ends < EARLY_END_LIMIT:
+            return
+        self.stats.healthy = False
+        if self._early_ends == EARLY_END_LIMIT:
+            log.warning("%s watch ended %d times in a row as soon as it was opened, without an "
+                        "event: backing off; the API server (or a proxy in front of it) does "
+                        "not serve this watch", self.resource.name, self._early_ends)
 
     async def _list(self) -> None:
         ReflectorStats.add(self.stats.requests, "list")
         items, rv = await in_thread(
             lambda: self.api.list(self.resource, self.request_timeout, self._parse_item),
             name=f"list-{self.resource.name}")
+        self._succeeded()
         self._replace(items)
         self._resource_version = rv
         self.stats.last_sync = time.time()
@@ -238,6 +323,8 @@ class Reflector(Generic[T]):
         watch = await in_thread(
             lambda: self.api.watch(self.resource, rv, timeout_seconds, read_timeout),
             name=f"watch-open-{self.resource.name}")
+        opened = time.monotonic()
+        self._succeeded()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any] | BaseException | None] = asyncio.Queue()
         stop = threading.Event()
@@ -255,15 +342,23 @@ class Reflector(Generic[T]):
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
         threading.Thread(target=pump, name=f"watch-{self.resource.name}", daemon=True).start()
-        self.stats.healthy = True
+        # In a streak of early ends, an open watch proves nothing yet.
+        self.stats.healthy = self._early_ends < EARLY_END_LIMIT
+        delivered = False
         try:
             while True:
                 got = await queue.get()
                 if got is None:
+                    if ended_early(time.monotonic() - opened, timeout_seconds, delivered):
+                        raise WatchEndedEarly
                     ReflectorStats.add(self.stats.restarts, "timeout")
                     return
                 if isinstance(got, BaseException):
                     raise got
+                if not delivered and got[0] != "MALFORMED":  # a garbled line moves nothing on
+                    delivered = True
+                    self._early_ends = 0
+                    self.stats.healthy = True
                 self._apply(*got)
         finally:
             stop.set()

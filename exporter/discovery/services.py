@@ -37,7 +37,8 @@ class ServiceDiscovery:
         self.selector = LabelSelector(settings.selector) if settings.selector else None
         self._timing = {"request_timeout": kube.request_timeout,
                         "watch_timeout": kube.watch_timeout,
-                        "retry_max_delay": kube.retry_max_delay}
+                        "retry_max_delay": kube.retry_max_delay,
+                        "startup_denial_timeout": kube.startup_denial_timeout}
         self.services: Reflector[Service] = Reflector(
             api, Resource("services"), parse_service, self._changed, **self._timing)
         self.slices: Reflector[SliceCounts] | None = None

@@ -34,7 +34,9 @@ Probe = Callable[[Check, float], Awaitable[tuple[str, float | None]]]
 
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
            0.5, 1.0, 2.5, 5.0)
-GOOD = ("ok", "noerror")
+# nodata is an answer too: NOERROR proves the resolver works and the name exists. AAAA for
+# kubernetes.default on a dual-stack cluster is nodata, the Service being single-stack.
+GOOD = ("ok", "noerror", "nodata")
 _UNREACHABLE = (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN)
 
 

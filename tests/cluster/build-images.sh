@@ -31,7 +31,7 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PROJECT=$(cd "$SCRIPT_DIR/../.." && pwd)
 CACHE=${PINGMESH_CACHE:-/var/cache/pingmesh-exporter}
 IMAGES=$CACHE/images
-RUNROOT=/run/pingmesh-exporter-buildah
+RUNROOT=/run/pingmesh-exporter-buildah/$(echo "$IMAGES" | sha256sum | cut -c1-12)  # one per store
 MIRROR=${PINGMESH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 REBUILD=${PINGMESH_REBUILD:-0}
 
@@ -58,8 +58,18 @@ mkdir -p "$IMAGES" "$RUNROOT"
 exec 9>"$IMAGES/.lock"
 flock -w 1800 9 || fail "another build-images.sh holds $IMAGES/.lock for 30 min"
 
-# buildah with a store of its own under the cache, apart from the machine's.
-bah() { buildah --root "$IMAGES/storage" --runroot "$RUNROOT" --storage-driver overlay "$@"; }
+# buildah with a store and a network configuration of its own under the cache, apart from
+# the machine's (its defaults would create /etc/cni/net.d and /etc/containers/networks).
+printf '[network]\nnetwork_backend = "cni"\nnetwork_config_dir = "%s"\ncni_plugin_dirs = ["/usr/lib/cni"]\n' \
+  "$IMAGES/network" >"$IMAGES/containers.conf"
+export CONTAINERS_CONF=$IMAGES/containers.conf
+bah() {
+  buildah --root "$IMAGES/storage" --runroot "$RUNROOT" --storage-driver overlay \
+    --short-name-alias-conf "$IMAGES/short-name-aliases.conf" "$@"
+}
+# buildah 1.28 has no option for the place of its blob-info cache: when this run creates
+# /var/lib/containers for it, the cleanup removes it again.
+[[ -e /var/lib/containers ]] && OWN_VLC=0 || OWN_VLC=1
 
 WORK=$(mktemp -d "$IMAGES/.work.XXXXXX")
 CONTAINERS=()
@@ -71,6 +81,10 @@ cleanup() {
     umount -l "$m" 2>/dev/null || true
   done
   rm -rf "$WORK"
+  if ((OWN_VLC)); then
+    rm -f /var/lib/containers/cache/blob-info-cache-v1.boltdb
+    rmdir /var/lib/containers/cache /var/lib/containers 2>/dev/null || true
+  fi
 }
 trap cleanup EXIT
 

@@ -275,6 +275,8 @@ class Cluster(Closing):
         self.etcd_compaction_interval = etcd_compaction_interval
         self.proxy_mode = proxy_mode
         self.dir = workdir or Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
+        # Pods run as other users and read their volumes below it (keys stay 0600).
+        self.dir.chmod(0o755)
         self.pki = Pki(self.dir)
         self.audit_log = self.dir / "audit.log"
         self.server = f"https://{CP_V4}:{API_PORT}"

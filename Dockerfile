@@ -1,8 +1,7 @@
-# Two stages: the build stage installs the exporter and its dependencies into a virtual
-# environment (/opt/pingmesh), with the toolchain of the full Python image; the runtime stage
-# copies that environment into the slim image, which carries no compiler and no pip. The
-# process runs as nobody (65534); ICMP needs no capability because the DaemonSet sets
-# net.ipv4.ping_group_range.
+# The build stages install the dependencies, then the exporter, into a virtual environment
+# (/opt/pingmesh), with the toolchain of the full Python image; the runtime stage copies that
+# environment into the slim image, which carries no compiler and no pip. The process runs as
+# nobody (65534); ICMP needs no capability because the DaemonSet sets net.ipv4.ping_group_range.
 #
 # Build arguments:
 #   PYTHON_VERSION  the official python images' version (default 3.12)
@@ -19,13 +18,20 @@ ARG PYTHON_VERSION=3.12
 ARG BUILD_BASE=python:${PYTHON_VERSION}
 ARG RUNTIME_BASE=python:${PYTHON_VERSION}-slim
 
-FROM ${BUILD_BASE} AS build
+FROM ${BUILD_BASE} AS deps
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY exporter ./exporter
-# Pip's cache and any index or CA settings stay in this stage, which the image does not keep.
+# The dependencies first, in a layer of their own that a change of the sources alone reuses.
+# Pip's cache and any index or CA settings stay in these stages, which the image does not keep.
+COPY pyproject.toml ./
 RUN python3 -m venv /opt/pingmesh \
- && /opt/pingmesh/bin/python -m pip install --disable-pip-version-check . \
+ && python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); \
+print("\n".join(p["project"]["dependencies"]))' >requirements.txt \
+ && /opt/pingmesh/bin/python -m pip install --disable-pip-version-check -r requirements.txt
+
+FROM deps AS build
+COPY README.md ./
+COPY exporter ./exporter
+RUN /opt/pingmesh/bin/python -m pip install --disable-pip-version-check --no-deps . \
  && /opt/pingmesh/bin/python -m pip uninstall --disable-pip-version-check -q -y pip setuptools
 
 FROM ${RUNTIME_BASE}

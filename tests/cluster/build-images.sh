@@ -42,8 +42,10 @@ BASE_PACKAGES=(python3 python3-venv ca-certificates)
 PAUSE_IMAGE=registry.k8s.io/pause:3.10
 BASE_IMAGE=localhost/pingmesh-python-base:$SUITE
 EXPORTER_IMAGE=localhost/pingmesh-exporter:test
+DEPS_IMAGE=localhost/pingmesh-exporter-deps:cache  # the Dockerfile's deps stage, a layer cache
 
 step() { printf 'build-images: %s\n' "$*" >&2; }
+took() { printf 'build-images: %s: built in %ss\n' "$1" "$((SECONDS - $2))" >&2; }
 fail() { printf 'build-images: FAILED: %s\n' "$*" >&2; exit 1; }
 run_quiet() {  # run_quiet LOG CMD...: output to LOG, whose tail is shown if CMD fails
   local log=$1; shift
@@ -113,7 +115,7 @@ PAUSE_ARCHIVE=$IMAGES/pause-${pause_hash:0:16}.tar
 if [[ $REBUILD != 1 && -s $PAUSE_ARCHIVE ]]; then
   step "pause $PAUSE_IMAGE: cached"
 else
-  step "pause $PAUSE_IMAGE: building"
+  step "pause $PAUSE_IMAGE: building"; t=$SECONDS
   mkdir -p "$WORK/pause"
   gcc -static -Os -s -Wall -Wextra -Werror -o "$WORK/pause/pause" "$PAUSE_SRC" 2>"$WORK/gcc.log" \
     || { cat "$WORK/gcc.log" >&2; fail "gcc -static of pause.c (static libc: apt-get install libc6-dev)"; }
@@ -125,6 +127,7 @@ else
   bah commit -q --rm "$c" "$PAUSE_IMAGE" >/dev/null || fail "buildah commit of $PAUSE_IMAGE"
   CONTAINERS=()
   archive "$PAUSE_IMAGE" "$PAUSE_ARCHIVE"
+  took pause "$t"
 fi
 drop_stale "$IMAGES/pause-*.tar" "$PAUSE_ARCHIVE"
 
@@ -134,6 +137,7 @@ if [[ $REBUILD != 1 && $(label_of "$BASE_IMAGE") == "$base_hash" ]]; then
   step "base $BASE_IMAGE: cached"
 else
   step "base $BASE_IMAGE: debootstrap $SUITE (minbase + ${BASE_PACKAGES[*]}, about a minute)"
+  t=$SECONDS
   rootfs=$WORK/rootfs
   mkdir -p "$IMAGES/debs"
   includes=$(IFS=,; echo "${BASE_PACKAGES[*]}")
@@ -161,6 +165,7 @@ else
   bah commit -q --rm "$c" "$BASE_IMAGE" >/dev/null || fail "buildah commit of $BASE_IMAGE"
   CONTAINERS=()
   rm -rf "$rootfs"
+  took base "$t"
 fi
 base_id=$(bah inspect --type image --format '{{.FromImageID}}' "$BASE_IMAGE") \
   || fail "no $BASE_IMAGE in $IMAGES/storage"
@@ -176,7 +181,7 @@ EXPORTER_ARCHIVE=$IMAGES/pingmesh-exporter-${exporter_hash:0:16}.tar
 if [[ $REBUILD != 1 && -s $EXPORTER_ARCHIVE && $(label_of "$EXPORTER_IMAGE") == "$exporter_hash" ]]; then
   step "exporter $EXPORTER_IMAGE: cached"
 else
-  step "exporter $EXPORTER_IMAGE: buildah bud of Dockerfile over $BASE_IMAGE"
+  step "exporter $EXPORTER_IMAGE: buildah bud of Dockerfile over $BASE_IMAGE"; t=$SECONDS
   # This machine's pip settings, for the RUN steps only.
   pipconf() {  # pipconf KEY: PIP_<KEY> from the environment, else pip's configuration
     local env=PIP_$(tr 'a-z-' 'A-Z_' <<<"$1")
@@ -201,12 +206,15 @@ else
   version=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml | head -n1)
   # Isolation chroot: runc cannot start containers on this machine without
   # CAP_SYS_RESOURCE; the RUN steps need no more than a chroot with the host's network.
-  run_quiet "$WORK/bud.log" bah bud --isolation chroot --network host --pull=never \
-    --layers=false --identity-label=false \
-    --build-arg "BUILD_BASE=$BASE_IMAGE" --build-arg "RUNTIME_BASE=$BASE_IMAGE" \
-    --build-arg "VERSION=${version:-0.1.0}" \
-    --annotation "io.pingmesh.inputs=$exporter_hash" \
-    "${mounts[@]}" -f Dockerfile -t "$EXPORTER_IMAGE" . \
+  bud=(bah bud --isolation chroot --network host --pull=never --layers --identity-label=false
+    --build-arg "BUILD_BASE=$BASE_IMAGE" --build-arg "RUNTIME_BASE=$BASE_IMAGE"
+    --build-arg "VERSION=${version:-0.1.0}" "${mounts[@]}" -f Dockerfile)
+  # The dependency stage, tagged so that its layers outlive the prune below: a change of the
+  # sources alone then rebuilds from the exporter's own layer on.
+  run_quiet "$WORK/deps.log" "${bud[@]}" --target deps -t "$DEPS_IMAGE" . \
+    || fail "buildah bud of the deps stage of $PROJECT/Dockerfile (log above)"
+  run_quiet "$WORK/bud.log" "${bud[@]}" --annotation "io.pingmesh.inputs=$exporter_hash" \
+    -t "$EXPORTER_IMAGE" . \
     || fail "buildah bud of $PROJECT/Dockerfile (log above)"
   # The image must start as the DaemonSet runs it: user 65534, the entry point on PATH.
   c=$(bah from --pull=never "$EXPORTER_IMAGE") || fail "buildah from $EXPORTER_IMAGE"
@@ -216,7 +224,8 @@ else
     || fail "the built image's entry point does not run (pingmesh-exporter --help)"
   bah rm "$c" >/dev/null; CONTAINERS=()
   archive "$EXPORTER_IMAGE" "$EXPORTER_ARCHIVE"
-  bah rmi --prune >/dev/null 2>&1 || true  # the previous build's image, now untagged
+  bah rmi --prune >/dev/null 2>&1 || true  # previous builds' images and layers, now untagged
+  took exporter "$t"
 fi
 drop_stale "$IMAGES/pingmesh-exporter-*.tar" "$EXPORTER_ARCHIVE"
 

@@ -16,7 +16,12 @@ Interface::
     with node:                     # start() ... stop(), also after a failure
         node.wait_ready(60)        # kubelet healthy and its Node Ready; returns seconds
         node.containers()          # [Container(id, pod, namespace, name, pid)]
+        process_rss_bytes(pid)     # e.g. the exporter container's RSS
     node.timings                   # seconds per step of start() and stop()
+
+``node.ctr(...)`` runs ``ctr -n k8s.io`` against the node's containerd; logs are
+``workdir/containerd.log``, ``workdir/kubelet.log`` and ``workdir/pod-logs``. The caller owns the
+network namespace (stop the node before deleting it) and the Node object (see below).
 
 What :meth:`KubeletNode.start` does:
 
@@ -54,7 +59,8 @@ entries, and the directories go when this process created them and they are empt
 and removes every container and sandbox, stops containerd and its shims, kills what is left in
 the node's cgroups and removes them, unmounts everything under ``workdir`` (container root
 file systems, pod network namespaces, volumes) and deletes the runtime data, keeping the logs
-(``containerd.log``, ``kubelet.log``). Stop the node before deleting its network namespace.
+(``containerd.log``, ``kubelet.log``, ``pod-logs/``). Stop the node before deleting its
+network namespace.
 
 Needs root, containerd, runc, the CNI plugins in /usr/lib/cni (Debian: containerd, runc,
 containernetworking-plugins), the kubelet and kubectl of ``build-components.sh`` and the
@@ -807,10 +813,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         return True
 
     def _remove_data(self) -> None:
-        """The runtime's data (image content, snapshots, pod directories); logs stay."""
+        """The runtime's data (image content, snapshots, pod directories); logs, the
+        containers' ones included (pod-logs), stay."""
         for d in (self.containerd_root, self.containerd_state.parent, self.kubelet_root,
-                  self.workdir / "cni-ipam", self.workdir / "pod-logs",
-                  self.workdir / "volume-plugins", self.workdir / "kubectl-cache"):
+                  self.workdir / "cni-ipam", self.workdir / "volume-plugins",
+                  self.workdir / "kubectl-cache"):
             if self._mounts_under(d):
                 raise KubeletError(f"{d} still has mounts; not removed")
             shutil.rmtree(d, ignore_errors=True)

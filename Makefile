@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 APT_PACKAGES := fping dnsmasq-base iptables iproute2 prometheus prometheus-smokeping-prober \
 		nftables conntrack openssl curl util-linux containerd runc containernetworking-plugins \
-		buildah debootstrap
+		buildah debootstrap gcc libc6-dev
 
 .PHONY: run test lint bench system-deps cluster-components clean
 
@@ -23,8 +23,9 @@ run: $(STAMP)
 system-deps:
 	@missing=""; \
 	for bin in fping dnsmasq iptables ip prometheus promtool prometheus-smokeping-prober \
-	    nft conntrack openssl curl setpriv containerd runc /usr/lib/cni/ptp buildah debootstrap; do \
-	  command -v $$bin >/dev/null 2>&1 || missing="$$missing $$bin"; \
+	    nft conntrack openssl curl setpriv containerd runc /usr/lib/cni/ptp buildah debootstrap \
+	    gcc /usr/lib/x86_64-linux-gnu/libc.a; do \
+	  [ -e $$bin ] || command -v $$bin >/dev/null 2>&1 || missing="$$missing $$bin"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for:$$missing"; \
@@ -34,11 +35,13 @@ system-deps:
 	fi
 
 ## cluster-components: the pinned Kubernetes binaries the cluster tests run, built from the
-## Go module proxy into $(PINGMESH_CACHE) (about 7 min the first time, seconds after)
+## Go module proxy, and the images (pause, Python base, this Dockerfile) built offline, into
+## $(PINGMESH_CACHE) (about 15 min the first time, seconds after)
 PINGMESH_CACHE ?= /var/cache/pingmesh-exporter
 export PINGMESH_CACHE
-cluster-components:
+cluster-components: system-deps
 	bash tests/cluster/build-components.sh
+	bash tests/cluster/build-images.sh
 
 ## test: the whole suite (unit, real-network, real cluster, lint and types); root runs the
 ## network and cluster tests

@@ -9,13 +9,17 @@ retries during an outage (test_api_unreachable_for_three_minutes)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from tests.cluster.cluster import CP_V4, Cluster
+from tests.cluster.cluster import CP_V4, ROOT, Cluster
 from tests.cluster.fixtures import (
     FAST_ARGS,
     expected_mesh,
@@ -78,6 +82,19 @@ def exporter_log(c: Cluster, node: str) -> str:
 def container_restarts(c: Cluster) -> int:
     return sum(cs.get("restartCount", 0) for p in c.pods()
                for cs in p["status"].get("containerStatuses") or [])
+
+
+@contextlib.contextmanager
+def without_role_binding(c: Cluster) -> Iterator[None]:
+    """The exporter's RoleBinding deleted for the block's length, then restored."""
+    binding = c.get_json("rolebinding", "-n", "pingmesh", "pingmesh-exporter")
+    for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
+        binding["metadata"].pop(key, None)
+    c.kubectl("delete", "rolebinding", "-n", "pingmesh", "pingmesh-exporter")
+    try:
+        yield
+    finally:
+        c.apply(binding)
 
 
 class TargetWatch:
@@ -159,11 +176,7 @@ def test_api_unreachable_for_three_minutes(faults: Cluster) -> None:
 
 def test_role_binding_deleted_mid_run(faults: Cluster) -> None:
     watch = TargetWatch(faults, "node-a")
-    binding = faults.get_json("rolebinding", "-n", "pingmesh", "pingmesh-exporter")
-    for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
-        binding["metadata"].pop(key, None)
-    faults.kubectl("delete", "rolebinding", "-n", "pingmesh", "pingmesh-exporter")
-    try:
+    with without_role_binding(faults):
         # Watches end every 10-20 s; the next one is denied, counted, and retried.
         watch.until(lambda s: value(s, "pingmesh_discovery_api_errors_total", default=0.0,
                                     resource="pods", code="403") >= 3, "403s counted", 90)
@@ -174,8 +187,6 @@ def test_role_binding_deleted_mid_run(faults: Cluster) -> None:
         time.sleep(10)
         assert exporter_log(faults, "node-a").count("RBAC denies us") == 1
         assert value(watch.check(), "pingmesh_discovery_up", source="kubernetes") == 0
-    finally:
-        faults.apply(binding)
     wait_metrics(faults, "node-a", lambda s: value(
         s, "pingmesh_discovery_up", source="kubernetes") == 1, "discovery back", timeout=60)
     assert probe_series(watch.check()) == watch.want
@@ -184,20 +195,14 @@ def test_role_binding_deleted_mid_run(faults: Cluster) -> None:
 
 def test_forbidden_at_start_is_waited_out(faults: Cluster) -> None:
     """A new pod started while RBAC denies it waits, and becomes Ready once allowed."""
-    binding = faults.get_json("rolebinding", "-n", "pingmesh", "pingmesh-exporter")
-    for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
-        binding["metadata"].pop(key, None)
-    faults.kubectl("delete", "rolebinding", "-n", "pingmesh", "pingmesh-exporter")
     old = pod_on(faults, "node-b")["metadata"]["name"]
-    try:
+    with without_role_binding(faults):
         faults.kubectl("delete", "pod", "-n", "pingmesh", old, "--wait=true", timeout=90)
         time.sleep(8)  # the new pod is being denied now
         new = [p for p in faults.pods() if p["spec"]["nodeName"] == "node-b"]
         assert new and all(
             c["status"] == "False" for p in new for c in p["status"].get("conditions") or []
             if c["type"] == "Ready"), "a pod denied its pods list must not be Ready"
-    finally:
-        faults.apply(binding)
     wait_ready_pods(faults, len(NODES))
     full(faults, "node-b")
     assert container_restarts(faults) == 0
@@ -217,3 +222,43 @@ def test_compaction_without_watch_cache_gives_410() -> None:
                         "a 410 after compaction", 60)
         assert probe_series(s) == watch.want
         assert value(full(c, "node-a"), "pingmesh_discovery_up", source="kubernetes") == 1
+
+
+def token_kubeconfig(c: Cluster, token: str, name: str) -> str:
+    path = c.dir / f"kubeconfig-{name}"
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "t",
+        "clusters": [{"name": "t", "cluster": {"server": c.server,
+                                               "certificate-authority": str(c.pki.ca)}}],
+        "users": [{"name": "t", "user": {"token": token}}],
+        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}]}))
+    return str(path)
+
+
+def run_exporter(c: Cluster, kubeconfig: str, *args: str) -> tuple[int, str]:
+    argv = ["--discovery=kubernetes", f"--kubeconfig={kubeconfig}",
+            "--kubernetes.namespace=pingmesh", "--kubernetes.node-name=node-a",
+            "--kubernetes.pod-name=outside", "--web.listen-address=127.0.0.1:0", *args]
+    proc = subprocess.run(nsenter_exporter(c, argv), capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    return proc.returncode, proc.stderr
+
+
+def nsenter_exporter(c: Cluster, argv: list[str]) -> list[str]:
+    return ["nsenter", f"--net={c.nodes['node-a'].ns.path}", sys.executable, "-m", "exporter",
+            *argv]
+
+
+def test_a_token_the_server_rejects_exits_at_once(faults: Cluster) -> None:
+    code, err = run_exporter(faults, token_kubeconfig(faults, "not-a-token", "bogus"))
+    assert code == 1, err
+    assert "401" in err and "credentials" in err
+
+
+def test_a_lasting_denial_at_start_exits_naming_the_role(faults: Cluster) -> None:
+    token = faults.kubectl("create", "token", "pingmesh-exporter", "-n", "pingmesh").stdout
+    kubeconfig = token_kubeconfig(faults, token.strip(), "exporter")
+    with without_role_binding(faults):
+        code, err = run_exporter(faults, kubeconfig, "--kubernetes.startup-denial-timeout=3s")
+    assert code == 1, err
+    assert "403" in err and "Role pingmesh-exporter" in err, err

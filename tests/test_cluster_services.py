@@ -29,7 +29,45 @@ pytestmark = pytest.mark.netns
 SHOP = "shop"
 PROBE = "pingmesh_service_probe_total"
 EP = "pingmesh_service_endpoints"
-ARGS = (*FAST_ARGS, "--services.interval=1s", "--services.timeout=1s")
+ARGS = (*FAST_ARGS, "--services.interval=1s", "--services.timeout=1s",
+        "--services.selector=team=net", "--services.dns=kube-system/kube-dns,shop/broken-dns")
+# A cluster DNS server whose kubernetes plugin is missing: every name is NXDOMAIN.
+BROKEN_DNS = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: broken-dns, namespace: shop}
+data:
+  Corefile: |
+    .:53 {
+        ready :8181
+        template ANY ANY { rcode NXDOMAIN }
+    }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: broken-dns, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: broken-dns}}
+  template:
+    metadata: {labels: {app: broken-dns}}
+    spec:
+      containers:
+        - name: coredns
+          image: registry.k8s.io/coredns/coredns:v1.12.4
+          args: [-conf, /etc/coredns/Corefile]
+          volumeMounts: [{name: config, mountPath: /etc/coredns}]
+          readinessProbe: {httpGet: {path: /ready, port: 8181}}
+          securityContext: {capabilities: {add: [NET_BIND_SERVICE], drop: [ALL]}}
+      volumes: [{name: config, configMap: {name: broken-dns}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: broken-dns, namespace: shop}
+spec:
+  selector: {app: broken-dns}
+  ports: [{name: dns, port: 53, protocol: UDP}]
+"""
 
 
 def backend(name: str, replicas: int, linger_s: int = 0) -> dict[str, Any]:
@@ -49,9 +87,9 @@ def backend(name: str, replicas: int, linger_s: int = 0) -> dict[str, Any]:
     }
 
 
-def service(name: str, selector: str, *, annotated: bool = True,
-            dual: bool = True) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": SHOP}
+def service(name: str, selector: str, *, annotated: bool = True, dual: bool = True,
+            labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": SHOP, "labels": labels or {}}
     if annotated:
         meta["annotations"] = {"pingmesh.io/probe": "true"}
     return {
@@ -60,7 +98,7 @@ def service(name: str, selector: str, *, annotated: bool = True,
                  "ipFamilyPolicy": "PreferDualStack" if dual else "SingleStack",
                  "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"},
                            {"name": "quic", "port": 443, "targetPort": 8443,
-                            "protocol": "UDP"}]},
+                            "protocol": "UDP"}], **spec},
     }
 
 
@@ -74,8 +112,15 @@ def shop(request: pytest.FixtureRequest) -> Iterator[Cluster]:
         for obj in (backend("web", 2, linger_s=30), backend("hole", 1),
                     service("web", "web"), service("empty", "nothing"),
                     service("hole", "hole", dual=False),
-                    service("quiet", "web", annotated=False)):
+                    service("quiet", "web", annotated=False),
+                    service("labelled", "web", annotated=False, labels={"team": "net"}),
+                    service("headless", "web", clusterIP="None", ipFamilyPolicy="SingleStack"),
+                    {"apiVersion": "v1", "kind": "Service",
+                     "metadata": {"name": "external", "namespace": SHOP,
+                                  "annotations": {"pingmesh.io/probe": "true"}},
+                     "spec": {"type": "ExternalName", "externalName": "db.example.org"}}):
             c.apply(obj)
+        c.kubectl("apply", "-f", "-", input=BROKEN_DNS)
         install_exporter(c)
         wait_ready_pods(c, 2)
         yield c
@@ -97,7 +142,8 @@ def test_checks_read_what_the_datapath_does(shop: Cluster) -> None:
             ("kubernetes", "ok", {}), ("empty", "refused", {}), ("hole", "timeout", {}),
             ("kube-dns", "noerror", {"protocol": "dns", "ip_family": "ipv4"}),
             ("kube-dns", "nodata", {"protocol": "dns", "ip_family": "ipv6"}),
-            ("kube-dns", "ok", {"protocol": "tcp"}))),
+            ("kube-dns", "ok", {"protocol": "tcp"}), ("labelled", "ok", {}),
+            ("broken-dns", "nxdomain", {"protocol": "dns"}))),
         "every Service check's result", timeout=60)
     up = "pingmesh_service_up"
     for fam in ("ipv4", "ipv6"):
@@ -113,7 +159,12 @@ def test_checks_read_what_the_datapath_does(shop: Cluster) -> None:
     # kubernetes Service is single-stack), which proves the resolver works: up, no alert.
     assert svc(s, "kube-dns", up, protocol="dns", ip_family="ipv4") == 1
     assert svc(s, "kube-dns", up, protocol="dns", ip_family="ipv6") == 1
-    assert svc(s, "quiet") == -1
+    assert svc(s, "broken-dns", up, protocol="dns") == 0
+    assert svc(s, "quiet") == -1  # neither annotated nor selected
+    assert svc(s, "labelled", up, ip_family="ipv4") == 1  # --services.selector
+    unc = "pingmesh_service_uncheckable"
+    assert svc(s, "headless", unc, reason="headless") == 1
+    assert svc(s, "external", unc, reason="external_name") == 1
 
 
 def test_a_terminating_endpoint_is_counted_then_replaced(shop: Cluster) -> None:

@@ -50,7 +50,7 @@ BUILD_SCRIPT = Path(__file__).resolve().with_name("build-components.sh")
 CACHE = Path(os.environ.get("PINGMESH_CACHE", "/var/cache/pingmesh-exporter"))
 BIN = CACHE / "bin"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-              "kube-proxy", "kubectl")
+              "kube-proxy", "kubelet", "kubectl", "coredns", "prometheus")
 
 CP_V4 = "198.19.0.1"
 CP_V6 = "2001:db8:c0::1"
@@ -73,7 +73,7 @@ def binaries() -> str | None:
     """Why the cluster cannot run here, or None. The build script is run by `make test`."""
     missing = [c for c in COMPONENTS if not (BIN / c).is_file()]
     if missing:
-        return (f"Kubernetes binaries missing in {BIN}: {', '.join(missing)}; "
+        return (f"cluster test binaries missing in {BIN}: {', '.join(missing)}; "
                 f"build them with `bash {BUILD_SCRIPT.relative_to(ROOT)}`")
     return None
 
@@ -246,6 +246,7 @@ class Node:
     dual_stack: bool
     labels: dict[str, str] = field(default_factory=dict)
     processes: dict[str, Process] = field(default_factory=dict)
+    kubelet: Any = None  # a kubelet.KubeletNode when the node runs a real kubelet
 
     @property
     def ips(self) -> list[str]:
@@ -413,7 +414,7 @@ class Cluster(Closing):
                 kubeconfig: Path | None = None,
                 timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         argv = [str(BIN / "kubectl"), f"--kubeconfig={kubeconfig or self.admin_kubeconfig}",
-                *args]
+                f"--cache-dir={self.dir / 'kubectl-cache'}", *args]
         proc = subprocess.run(_nsenter(self.cp, argv), input=input, capture_output=True,
                               text=True, timeout=timeout, check=False)
         if check and proc.returncode != 0:
@@ -528,6 +529,23 @@ class Cluster(Closing):
         p.start()
         return p
 
+    def start_kubelet(self, node: Node) -> Any:
+        """A real kubelet with containerd on this node, the images of build-images.sh
+        imported (see kubelet.py); returns the started KubeletNode once its Node is Ready."""
+        from tests.cluster.kubelet import KubeletNode, build_images
+
+        images = build_images()
+        kn = KubeletNode(name=node.name, netns=node.ns.path, node_ips=node.ips,
+                         pod_cidrs=node.pod_cidrs, api_server=self.server,
+                         kubeconfig=node.kubeconfig, workdir=self.dir / f"kubelet-{node.name}",
+                         images=images.archives, sandbox_image=images.pause_image,
+                         cluster_dns=list(DNS_SERVICE_IPS[: 2 if self.dual_stack else 1]),
+                         cluster_domain=CLUSTER_DOMAIN, client_ca=self.pki.ca)
+        node.kubelet = kn
+        kn.start()
+        kn.wait_ready(90)
+        return kn
+
     def remove_node(self, name: str) -> None:
         """Stop the node's processes and pods, delete its Node object and namespace."""
         node = self.nodes.pop(name)
@@ -535,6 +553,10 @@ class Cluster(Closing):
         self.kubectl("delete", "node", name, "--ignore-not-found", "--wait=false")
 
     def _stop_node(self, node: Node) -> None:
+        # The kubelet first: its containers live in namespaces of their own, which deleting
+        # the node's namespace would leave behind.
+        if node.kubelet is not None:
+            node.kubelet.stop()
         for p in node.processes.values():
             p.stop(grace_s=5)
         for pod_ns in self.pod_namespaces(node):

@@ -122,6 +122,7 @@ def test_restart_gives_a_real_410_and_keeps_targets(faults: Cluster) -> None:
     watch = TargetWatch(faults, "node-a")
     before = watch.check()
     since = time.time()
+    started = time.monotonic()
     faults.restart_apiserver()
     # The new watch cache starts at etcd's current revision: a watch resumed from an older
     # one is answered 410 Gone, and the exporter lists again.
@@ -133,6 +134,8 @@ def test_restart_gives_a_real_410_and_keeps_targets(faults: Cluster) -> None:
         s, "pingmesh_discovery_up", source="kubernetes") == 1, "discovery back", timeout=60)
     full(faults, "node-a")
     lists = faults.audit_count(since=since, verb="list")
+    print(f"API server restart: discovery back {time.monotonic() - started:.1f} s after the "
+          f"restart began; {lists} LISTs from {len(NODES)} exporters")
     # One re-list per resource and exporter, not a storm.
     assert lists <= 4 * len(NODES), lists
     assert container_restarts(faults) == 0
@@ -163,8 +166,12 @@ def test_api_unreachable_for_three_minutes(faults: Cluster) -> None:
         for node, rule in drops:
             node.ns.run(["iptables", "-D", *rule])
     since = time.time()
+    restored = time.monotonic()
     s = wait_metrics(faults, "node-b", lambda s: value(
         s, "pingmesh_discovery_up", source="kubernetes") == 1, "discovery back", timeout=90)
+    print(f"3-minute outage: probes received {received - received0:.0f} during it, "
+          f"{api_errors:.0f} failed requests, discovery back {time.monotonic() - restored:.1f} s "
+          f"after the drop rule went, {faults.audit_count(since=since, verb='list')} LISTs")
     assert probe_series(s) == watch.want
     # Failures backed off (capped at 2 s here; 30 s by default), and urllib3 added no
     # immediate retries of its own.
@@ -178,8 +185,10 @@ def test_role_binding_deleted_mid_run(faults: Cluster) -> None:
     watch = TargetWatch(faults, "node-a")
     with without_role_binding(faults):
         # Watches end every 10-20 s; the next one is denied, counted, and retried.
+        deleted = time.monotonic()
         watch.until(lambda s: value(s, "pingmesh_discovery_api_errors_total", default=0.0,
                                     resource="pods", code="403") >= 3, "403s counted", 90)
+        print(f"RoleBinding deleted: 3 403s counted after {time.monotonic() - deleted:.1f} s")
         # Past the 30 s window the denial is logged, once.
         faults.wait_for(lambda: exporter_log(faults, "node-a").count("RBAC denies us") >= 1,
                         "the denial logged", 60)
@@ -218,8 +227,12 @@ def test_compaction_without_watch_cache_gives_410() -> None:
         for i in range(20):
             c.kubectl("create", "configmap", f"churn-{i}", "-n", "default")
         c.compact_etcd()
+        compacted = time.monotonic()
         s = watch.until(lambda s: restarts(s, "gone") > restarts(before, "gone"),
                         "a 410 after compaction", 60)
+        print(f"etcd compaction, no watch cache: 410 and re-list "
+              f"{time.monotonic() - compacted:.1f} s later, {watch.scrapes} scrapes kept "
+              "every target")
         assert probe_series(s) == watch.want
         assert value(full(c, "node-a"), "pingmesh_discovery_up", source="kubernetes") == 1
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.cluster import BIN, ROOT, Cluster, Process
+from tests.cluster.cluster import BIN, ROOT, Cluster
 from tests.cluster.fixtures import (
     FAST_ARGS,
     http_get,
@@ -29,6 +29,7 @@ from tests.cluster.fixtures import (
     pod_on,
     wait_ready_pods,
 )
+from tests.cluster.process import Process
 from tests.test_dashboard import dashboard_queries
 
 pytestmark = pytest.mark.netns
@@ -115,7 +116,7 @@ def prom() -> Iterator[Prom]:
         sd.update(api_server=c.server, tls_config={"ca_file": str(c.pki.ca)},
                   authorization={"credentials_file": str(c.dir / "prometheus.token")})
         (c.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        p = Process("prometheus", c.cp, [
+        p = Process("prometheus", c.cp.path, [
             str(BIN / "prometheus"), f"--config.file={c.dir / 'prometheus.yml'}",
             f"--storage.tsdb.path={c.dir / 'prometheus-data'}",
             f"--web.listen-address=127.0.0.1:{PROM_PORT}"], c.dir / "prometheus.log")

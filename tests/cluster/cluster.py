@@ -33,7 +33,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.cluster.process import Process, nsenter
 from tests.netbed import NS_PREFIX, Closing, Namespace, _run, sweep_stale_namespaces
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,52 +100,7 @@ class NodeAddressing:
 
 
 def _nsenter(ns: Namespace, argv: Sequence[str]) -> list[str]:
-    # Only the network namespace: `ip netns exec` would add a private mount namespace, and
-    # namespaces the process creates (pods) would then be invisible to everyone else.
-    return ["nsenter", f"--net={ns.path}", *argv]
-
-
-class Process:
-    """One long-running component, its output in a log file."""
-
-    def __init__(self, name: str, ns: Namespace, argv: Sequence[str], log: Path,
-                 env: Mapping[str, str] | None = None) -> None:
-        self.name = name
-        self.ns = ns
-        self.argv = list(argv)
-        self.log = log
-        self.env = dict(env) if env is not None else None
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(_nsenter(self.ns, self.argv), stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.env, start_new_session=True)
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, grace_s: float = 10.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                # kube-apiserver can take more than 30 s to drain; tests do not wait for it.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-    def tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+    return nsenter(ns.path, argv)
 
 
 class Pki:
@@ -308,7 +263,7 @@ class Cluster(Closing):
     # ----- control plane ----------------------------------------------------------------
 
     def _proc(self, name: str, argv: Sequence[str], ns: Namespace | None = None) -> Process:
-        p = Process(name, ns or self.cp, argv, self.dir / f"{name}.log")
+        p = Process(name, (ns or self.cp).path, argv, self.dir / f"{name}.log")
         self.processes[name] = p
         p.start()
         return p
@@ -503,7 +458,7 @@ class Cluster(Closing):
         }
         path = self.dir / f"kube-proxy-{node.name}.json"
         path.write_text(json.dumps(cfg))
-        p = Process(f"kube-proxy-{node.name}", node.ns,
+        p = Process(f"kube-proxy-{node.name}", node.ns.path,
                     [str(BIN / "kube-proxy"), f"--config={path}", "--v=1"],
                     self.dir / f"kube-proxy-{node.name}.log")
         node.processes["kube-proxy"] = p
@@ -523,7 +478,7 @@ class Cluster(Closing):
                 *(f"--pod-cidr={c}" for c in node.pod_cidrs),
                 *(f"--exporter-arg={a}" for a in extra_args)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        p = Process(f"standin-{node.name}", node.ns, argv,
+        p = Process(f"standin-{node.name}", node.ns.path, argv,
                     self.dir / f"standin-{node.name}.log", env=env)
         node.processes["standin"] = p
         p.start()

@@ -86,6 +86,9 @@ from typing import Any, Self
 
 import yaml
 
+from tests.cluster.process import Process
+from tests.netbed import _pid_alive
+
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("PINGMESH_CACHE", "/var/cache/pingmesh-exporter"))
 BIN = CACHE / "bin"
@@ -226,16 +229,6 @@ def _cgroup_hierarchies() -> list[Path]:
                    if fstype in ("cgroup", "cgroup2") and mp.startswith(f"{CGROUP_FS}/")})
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _cgroup_pids(top: Path) -> set[int]:
     pids: set[int] = set()
     if not top.is_dir():
@@ -294,47 +287,11 @@ def sweep_stale_cgroups() -> list[str]:
     return removed
 
 
-class _Daemon:
-    """A long-running process in the node's network namespace, its output in a log file."""
-
-    def __init__(self, name: str, netns: Path, argv: Sequence[str], log: Path) -> None:
-        self.name = name
-        self.argv = ["nsenter", f"--net={netns}", *argv]
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = dict(os.environ)
-        env["PATH"] = env.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin"
-        with open(self.log, "ab") as out:
-            # nsenter without a PID namespace execs the program: self.proc is the daemon.
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env,
-                                         start_new_session=True)
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, grace_s: float) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-    def tail(self, n: int = 20) -> str:
-        try:
-            lines = self.log.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-n:])
+def _daemon_env() -> dict[str, str]:
+    # containerd finds runc, and the kubelet mount and iptables, in the sbin directories.
+    env = dict(os.environ)
+    env["PATH"] = env.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin"
+    return env
 
 
 class KubeletNode:
@@ -375,8 +332,8 @@ class KubeletNode:
         self.kubelet_log = w / "kubelet.log"
         self.kubelet_kubeconfig = w / "kubelet.kubeconfig"
         self.timings: dict[str, float] = {}
-        self._containerd: _Daemon | None = None
-        self._kubelet: _Daemon | None = None
+        self._containerd: Process | None = None
+        self._kubelet: Process | None = None
         self._kubelet_started = 0.0
         self._machine_held = False
         self._started = False
@@ -680,10 +637,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def _start_containerd(self) -> None:
         t = time.monotonic()
-        self._containerd = _Daemon("containerd", self.netns,
+        self._containerd = Process("containerd", self.netns,
                                    ["containerd", "--config",
                                     str(self.workdir / "containerd.toml")],
-                                   self.containerd_log)
+                                   self.containerd_log, env=_daemon_env())
         self._containerd.start()
         deadline = time.monotonic() + 30
         while True:
@@ -701,7 +658,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         self.timings["containerd_ready_s"] = time.monotonic() - t
 
     def _start_kubelet(self) -> None:
-        self._kubelet = _Daemon("kubelet", self.netns, [
+        self._kubelet = Process("kubelet", self.netns, [
             str(self.bin_dir / "kubelet"),
             f"--config={self.workdir / 'kubelet.json'}",
             f"--kubeconfig={self.kubelet_kubeconfig}",
@@ -709,7 +666,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             f"--cert-dir={self.kubelet_root / 'pki'}",
             f"--hostname-override={self.name}",
             f"--node-ip={','.join(self.node_ips)}",
-            f"--v={self.verbosity}"], self.kubelet_log)
+            f"--v={self.verbosity}"], self.kubelet_log, env=_daemon_env())
         self._kubelet_started = time.monotonic()
         self._kubelet.start()
 

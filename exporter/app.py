@@ -198,9 +198,16 @@ class App:
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
             for t in done:
-                if t is stopper or t.cancelled() or t.exception() is None:
+                if t is stopper or t.cancelled():
                     continue
                 failure = t.exception()
+                if failure is None:
+                    # Every task runs until it is cancelled: one that returns has stopped
+                    # doing its job, and the process must not go on without it.
+                    log.error("task %s ended; it should run until the exporter stops",
+                              t.get_name())
+                    code = EXIT_FATAL
+                    continue
                 fatal = [e for e in getattr(failure, "exceptions", [failure])
                          if isinstance(e, FatalApiError)]
                 if fatal:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import struct
 import time
 from collections import deque
@@ -11,7 +12,7 @@ import pytest
 from exporter.config import ProbeSettings
 from exporter.probing import wire
 from exporter.probing.engine import Prober
-from exporter.probing.icmpsocket import QueuedError, Received
+from exporter.probing.icmpsocket import IcmpSocket, QueuedError, Received
 from exporter.probing.stats import TargetState
 from exporter.targets import index, static_target
 
@@ -253,3 +254,46 @@ def test_sequence_numbers_unique_while_in_flight() -> None:
         prober._send(st)
     seqs = {struct.unpack_from("!H", p, 6)[0] for p, _a, _t in sock.sent}
     assert len(seqs) == 1000
+
+
+class _PendingErrorSocket:
+    """sendto as the kernel does it: a pending error (left by an ICMP error for any earlier
+    request) is reported by the next send, instead of sending, and cleared."""
+
+    def __init__(self, pending: list[int], genuine: int | None = None) -> None:
+        self.pending = pending
+        self.genuine = genuine
+        self.sent = 0
+        self.calls = 0
+
+    def sendto(self, packet: bytes, destination: object) -> int:
+        self.calls += 1
+        if self.pending:
+            raise OSError(self.pending.pop(0), "pending")
+        if self.genuine is not None:
+            raise OSError(self.genuine, "genuine")
+        self.sent += 1
+        return len(packet)
+
+
+def _icmp_socket(inner: _PendingErrorSocket) -> IcmpSocket:
+    sock = IcmpSocket.__new__(IcmpSocket)
+    sock.sock = inner  # type: ignore[assignment]
+    return sock
+
+
+def test_another_targets_pending_error_does_not_fail_this_send() -> None:
+    inner = _PendingErrorSocket([errno.EHOSTUNREACH, errno.ECONNREFUSED])
+    _icmp_socket(inner).send(b"x" * 64, ("198.18.0.1", 0))
+    assert inner.sent == 1
+
+
+def test_a_send_that_fails_itself_is_reported() -> None:
+    inner = _PendingErrorSocket([], genuine=errno.ENETUNREACH)
+    with pytest.raises(OSError) as err:
+        _icmp_socket(inner).send(b"x" * 64, ("198.18.0.1", 0))
+    assert err.value.errno == errno.ENETUNREACH and inner.calls == 4
+    other = _PendingErrorSocket([], genuine=errno.EPERM)  # not an ICMP error: at once
+    with pytest.raises(OSError):
+        _icmp_socket(other).send(b"x" * 64, ("198.18.0.1", 0))
+    assert other.calls == 1

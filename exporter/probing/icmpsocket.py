@@ -104,6 +104,15 @@ def privilege_message(mode: str) -> str:
     return "\n".join(lines)
 
 
+# What an ICMP error leaves as a socket's pending error (unreachable, time exceeded, packet
+# too big, parameter problem, source quench): the next send reports it instead of sending.
+ASYNC_ERRORS = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED,
+                          errno.EHOSTDOWN, errno.ENONET, errno.ENOPROTOOPT, errno.EOPNOTSUPP,
+                          errno.EACCES, errno.EMSGSIZE, errno.EPROTO})
+# A few errors can queue up between two sends; a real failure of the send itself repeats.
+PENDING_ERROR_RETRIES = 3
+
+
 class IcmpSocket:
     """A non-blocking ICMP socket of one family, in datagram or raw mode."""
 
@@ -176,7 +185,18 @@ class IcmpSocket:
 
     def send(self, packet: bytes, destination: tuple[str, int] | tuple[str, int, int, int]
              ) -> None:
-        self.sock.sendto(packet, destination)
+        """Send one packet. An ICMP error for any earlier request also sets the socket's
+        pending error, which the kernel hands to the next send, whatever its destination,
+        and clears: such a refusal belongs to another target (its details wait on the error
+        queue, where the reader finds them), so the send is tried again. A failure of this
+        send itself repeats."""
+        for attempt in range(1 + PENDING_ERROR_RETRIES):
+            try:
+                self.sock.sendto(packet, destination)
+                return
+            except OSError as exc:
+                if exc.errno not in ASYNC_ERRORS or attempt == PENDING_ERROR_RETRIES:
+                    raise
 
     def recv_many(self, limit: int) -> tuple[list[Received], bool]:
         """Up to limit queued packets, and whether the kernel reported an error on the socket

@@ -1,0 +1,106 @@
+"""The exporter's lifecycle and HTTP surface in-process, through its Seams: scripted
+sockets, port 0, no root and no network beyond loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from exporter.app import EXIT_FATAL, EXIT_OK, App, Seams
+from exporter.config import parse_settings
+from exporter.discovery.static import StaticDiscovery
+from tests.exporter_proc import parse, value
+from tests.test_engine import ScriptedSocket
+
+
+class FdSocket(ScriptedSocket):
+    """A scripted socket with a real descriptor, so the event loop can watch it."""
+
+    def __init__(self, family: int) -> None:
+        super().__init__(family)
+        self._pair = socket.socketpair()
+
+    def fileno(self) -> int:
+        return self._pair[0].fileno()
+
+    def close(self) -> None:
+        for s in self._pair:
+            s.close()
+
+
+@pytest.fixture
+def sockets() -> Iterator[dict[int, FdSocket]]:
+    socks = {4: FdSocket(4), 6: FdSocket(6)}
+    yield socks
+    for s in socks.values():
+        s.close()
+
+
+def app(sockets: dict[int, FdSocket], *args: str) -> App:
+    settings = parse_settings(["--web.listen-address=127.0.0.1:0", "--probe.interval=50ms",
+                               "--probe.timeout=100ms", *args], environ={})
+    return App(settings, Seams(open_socket=lambda fam, *_: sockets[fam],
+                               defaults=lambda: ["127.0.0.1", "::1"]))
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def serving_port(caplog: pytest.LogCaptureFixture, task: asyncio.Task[int]) -> int:
+    for _ in range(200):
+        for rec in caplog.records:
+            m = re.search(r"serving metrics on http://\S+:(\d+)/", rec.getMessage())
+            if m:
+                return int(m.group(1))
+        assert not task.done(), "the exporter stopped before serving"
+        await asyncio.sleep(0.02)
+    raise AssertionError("the exporter never said where it serves")
+
+
+def test_serves_probes_and_stops_cleanly(sockets: dict[int, FdSocket],
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> int:
+        a = app(sockets)
+        task = asyncio.create_task(a.run(), name="exporter")
+        port = await serving_port(caplog, task)
+        await asyncio.sleep(0.4)  # a few rounds, every probe lost: the socket never answers
+        ready = await asyncio.to_thread(get, port, "/readyz")
+        live = await asyncio.to_thread(get, port, "/healthz")
+        status, body = await asyncio.to_thread(get, port, "/metrics")
+        missing = await asyncio.to_thread(get, port, "/nothing")
+        a.request_stop()
+        code = await asyncio.wait_for(task, 2)
+        assert (ready[0], live[0], status, missing[0]) == (200, 200, 200, 404)
+        s = parse(body.decode())
+        assert value(s, "pingmesh_targets", kind="static") == 2
+        assert value(s, "pingmesh_probe_sent_total", target="127.0.0.1") >= 2
+        assert value(s, "pingmesh_probe_received_total", target="127.0.0.1") == 0
+        return code
+
+    assert asyncio.run(scenario()) == EXIT_OK
+    assert sockets[4].sent and sockets[6].sent
+
+
+def test_a_task_that_ends_is_an_error(sockets: dict[int, FdSocket],
+                                      caplog: pytest.LogCaptureFixture,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    async def returns_at_once(self: StaticDiscovery, publish: object) -> None:
+        return None
+
+    monkeypatch.setattr(StaticDiscovery, "run", returns_at_once)
+    code = asyncio.run(asyncio.wait_for(app(sockets).run(), 5))
+    assert code == EXIT_FATAL
+    assert any("task discovery.static ended" in r.getMessage() for r in caplog.records)

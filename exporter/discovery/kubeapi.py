@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,8 +19,6 @@ from kubernetes.config.config_exception import ConfigException
 
 from exporter.config import ConfigError, KubernetesSettings
 from exporter.discovery.api import ApiError, ConnectionFailed, Gone, Resource
-
-log = logging.getLogger("exporter.discovery.kubernetes")
 
 # A list is a PartialObjectMetadataList, but a watch streams single objects: asking for the
 # list form on a watch makes a real API server answer 200 and end the stream at the first

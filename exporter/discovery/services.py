@@ -53,10 +53,6 @@ class ServiceDiscovery:
     def reflectors(self) -> list[Reflector[Any]]:
         return [r for r in (self.services, self.slices) if r is not None]
 
-    @property
-    def ready(self) -> bool:
-        return all(r.synced.is_set() for r in self.reflectors)
-
     def _slice_reflector(self, names: tuple[str, ...]) -> Reflector[SliceCounts]:
         selector = f"{SERVICE_NAME_LABEL} in ({','.join(names)})"
         return Reflector(self.api, Resource("endpointslices", label_selector=selector),

@@ -11,22 +11,6 @@ from bisect import bisect_left
 
 from exporter.targets import Target, family_label
 
-ERROR_REASONS = (
-    "send_failed",
-    "duplicate",
-    "late",
-    "wrong_source",
-    "corrupt",
-    "truncated",
-    "clock_step",
-    "unreachable",
-    "ttl_exceeded",
-    "packet_too_big",
-    "parameter_problem",
-    "source_quench",
-    "icmp_error",
-)
-
 
 def format_le(bound: float) -> str:
     return repr(float(round(bound, 9)))

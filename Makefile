@@ -50,6 +50,7 @@ test: $(STAMP) system-deps cluster-components
 
 lint: $(STAMP)
 	$(PY) -m ruff check exporter tests bench deploy grafana
+	$(PY) -m ruff format --check exporter tests bench deploy grafana
 	$(PY) -m mypy exporter
 
 ## bench: probe 1,000 and 5,000 routed targets against fping and smokeping_prober

@@ -105,8 +105,10 @@ FIRST_PER_TARGET = "# HELP pingmesh_probe_rtt_seconds"
 SENT_LINE = b"pingmesh_probe_sent_total{"
 PEER_READY_RE = re.compile(r'^pingmesh_peer_ready\{target_node="([^"]+)"\}', re.M)
 RESOURCES = ("pods", "services", "endpointslices", "nodes")
-CHANGE_RE = re.compile(r'^ts=(\S+) .*msg="target set changed: (\d+) added, (\d+) removed, '
-                       r'(\d+) moved')
+CHANGE_RE = re.compile(
+    r'^ts=(\S+) .*msg="target set changed: (\d+) added, (\d+) removed, '
+    r"(\d+) moved"
+)
 
 
 @dataclass(frozen=True)
@@ -153,19 +155,29 @@ class Exporter:
     """``python -m exporter`` in the bed's src namespace, its output straight to a file (a
     pipe nobody reads would fill up and stall it over a ten-minute run)."""
 
-    def __init__(self, ns: Namespace, args: Sequence[str], log_path: Path,
-                 port: int = PORT) -> None:
+    def __init__(
+        self, ns: Namespace, args: Sequence[str], log_path: Path, port: int = PORT
+    ) -> None:
         self.ns = ns
         self.port = port
         self.log_path = log_path
         self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        argv = [sys.executable, "-m", "exporter", "--web.listen-address", f"127.0.0.1:{port}",
-                "--log.level", "info", *args]
+        argv = [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--web.listen-address",
+            f"127.0.0.1:{port}",
+            "--log.level",
+            "info",
+            *args,
+        ]
         self.argv = argv
         self.started = time.monotonic()
         # ``ip netns exec`` execs the command: the pid is the exporter's own.
-        self.proc: subprocess.Popen[bytes] = ns.popen(argv, cwd=ROOT, stdout=self._log,
-                                                      stderr=subprocess.STDOUT)
+        self.proc: subprocess.Popen[bytes] = ns.popen(
+            argv, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+        )
 
     @property
     def pid(self) -> int:
@@ -179,8 +191,9 @@ class Exporter:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
-                raise RuntimeError(f"exporter exited with {self.proc.returncode}, see "
-                                   f"{self.log_path}")
+                raise RuntimeError(
+                    f"exporter exited with {self.proc.returncode}, see {self.log_path}"
+                )
             with contextlib.suppress(OSError):
                 if http_get(self.ns, self.port, "/readyz", timeout=5)[0] == 200:
                     return time.monotonic() - self.started
@@ -190,8 +203,9 @@ class Exporter:
     def fetch(self, compressed: bool, timeout: float = 60.0) -> Scrape:
         headers = {"Accept-Encoding": "gzip"} if compressed else {}
         started = time.monotonic()
-        code, hdrs, body = http_get(self.ns, self.port, "/metrics", headers=headers,
-                                    timeout=timeout)
+        code, hdrs, body = http_get(
+            self.ns, self.port, "/metrics", headers=headers, timeout=timeout
+        )
         ended = time.monotonic()
         if code != 200:
             raise RuntimeError(f"/metrics answered {code}")
@@ -204,8 +218,10 @@ class Exporter:
         return cpu_seconds(self.pid)
 
     def memory(self) -> dict[str, float]:
-        return {"rss_mib": status_kib(self.pid, "VmRSS") / 1024,
-                "hwm_mib": status_kib(self.pid, "VmHWM") / 1024}
+        return {
+            "rss_mib": status_kib(self.pid, "VmRSS") / 1024,
+            "hwm_mib": status_kib(self.pid, "VmHWM") / 1024,
+        }
 
     def stop(self) -> None:
         if self.alive():
@@ -226,8 +242,11 @@ class Exporter:
             levels[level] += 1
             if level in ("warn", "error", "other") and len(notable) < 40:
                 notable.append(line[:400])
-        return {"lines_by_level": dict(levels), "warn_error_lines": notable,
-                "path": str(self.log_path.relative_to(ROOT))}
+        return {
+            "lines_by_level": dict(levels),
+            "warn_error_lines": notable,
+            "path": str(self.log_path.relative_to(ROOT)),
+        }
 
 
 @dataclass
@@ -246,8 +265,11 @@ class Scrape:
         text = self.body.decode()
         cut = text.find(FIRST_PER_TARGET)
         head = text if cut < 0 else text[:cut]
-        return [(s.name, dict(s.labels), float(s.value))
-                for fam in text_string_to_metric_families(head) for s in fam.samples]
+        return [
+            (s.name, dict(s.labels), float(s.value))
+            for fam in text_string_to_metric_families(head)
+            for s in fam.samples
+        ]
 
     def shows_target(self, node: str) -> bool:
         """A ``pingmesh_probe_sent_total`` series with ``target_node="<node>"``."""
@@ -275,19 +297,25 @@ class Scrape:
                 per_family[family] += 0
             elif not line.startswith("#"):
                 per_family[family] += 1
-        return {"total": sum(per_family.values()), "families": len(per_family),
-                "per_family": dict(per_family.most_common()),
-                "bytes": len(self.body)}
+        return {
+            "total": sum(per_family.values()),
+            "families": len(per_family),
+            "per_family": dict(per_family.most_common()),
+            "bytes": len(self.body),
+        }
 
 
-def value(samples: list[tuple[str, dict[str, str], float]], name: str,
-          **labels: str) -> float:
-    return sum(v for n, lb, v in samples
-               if n == name and all(lb.get(k) == want for k, want in labels.items()))
+def value(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    return sum(
+        v
+        for n, lb, v in samples
+        if n == name and all(lb.get(k) == want for k, want in labels.items())
+    )
 
 
-def by_label(samples: list[tuple[str, dict[str, str], float]], name: str,
-             *keys: str) -> dict[str, float]:
+def by_label(
+    samples: list[tuple[str, dict[str, str], float]], name: str, *keys: str
+) -> dict[str, float]:
     out: dict[str, float] = {}
     for n, lb, v in samples:
         if n == name:
@@ -312,8 +340,7 @@ class PeerPod:
 class Cluster:
     """The DaemonSet's pods in the fake, and the address pools they draw from."""
 
-    def __init__(self, fake: KubeFake, pod_ips: list[str], host_ips: list[str],
-                 peers: int) -> None:
+    def __init__(self, fake: KubeFake, pod_ips: list[str], host_ips: list[str], peers: int) -> None:
         self.fake = fake
         self.lock = threading.Lock()
         self.pods: dict[str, PeerPod] = {}
@@ -327,8 +354,7 @@ class Cluster:
         objs = []
         for node in nodes:
             name = SELF_POD if node == SELF_NODE else f"pm-{node}-0"
-            pod = PeerPod(node, name, 0, self.free_pod_ips.popleft(),
-                          self.free_host_ips.popleft())
+            pod = PeerPod(node, name, 0, self.free_pod_ips.popleft(), self.free_host_ips.popleft())
             self.pods[node] = pod
             objs.append(self._obj(pod))
             if node != SELF_NODE:
@@ -337,8 +363,15 @@ class Cluster:
 
     @staticmethod
     def _obj(pod: PeerPod) -> dict[str, Any]:
-        return make_pod(pod.name, NAMESPACE, pod.node, [pod.pod_ip], [pod.host_ip], LABELS,
-                        owner_daemonset="pingmesh-exporter")
+        return make_pod(
+            pod.name,
+            NAMESPACE,
+            pod.node,
+            [pod.pod_ip],
+            [pod.host_ip],
+            LABELS,
+            owner_daemonset="pingmesh-exporter",
+        )
 
     def replace_next(self) -> str:
         """One step of the rolling replacement: the next node not in a latency trial."""
@@ -387,8 +420,9 @@ class Cluster:
         with self.lock:
             self.added_nodes += 1
             node = f"node-new-{self.added_nodes:03d}"
-            pod = PeerPod(node, f"pm-{node}-0", 0, self.free_pod_ips.popleft(),
-                          self.free_host_ips.popleft())
+            pod = PeerPod(
+                node, f"pm-{node}-0", 0, self.free_pod_ips.popleft(), self.free_host_ips.popleft()
+            )
             self.pods[node] = pod
             self.order.append(node)
             self.fake.upsert("pods", self._obj(pod))
@@ -398,8 +432,9 @@ class Cluster:
 class Churn(threading.Thread):
     """Rolling replacement at a fixed rate; compactions on a fixed schedule."""
 
-    def __init__(self, cluster: Cluster, rate: float, compact_every_s: float,
-                 start: float, end: float) -> None:
+    def __init__(
+        self, cluster: Cluster, rate: float, compact_every_s: float, start: float, end: float
+    ) -> None:
         super().__init__(name="churn", daemon=True)
         self.cluster = cluster
         self.rate = rate
@@ -414,8 +449,9 @@ class Churn(threading.Thread):
 
     def run(self) -> None:
         fake = self.cluster.fake
-        next_compact = (self.start_at + self.compact_every_s if self.compact_every_s > 0
-                        else float("inf"))
+        next_compact = (
+            self.start_at + self.compact_every_s if self.compact_every_s > 0 else float("inf")
+        )
         k = 0
         while True:
             due = self.start_at + k / self.rate
@@ -428,9 +464,13 @@ class Churn(threading.Thread):
                 self.step_walls.append(time.time())
                 self.cluster.replace_next()
                 fake.compact()
-                self.compactions.append({"t": time.monotonic() - self.start_at,
-                                         "dropped_watches": dropped,
-                                         "compacted_rv": float(fake.resource_version)})
+                self.compactions.append(
+                    {
+                        "t": time.monotonic() - self.start_at,
+                        "dropped_watches": dropped,
+                        "compacted_rv": float(fake.resource_version),
+                    }
+                )
                 next_compact += self.compact_every_s
             else:
                 self.step_walls.append(time.time())
@@ -480,10 +520,16 @@ class Sampler(threading.Thread):
     def take(self) -> None:
         if not self.exporter.alive():
             return
-        self.samples.append({"t": time.monotonic() - self.start_at, "wall": time.time(),
-                             "cpu_s": self.exporter.cpu(), **self.exporter.memory(),
-                             "loadavg_1m": os.getloadavg()[0],
-                             "fake": fake_totals(self.fake)})
+        self.samples.append(
+            {
+                "t": time.monotonic() - self.start_at,
+                "wall": time.time(),
+                "cpu_s": self.exporter.cpu(),
+                **self.exporter.memory(),
+                "loadavg_1m": os.getloadavg()[0],
+                "fake": fake_totals(self.fake),
+            }
+        )
 
     def run(self) -> None:
         k = 0
@@ -509,8 +555,9 @@ class Scraper(threading.Thread):
 
     def run(self) -> None:
         k = 0
-        while not self.stop_event.wait(max(0.0, self.start_at + k * SCRAPE_EVERY_S
-                                           - time.monotonic())):
+        while not self.stop_event.wait(
+            max(0.0, self.start_at + k * SCRAPE_EVERY_S - time.monotonic())
+        ):
             k += 1
             try:
                 s = self.exporter.fetch(compressed=True)
@@ -518,20 +565,27 @@ class Scraper(threading.Thread):
                 self.errors.append(f"{time.monotonic() - self.start_at:.1f}s: {exc}")
                 continue
             own = s.own_metrics()
-            self.scrapes.append({
-                "t": s.started - self.start_at, "seconds": s.seconds,
-                "wire_bytes": s.wire_bytes, "bytes": len(s.body),
-                "render_s": value(own, "pingmesh_metrics_render_seconds"),
-                "discovery_up": value(own, "pingmesh_discovery_up"),
-                "targets": value(own, "pingmesh_targets"),
-                "mesh_peers": value(own, "pingmesh_mesh_peers"),
-                "selected_peers": value(own, "pingmesh_mesh_selected_peers"),
-            })
+            self.scrapes.append(
+                {
+                    "t": s.started - self.start_at,
+                    "seconds": s.seconds,
+                    "wire_bytes": s.wire_bytes,
+                    "bytes": len(s.body),
+                    "render_s": value(own, "pingmesh_metrics_render_seconds"),
+                    "discovery_up": value(own, "pingmesh_discovery_up"),
+                    "targets": value(own, "pingmesh_targets"),
+                    "mesh_peers": value(own, "pingmesh_mesh_peers"),
+                    "selected_peers": value(own, "pingmesh_mesh_selected_peers"),
+                }
+            )
 
 
 def cpu_rates(samples: Sequence[dict[str, Any]]) -> list[float]:
-    return [(b["cpu_s"] - a["cpu_s"]) / (b["t"] - a["t"])
-            for a, b in itertools.pairwise(samples) if b["t"] > a["t"]]
+    return [
+        (b["cpu_s"] - a["cpu_s"]) / (b["t"] - a["t"])
+        for a, b in itertools.pairwise(samples)
+        if b["t"] > a["t"]
+    ]
 
 
 def window_cost(samples: Sequence[dict[str, Any]], t0: float, t1: float) -> dict[str, Any]:
@@ -540,15 +594,23 @@ def window_cost(samples: Sequence[dict[str, Any]], t0: float, t1: float) -> dict
         return {}
     first, last = inside[0], inside[-1]
     rates = cpu_rates(inside)
-    return {"from_s": first["t"], "to_s": last["t"],
-            "cpu_per_s": (last["cpu_s"] - first["cpu_s"]) / (last["t"] - first["t"]),
-            "cpu_per_s_max_5s": max(rates) if rates else 0.0,
-            "machine_loadavg_1m_mean": statistics.fmean(s["loadavg_1m"] for s in inside),
-            "rss_mib_end": last["rss_mib"], "hwm_mib": last["hwm_mib"]}
+    return {
+        "from_s": first["t"],
+        "to_s": last["t"],
+        "cpu_per_s": (last["cpu_s"] - first["cpu_s"]) / (last["t"] - first["t"]),
+        "cpu_per_s_max_5s": max(rates) if rates else 0.0,
+        "machine_loadavg_1m_mean": statistics.fmean(s["loadavg_1m"] for s in inside),
+        "rss_mib_end": last["rss_mib"],
+        "hwm_mib": last["hwm_mib"],
+    }
 
 
-def per_minute(samples: Sequence[dict[str, Any]], records: Sequence[RequestRecord],
-               start_wall: float, minutes: int) -> list[dict[str, Any]]:
+def per_minute(
+    samples: Sequence[dict[str, Any]],
+    records: Sequence[RequestRecord],
+    start_wall: float,
+    minutes: int,
+) -> list[dict[str, Any]]:
     """Bytes the fake sent per minute (from the cumulative samples) and requests started."""
     zero: dict[str, Any] = {"fake": {"bytes": 0, **{res: {"bytes": 0} for res in RESOURCES}}}
 
@@ -562,8 +624,7 @@ def per_minute(samples: Sequence[dict[str, Any]], records: Sequence[RequestRecor
         a, b = at(60.0 * m), at(60.0 * (m + 1))
         lo, hi = start_wall + 60.0 * m, start_wall + 60.0 * (m + 1)
         inside = [r for r in records if lo <= r.time < hi]
-        row: dict[str, Any] = {"minute": m + 1,
-                               "bytes": b["fake"]["bytes"] - a["fake"]["bytes"]}
+        row: dict[str, Any] = {"minute": m + 1, "bytes": b["fake"]["bytes"] - a["fake"]["bytes"]}
         for res in ("pods", "services", "endpointslices"):
             row[f"{res}_bytes"] = b["fake"][res]["bytes"] - a["fake"][res]["bytes"]
         row["lists"] = len(logical_lists(inside))
@@ -577,16 +638,25 @@ def summary(values: Sequence[float]) -> dict[str, Any]:
     if not values:
         return {"n": 0}
     ordered = sorted(values)
-    return {"n": len(ordered), "median": statistics.median(ordered), "min": ordered[0],
-            "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
-            "max": ordered[-1]}
+    return {
+        "n": len(ordered),
+        "median": statistics.median(ordered),
+        "min": ordered[0],
+        "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+        "max": ordered[-1],
+    }
 
 
 # Latency trials
 
 
-def poll_until(exporter: Exporter, cond: Callable[[Scrape], bool], since: float,
-               timeout: float, compressed: bool) -> dict[str, Any]:
+def poll_until(
+    exporter: Exporter,
+    cond: Callable[[Scrape], bool],
+    since: float,
+    timeout: float,
+    compressed: bool,
+) -> dict[str, Any]:
     """Poll /metrics every 50 ms (start to start) until cond holds."""
     polls = 0
     prev_start = since
@@ -594,9 +664,13 @@ def poll_until(exporter: Exporter, cond: Callable[[Scrape], bool], since: float,
         s = exporter.fetch(compressed=compressed)
         polls += 1
         if cond(s):
-            return {"seconds": s.ended - since, "seen_request_started_s": s.started - since,
-                    "previous_request_started_s": prev_start - since, "polls": polls,
-                    "poll_seconds": s.seconds}
+            return {
+                "seconds": s.ended - since,
+                "seen_request_started_s": s.started - since,
+                "previous_request_started_s": prev_start - since,
+                "polls": polls,
+                "poll_seconds": s.seconds,
+            }
         if s.ended - since > timeout:
             return {"seconds": None, "polls": polls, "timed_out": True}
         prev_start = s.started
@@ -607,8 +681,9 @@ def sampled_trial(exporter: Exporter, cluster: Cluster, used: set[str]) -> dict[
     """Delete a probed peer's pod, wait for its series to go, create the successor with a new
     pod IP, time until the series are back."""
     selected = exporter.fetch(compressed=True).selected_nodes()
-    candidates = [n for n in selected if n not in used and n in cluster.pods] or \
-        [n for n in selected if n in cluster.pods]
+    candidates = [n for n in selected if n not in used and n in cluster.pods] or [
+        n for n in selected if n in cluster.pods
+    ]
     if not candidates:
         return {"error": f"no selected peer to replace (selected: {selected})"}
     node = candidates[0]
@@ -644,13 +719,22 @@ def target_changes(log_path: Path) -> list[tuple[float, int, int, int]]:
         m = CHANGE_RE.match(line)
         if m:
             when = dt.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%fZ")
-            out.append((when.replace(tzinfo=dt.UTC).timestamp(), int(m.group(2)),
-                        int(m.group(3)), int(m.group(4))))
+            out.append(
+                (
+                    when.replace(tzinfo=dt.UTC).timestamp(),
+                    int(m.group(2)),
+                    int(m.group(3)),
+                    int(m.group(4)),
+                )
+            )
     return out
 
 
-def first_change(changes: Sequence[tuple[float, int, int, int]], since: float,
-                 pick: Callable[[tuple[float, int, int, int]], bool]) -> float | None:
+def first_change(
+    changes: Sequence[tuple[float, int, int, int]],
+    since: float,
+    pick: Callable[[tuple[float, int, int, int]], bool],
+) -> float | None:
     """Seconds from since to the first matching change (log times are in whole ms)."""
     for c in changes:
         if c[0] >= since - 0.001 and pick(c):
@@ -658,15 +742,18 @@ def first_change(changes: Sequence[tuple[float, int, int, int]], since: float,
     return None
 
 
-def add_log_latency(trials: list[dict[str, Any]], changes: Sequence[tuple[float, int, int, int]]
-                    ) -> None:
+def add_log_latency(
+    trials: list[dict[str, Any]], changes: Sequence[tuple[float, int, int, int]]
+) -> None:
     for t in trials:
         if "removed" in t:
-            t["removed"]["table_s"] = first_change(changes, t["removed"]["wall"],
-                                                   lambda c: c[2] > 0)
+            t["removed"]["table_s"] = first_change(
+                changes, t["removed"]["wall"], lambda c: c[2] > 0
+            )
         if "appeared" in t:
-            t["appeared"]["table_s"] = first_change(changes, t["appeared"]["wall"],
-                                                    lambda c: c[1] > 0)
+            t["appeared"]["table_s"] = first_change(
+                changes, t["appeared"]["wall"], lambda c: c[1] > 0
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -674,22 +761,43 @@ def add_log_latency(trials: list[dict[str, Any]], changes: Sequence[tuple[float,
 
 
 def exporter_args(kubeconfig: Path, plan: Plan, *extra: str) -> list[str]:
-    return ["--discovery", "kubernetes", "--kubeconfig", str(kubeconfig),
-            "--kubernetes.namespace", NAMESPACE, "--kubernetes.node-name", SELF_NODE,
-            "--kubernetes.pod-name", SELF_POD, "--kubernetes.watch-timeout", plan.watch_timeout,
-            *extra]
+    return [
+        "--discovery",
+        "kubernetes",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--kubernetes.namespace",
+        NAMESPACE,
+        "--kubernetes.node-name",
+        SELF_NODE,
+        "--kubernetes.pod-name",
+        SELF_POD,
+        "--kubernetes.watch-timeout",
+        plan.watch_timeout,
+        *extra,
+    ]
 
 
 def trial_summary(trials: Sequence[dict[str, Any]], what: str, key: str) -> dict[str, Any]:
-    return summary([t[what][key] for t in trials
-                    if t.get(what, {}).get(key) is not None])
+    return summary([t[what][key] for t in trials if t.get(what, {}).get(key) is not None])
 
 
-def run_phase(name: str, bed: Bed, fake: KubeFake, cluster: Cluster, plan: Plan,
-              kubeconfig: Path, extra: Sequence[str], log_path: Path, window_s: float,
-              compact_every_s: float, expect_targets: int,
-              trials: Callable[[Exporter, float], list[dict[str, Any]]],
-              quiet_s: float, full_mesh: bool) -> dict[str, Any]:
+def run_phase(
+    name: str,
+    bed: Bed,
+    fake: KubeFake,
+    cluster: Cluster,
+    plan: Plan,
+    kubeconfig: Path,
+    extra: Sequence[str],
+    log_path: Path,
+    window_s: float,
+    compact_every_s: float,
+    expect_targets: int,
+    trials: Callable[[Exporter, float], list[dict[str, Any]]],
+    quiet_s: float,
+    full_mesh: bool,
+) -> dict[str, Any]:
     """Start the exporter; once it probes every target: plan.idle_s without churn, then
     window_s of churn (quiet_s of it without latency trials, then the trials)."""
     fake.clear_log()
@@ -707,8 +815,9 @@ def run_phase(name: str, bed: Bed, fake: KubeFake, cluster: Cluster, plan: Plan,
             if value(own, "pingmesh_targets") >= expect_targets:
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"[{name}] targets stuck at "
-                                   f"{value(own, 'pingmesh_targets')} < {expect_targets}")
+                raise RuntimeError(
+                    f"[{name}] targets stuck at {value(own, 'pingmesh_targets')} < {expect_targets}"
+                )
             time.sleep(0.2)
         result["all_targets_s"] = time.monotonic() - exporter.started
         result["cpu_s_to_all_targets"] = exporter.cpu()
@@ -724,10 +833,12 @@ def run_phase(name: str, bed: Bed, fake: KubeFake, cluster: Cluster, plan: Plan,
         churn = Churn(cluster, plan.churn_rate, compact_every_s, t_win0, end)
         for t in (sampler, scraper, churn):
             t.start()
-        print(f"[{name}] {plan.idle_s:.0f}s without churn, then {window_s:.0f}s of churn "
-              f"({plan.churn_rate}/s"
-              + (f", compaction every {compact_every_s:.0f}s)" if compact_every_s else ")"),
-              flush=True)
+        print(
+            f"[{name}] {plan.idle_s:.0f}s without churn, then {window_s:.0f}s of churn "
+            f"({plan.churn_rate}/s"
+            + (f", compaction every {compact_every_s:.0f}s)" if compact_every_s else ")"),
+            flush=True,
+        )
         time.sleep(max(0.0, min(end, t_win0 + quiet_s) - time.monotonic()))
         trial_results = trials(exporter, end)
         time.sleep(max(0.0, end - time.monotonic()))
@@ -752,60 +863,85 @@ def run_phase(name: str, bed: Bed, fake: KubeFake, cluster: Cluster, plan: Plan,
         def rel(t: float) -> float:
             return t - start
 
-        result.update({
-            "start_wall": start_wall,
-            "window_s": t_end - start,
-            "idle_from_s": rel(t_idle0), "churn_from_s": rel(t_win0), "churn_to_s": rel(end),
-            "churn": {"replacements": churn.steps, "late_steps": churn.late_steps,
-                      "compactions": churn.compactions},
-            "fake": totals,
-            "expected_lists": {res: 1 + int(gone[res]) for res in RESOURCES
-                               if totals[res]["lists"] or gone[res]},
-            "unexplained_lists": {res: totals[res]["lists"] - 1 - int(gone[res])
-                                  for res in RESOURCES if totals[res]["lists"]},
-            "list_times_s": {res: [round(r.time - start_wall, 1)
-                                   for r in logical_lists(records) if r.resource == res]
-                             for res in RESOURCES},
-            "list_status": dict(Counter(str(r.status) for r in records if r.verb == "list")),
-            "watch_status": dict(Counter(str(r.status) for r in records if r.verb == "watch")),
-            "exporter_view": {
-                "requests": by_label(own, "pingmesh_discovery_requests_total", "resource",
-                                     "verb"),
-                "watch_restarts": restarts,
-                "api_errors": by_label(own, "pingmesh_discovery_api_errors_total", "resource",
-                                       "code"),
-                "objects_skipped": by_label(own, "pingmesh_discovery_objects_skipped_total",
-                                            "resource", "reason"),
-                "discovery_up": value(own, "pingmesh_discovery_up"),
-                "mesh_peers": value(own, "pingmesh_mesh_peers"),
-                "selected_peers": value(own, "pingmesh_mesh_selected_peers"),
-                "targets": by_label(own, "pingmesh_targets", "kind", "ip_family"),
-                "rounds_skipped": value(own, "pingmesh_probe_rounds_skipped_total"),
-                "socket_drops": value(own, "pingmesh_socket_receive_drops_total"),
-                "sent": value(own, "pingmesh_packets_sent_total"),
-            },
-            "per_minute": per_minute(sampler.samples, records, start_wall,
-                                     int((t_end - start) // 60)),
-            "cost_idle": window_cost(sampler.samples, rel(t_idle0), rel(t_win0)),
-            "cost_churn": window_cost(sampler.samples, rel(t_win0),
-                                      rel(min(end, t_win0 + quiet_s))),
-            "cost_window": window_cost(sampler.samples, rel(t_win0), rel(end)),
-            "memory_end": exporter.memory(),
-            "scrapes": scraper.scrapes,
-            "scrape_errors": scraper.errors,
-            "scrape_summary": {
-                "seconds": summary([s["seconds"] for s in scraper.scrapes]),
-                "render_s": summary([s["render_s"] for s in scraper.scrapes]),
-                "wire_bytes": summary([s["wire_bytes"] for s in scraper.scrapes]),
-                "bytes": summary([s["bytes"] for s in scraper.scrapes]),
-                "discovery_up_min": min((s["discovery_up"] for s in scraper.scrapes),
-                                        default=None),
-                "discovery_down_scrapes": sum(1 for s in scraper.scrapes
-                                              if s["discovery_up"] != 1),
-            },
-            "series": final.series(),
-            "samples": sampler.samples,
-        })
+        result.update(
+            {
+                "start_wall": start_wall,
+                "window_s": t_end - start,
+                "idle_from_s": rel(t_idle0),
+                "churn_from_s": rel(t_win0),
+                "churn_to_s": rel(end),
+                "churn": {
+                    "replacements": churn.steps,
+                    "late_steps": churn.late_steps,
+                    "compactions": churn.compactions,
+                },
+                "fake": totals,
+                "expected_lists": {
+                    res: 1 + int(gone[res])
+                    for res in RESOURCES
+                    if totals[res]["lists"] or gone[res]
+                },
+                "unexplained_lists": {
+                    res: totals[res]["lists"] - 1 - int(gone[res])
+                    for res in RESOURCES
+                    if totals[res]["lists"]
+                },
+                "list_times_s": {
+                    res: [
+                        round(r.time - start_wall, 1)
+                        for r in logical_lists(records)
+                        if r.resource == res
+                    ]
+                    for res in RESOURCES
+                },
+                "list_status": dict(Counter(str(r.status) for r in records if r.verb == "list")),
+                "watch_status": dict(Counter(str(r.status) for r in records if r.verb == "watch")),
+                "exporter_view": {
+                    "requests": by_label(
+                        own, "pingmesh_discovery_requests_total", "resource", "verb"
+                    ),
+                    "watch_restarts": restarts,
+                    "api_errors": by_label(
+                        own, "pingmesh_discovery_api_errors_total", "resource", "code"
+                    ),
+                    "objects_skipped": by_label(
+                        own, "pingmesh_discovery_objects_skipped_total", "resource", "reason"
+                    ),
+                    "discovery_up": value(own, "pingmesh_discovery_up"),
+                    "mesh_peers": value(own, "pingmesh_mesh_peers"),
+                    "selected_peers": value(own, "pingmesh_mesh_selected_peers"),
+                    "targets": by_label(own, "pingmesh_targets", "kind", "ip_family"),
+                    "rounds_skipped": value(own, "pingmesh_probe_rounds_skipped_total"),
+                    "socket_drops": value(own, "pingmesh_socket_receive_drops_total"),
+                    "sent": value(own, "pingmesh_packets_sent_total"),
+                },
+                "per_minute": per_minute(
+                    sampler.samples, records, start_wall, int((t_end - start) // 60)
+                ),
+                "cost_idle": window_cost(sampler.samples, rel(t_idle0), rel(t_win0)),
+                "cost_churn": window_cost(
+                    sampler.samples, rel(t_win0), rel(min(end, t_win0 + quiet_s))
+                ),
+                "cost_window": window_cost(sampler.samples, rel(t_win0), rel(end)),
+                "memory_end": exporter.memory(),
+                "scrapes": scraper.scrapes,
+                "scrape_errors": scraper.errors,
+                "scrape_summary": {
+                    "seconds": summary([s["seconds"] for s in scraper.scrapes]),
+                    "render_s": summary([s["render_s"] for s in scraper.scrapes]),
+                    "wire_bytes": summary([s["wire_bytes"] for s in scraper.scrapes]),
+                    "bytes": summary([s["bytes"] for s in scraper.scrapes]),
+                    "discovery_up_min": min(
+                        (s["discovery_up"] for s in scraper.scrapes), default=None
+                    ),
+                    "discovery_down_scrapes": sum(
+                        1 for s in scraper.scrapes if s["discovery_up"] != 1
+                    ),
+                },
+                "series": final.series(),
+                "samples": sampler.samples,
+            }
+        )
     finally:
         exporter.stop()
         result["log"] = exporter.log_summary()
@@ -821,18 +957,22 @@ def run_phase(name: str, bed: Bed, fake: KubeFake, cluster: Cluster, plan: Plan,
         # Every replacement moves a target: time to the prober's table for each, while
         # nothing polls /metrics and during the latency trials (which poll it every 50 ms).
         quiet_end = start_wall + rel(t_win0) + quiet_s
-        for label, pick in (("quiet", lambda w: w < quiet_end),
-                            ("trials", lambda w: w >= quiet_end)):
-            steps = [first_change(changes, w, lambda c: c[3] > 0)
-                     for w in churn.step_walls if pick(w)]
-            result[f"replacement_to_table_s_{label}"] = summary(
-                [x for x in steps if x is not None])
+        for label, pick in (
+            ("quiet", lambda w: w < quiet_end),
+            ("trials", lambda w: w >= quiet_end),
+        ):
+            steps = [
+                first_change(changes, w, lambda c: c[3] > 0) for w in churn.step_walls if pick(w)
+            ]
+            result[f"replacement_to_table_s_{label}"] = summary([x for x in steps if x is not None])
     return result
 
 
-def spread_trials(n: int, fn: Callable[[Exporter], dict[str, Any]], name: str
-                  ) -> Callable[[Exporter, float], list[dict[str, Any]]]:
+def spread_trials(
+    n: int, fn: Callable[[Exporter], dict[str, Any]], name: str
+) -> Callable[[Exporter, float], list[dict[str, Any]]]:
     """n trials evenly over what is left of the window (the last slot ends a little early)."""
+
     def run(exporter: Exporter, end: float) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         first = time.monotonic()
@@ -848,9 +988,13 @@ def spread_trials(n: int, fn: Callable[[Exporter], dict[str, Any]], name: str
             got["t_in_window"] = time.monotonic() - first
             out.append(got)
             lat = got.get("appeared", {}).get("seconds")
-            print(f"[{name}] trial {k + 1}/{n}: {got.get('node', got.get('error'))} "
-                  f"{'-' if lat is None else f'{lat * 1000:.0f} ms'}", flush=True)
+            print(
+                f"[{name}] trial {k + 1}/{n}: {got.get('node', got.get('error'))} "
+                f"{'-' if lat is None else f'{lat * 1000:.0f} ms'}",
+                flush=True,
+            )
         return out
+
     return run
 
 
@@ -863,16 +1007,22 @@ def machine_facts() -> dict[str, Any]:
 
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    return {"nproc": os.cpu_count(), "cpu_model": cpu_model(), "memory_gib": memory_gib(),
-            "kernel": platform.release(), "python": platform.python_version(),
-            "commit": git("rev-parse", "--short", "HEAD"),
-            "exporter_tree_modified": git("status", "--porcelain", "--", "exporter"),
-            "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "memory_gib": memory_gib(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "exporter_tree_modified": git("status", "--porcelain", "--", "exporter"),
+        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
 
 
 def _ms(x: float | None) -> str:
@@ -890,88 +1040,123 @@ def markdown(result: dict[str, Any]) -> str:
         ph = result.get(key)
         if not ph or "fake" not in ph:
             continue
-        out.append(f"**API requests, {title}**: {ph['window_s']:.0f} s from the exporter's "
-                   f"start ({ph['churn_to_s'] - ph['churn_from_s']:.0f} s of churn), "
-                   f"{ph['churn']['replacements']} pod replacements, "
-                   f"{len(ph['churn']['compactions'])} compactions\n")
-        out.append("| resource | LISTs | expected (1 + 410s) | list pages | WATCHes | "
-                   "watch ends (timeout) | 410 Gone | bytes sent | of which LIST |")
+        out.append(
+            f"**API requests, {title}**: {ph['window_s']:.0f} s from the exporter's "
+            f"start ({ph['churn_to_s'] - ph['churn_from_s']:.0f} s of churn), "
+            f"{ph['churn']['replacements']} pod replacements, "
+            f"{len(ph['churn']['compactions'])} compactions\n"
+        )
+        out.append(
+            "| resource | LISTs | expected (1 + 410s) | list pages | WATCHes | "
+            "watch ends (timeout) | 410 Gone | bytes sent | of which LIST |"
+        )
         out.append("|---|---|---|---|---|---|---|---|---|")
         restarts = ph["exporter_view"]["watch_restarts"]
         for res in RESOURCES:
             f = ph["fake"][res]
             if not (f["lists"] or f["watches"]):
                 continue
-            out.append(f"| {res} | {f['lists']} | {ph['expected_lists'].get(res, '-')} | "
-                       f"{f['list_pages']} | {f['watches']} | "
-                       f"{restarts.get(f'{res}/timeout', 0):.0f} | "
-                       f"{restarts.get(f'{res}/gone', 0):.0f} | {_mib(f['bytes'])} | "
-                       f"{_mib(f['list_bytes'])} |")
+            out.append(
+                f"| {res} | {f['lists']} | {ph['expected_lists'].get(res, '-')} | "
+                f"{f['list_pages']} | {f['watches']} | "
+                f"{restarts.get(f'{res}/timeout', 0):.0f} | "
+                f"{restarts.get(f'{res}/gone', 0):.0f} | {_mib(f['bytes'])} | "
+                f"{_mib(f['list_bytes'])} |"
+            )
         out.append("")
         if key == "sampled" and ph["per_minute"]:
             out.append("| minute | bytes sent | pods | services | LISTs (pages) | WATCHes |")
             out.append("|---|---|---|---|---|---|")
             for row in ph["per_minute"]:
-                out.append(f"| {row['minute']} | {_mib(row['bytes'])} | "
-                           f"{_mib(row['pods_bytes'])} | {_mib(row['services_bytes'])} | "
-                           f"{row['lists']} ({row['list_pages']}) | {row['watches']} |")
+                out.append(
+                    f"| {row['minute']} | {_mib(row['bytes'])} | "
+                    f"{_mib(row['pods_bytes'])} | {_mib(row['services_bytes'])} | "
+                    f"{row['lists']} ({row['list_pages']}) | {row['watches']} |"
+                )
             out.append("")
-    out.append("**Pod change to the prober's targets (exporter log) and to /metrics (polled "
-               "every 50 ms)**\n")
-    out.append("| mode | change | trials | table: median | table: max | /metrics: median | "
-               "/metrics: max | one poll (median) |")
+    out.append(
+        "**Pod change to the prober's targets (exporter log) and to /metrics (polled "
+        "every 50 ms)**\n"
+    )
+    out.append(
+        "| mode | change | trials | table: median | table: max | /metrics: median | "
+        "/metrics: max | one poll (median) |"
+    )
     out.append("|---|---|---|---|---|---|---|---|")
     for key, change, what in (
-            ("sampled", "pod of a probed peer deleted: series gone", "removed"),
-            ("sampled", "its successor created (new pod IP): series back", "appeared"),
-            ("full_mesh", "pod on a brand-new node created", "appeared")):
+        ("sampled", "pod of a probed peer deleted: series gone", "removed"),
+        ("sampled", "its successor created (new pod IP): series back", "appeared"),
+        ("full_mesh", "pod on a brand-new node created", "appeared"),
+    ):
         ph = result.get(key)
         if not ph or "trials" not in ph:
             continue
         table = trial_summary(ph["trials"], what, "table_s")
         scrape = trial_summary(ph["trials"], what, "seconds")
-        polls = [t[what]["poll_seconds"] for t in ph["trials"]
-                 if t.get(what, {}).get("poll_seconds") is not None]
-        out.append(f"| {key.replace('_', ' ')} | {change} | {scrape['n']} | "
-                   f"{_ms(table.get('median'))} | {_ms(table.get('max'))} | "
-                   f"{_ms(scrape.get('median'))} | {_ms(scrape.get('max'))} | "
-                   f"{_ms(statistics.median(polls) if polls else None)} |")
+        polls = [
+            t[what]["poll_seconds"]
+            for t in ph["trials"]
+            if t.get(what, {}).get("poll_seconds") is not None
+        ]
+        out.append(
+            f"| {key.replace('_', ' ')} | {change} | {scrape['n']} | "
+            f"{_ms(table.get('median'))} | {_ms(table.get('max'))} | "
+            f"{_ms(scrape.get('median'))} | {_ms(scrape.get('max'))} | "
+            f"{_ms(statistics.median(polls) if polls else None)} |"
+        )
     fm = result.get("full_mesh") or {}
-    for label, when in (("quiet", "nothing polling /metrics"),
-                        ("trials", "while the trials poll /metrics")):
+    for label, when in (
+        ("quiet", "nothing polling /metrics"),
+        ("trials", "while the trials poll /metrics"),
+    ):
         r = fm.get(f"replacement_to_table_s_{label}", {})
         if r.get("n"):
-            out.append(f"| full mesh | churn replacement (pod IP moves), {when} | {r['n']} | "
-                       f"{_ms(r['median'])} | {_ms(r['max'])} | | | |")
+            out.append(
+                f"| full mesh | churn replacement (pod IP moves), {when} | {r['n']} | "
+                f"{_ms(r['median'])} | {_ms(r['max'])} | | | |"
+            )
     out.append("")
     out.append(f"**Series and cost of one exporter with {p['peers']:,} peers**\n")
-    out.append("| mode | targets | series | per-target series | /metrics (gzip) | scrape "
-               "(median) | CPU s/s, no churn | CPU s/s, churn | CPU s/s, max 5 s | RSS at end | "
-               "peak RSS (VmHWM) | ready after |")
+    out.append(
+        "| mode | targets | series | per-target series | /metrics (gzip) | scrape "
+        "(median) | CPU s/s, no churn | CPU s/s, churn | CPU s/s, max 5 s | RSS at end | "
+        "peak RSS (VmHWM) | ready after |"
+    )
     out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for key in ("sampled", "full_mesh"):
         ph = result.get(key)
         if not ph or "series" not in ph:
             continue
         ser = ph["series"]
-        per_target = sum(v for k, v in ser["per_family"].items()
-                         if k.startswith(("pingmesh_probe_rtt", "pingmesh_probe_sent",
-                                          "pingmesh_probe_received", "pingmesh_probe_errors",
-                                          "pingmesh_target_up")))
+        per_target = sum(
+            v
+            for k, v in ser["per_family"].items()
+            if k.startswith(
+                (
+                    "pingmesh_probe_rtt",
+                    "pingmesh_probe_sent",
+                    "pingmesh_probe_received",
+                    "pingmesh_probe_errors",
+                    "pingmesh_target_up",
+                )
+            )
+        )
         targets = sum(ph["exporter_view"]["targets"].values())
         sc = ph["scrape_summary"]
         # Sampled: the whole churn window (its trials cost little); full mesh: the churn
         # before the trials, which poll a 30 MB /metrics every 50 ms.
         churn_cost = "cost_window" if key == "sampled" else "cost_churn"
-        out.append(f"| {key.replace('_', ' ')} | {targets:,.0f} | {ser['total']:,} | "
-                   f"{per_target:,} | {_mib(ser['bytes'])} "
-                   f"({_mib(sc['wire_bytes'].get('median', 0))}) | "
-                   f"{_ms(sc['seconds'].get('median'))} | "
-                   f"{ph['cost_idle'].get('cpu_per_s', 0):.3f} | "
-                   f"{ph[churn_cost].get('cpu_per_s', 0):.3f} | "
-                   f"{ph['cost_window'].get('cpu_per_s_max_5s', 0):.2f} | "
-                   f"{ph['memory_end']['rss_mib']:.0f} MiB | "
-                   f"{ph['memory_end']['hwm_mib']:.0f} MiB | {ph['ready_s']:.1f} s |")
+        out.append(
+            f"| {key.replace('_', ' ')} | {targets:,.0f} | {ser['total']:,} | "
+            f"{per_target:,} | {_mib(ser['bytes'])} "
+            f"({_mib(sc['wire_bytes'].get('median', 0))}) | "
+            f"{_ms(sc['seconds'].get('median'))} | "
+            f"{ph['cost_idle'].get('cpu_per_s', 0):.3f} | "
+            f"{ph[churn_cost].get('cpu_per_s', 0):.3f} | "
+            f"{ph['cost_window'].get('cpu_per_s_max_5s', 0):.2f} | "
+            f"{ph['memory_end']['rss_mib']:.0f} MiB | "
+            f"{ph['memory_end']['hwm_mib']:.0f} MiB | {ph['ready_s']:.1f} s |"
+        )
     out.append("")
     return "\n".join(out)
 
@@ -989,36 +1174,69 @@ def _jsonable(obj: Any) -> Any:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     if args.quick:
-        return Plan(peers=args.peers or 1000, churn_s=args.churn_minutes * 60 or 25.0,
-                    churn_rate=args.churn_rate, compact_every_s=args.compact_every or 10.0,
-                    full_mesh_s=args.full_mesh_seconds or 16.0, idle_s=5.0, sampled_trials=4,
-                    full_mesh_trials=4, bookmark_interval_s=args.bookmark_interval,
-                    watch_timeout="1m", spare_pod_ips=200, quick=True)
-    return Plan(peers=args.peers or 5000, churn_s=(args.churn_minutes or 10.0) * 60,
-                churn_rate=args.churn_rate, compact_every_s=args.compact_every or 180.0,
-                full_mesh_s=args.full_mesh_seconds or 120.0, idle_s=30.0, sampled_trials=20,
-                full_mesh_trials=20, bookmark_interval_s=args.bookmark_interval,
-                watch_timeout="1m", spare_pod_ips=1000, quick=False)
+        return Plan(
+            peers=args.peers or 1000,
+            churn_s=args.churn_minutes * 60 or 25.0,
+            churn_rate=args.churn_rate,
+            compact_every_s=args.compact_every or 10.0,
+            full_mesh_s=args.full_mesh_seconds or 16.0,
+            idle_s=5.0,
+            sampled_trials=4,
+            full_mesh_trials=4,
+            bookmark_interval_s=args.bookmark_interval,
+            watch_timeout="1m",
+            spare_pod_ips=200,
+            quick=True,
+        )
+    return Plan(
+        peers=args.peers or 5000,
+        churn_s=(args.churn_minutes or 10.0) * 60,
+        churn_rate=args.churn_rate,
+        compact_every_s=args.compact_every or 180.0,
+        full_mesh_s=args.full_mesh_seconds or 120.0,
+        idle_s=30.0,
+        sampled_trials=20,
+        full_mesh_trials=20,
+        bookmark_interval_s=args.bookmark_interval,
+        watch_timeout="1m",
+        spare_pod_ips=1000,
+        quick=False,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else "")
     ap.add_argument("--quick", action="store_true", help="one-minute smoke run, 1,000 peers")
     ap.add_argument("--peers", type=int, default=0, help="peer pods (default 5000)")
-    ap.add_argument("--churn-minutes", type=float, default=0.0,
-                    help="sampled-mode window (default 10)")
+    ap.add_argument(
+        "--churn-minutes", type=float, default=0.0, help="sampled-mode window (default 10)"
+    )
     ap.add_argument("--churn-rate", type=float, default=2.0, help="pod replacements per second")
-    ap.add_argument("--compact-every", type=float, default=0.0,
-                    help="seconds between compactions (default 180)")
-    ap.add_argument("--full-mesh-seconds", type=float, default=0.0,
-                    help="full-mesh window (default 120)")
-    ap.add_argument("--bookmark-interval", type=float, default=60.0,
-                    help="seconds between the fake's bookmarks on a quiet watch")
-    ap.add_argument("--phases", choices=("both", "sampled", "full-mesh"), default="both",
-                    help="run only one of the two phases")
-    ap.add_argument("--report", nargs="+", type=Path, metavar="JSON",
-                    help="print the Markdown of earlier results instead of running (phases "
-                         "of later files win)")
+    ap.add_argument(
+        "--compact-every", type=float, default=0.0, help="seconds between compactions (default 180)"
+    )
+    ap.add_argument(
+        "--full-mesh-seconds", type=float, default=0.0, help="full-mesh window (default 120)"
+    )
+    ap.add_argument(
+        "--bookmark-interval",
+        type=float,
+        default=60.0,
+        help="seconds between the fake's bookmarks on a quiet watch",
+    )
+    ap.add_argument(
+        "--phases",
+        choices=("both", "sampled", "full-mesh"),
+        default="both",
+        help="run only one of the two phases",
+    )
+    ap.add_argument(
+        "--report",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="print the Markdown of earlier results instead of running (phases of later files win)",
+    )
     args = ap.parse_args(argv)
     if args.report:
         merged: dict[str, Any] = {}
@@ -1042,9 +1260,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra_nodes = plan.full_mesh_trials + 10
         pod_ips = pods_dst.add_targets(plan.peers + 1 + plan.spare_pod_ips + extra_nodes)
         host_ips = nodes_dst.add_targets(plan.peers + 1 + extra_nodes)
-        result["addresses"] = {"pod_prefix": str(pods_dst.v4_prefix),
-                               "node_prefix": str(nodes_dst.v4_prefix),
-                               "pod_ips": len(pod_ips), "host_ips": len(host_ips)}
+        result["addresses"] = {
+            "pod_prefix": str(pods_dst.v4_prefix),
+            "node_prefix": str(nodes_dst.v4_prefix),
+            "pod_ips": len(pod_ips),
+            "host_ips": len(host_ips),
+        }
         # Started from a thread inside src: the exporter reaches it on 127.0.0.1 there.
         fake = KubeFake(bookmark_interval=plan.bookmark_interval_s)
         in_namespace(bed.src, fake.start)
@@ -1053,8 +1274,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             t = time.monotonic()
             cluster = Cluster(fake, pod_ips, host_ips, plan.peers)
             result["populate_s"] = time.monotonic() - t
-            print(f"{plan.peers} peer pods in the fake, {len(pod_ips) + len(host_ips)} "
-                  f"addresses in {pods_dst.v4_prefix} and {nodes_dst.v4_prefix}", flush=True)
+            print(
+                f"{plan.peers} peer pods in the fake, {len(pod_ips) + len(host_ips)} "
+                f"addresses in {pods_dst.v4_prefix} and {nodes_dst.v4_prefix}",
+                flush=True,
+            )
             path = OUT_DIR / f"discovery-bench-{stamp}.json"
 
             def save() -> None:
@@ -1064,22 +1288,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             used: set[str] = set()
             if args.phases in ("both", "sampled"):
                 result["sampled"] = run_phase(
-                    "sampled", bed, fake, cluster, plan, kubeconfig, (),
-                    OUT_DIR / f"discovery-bench-{stamp}-sampled.log", plan.churn_s,
-                    plan.compact_every_s, expect_targets=2 * min(plan.peers, 20),
-                    trials=spread_trials(plan.sampled_trials,
-                                         lambda e: sampled_trial(e, cluster, used), "sampled"),
-                    quiet_s=15.0, full_mesh=False)
+                    "sampled",
+                    bed,
+                    fake,
+                    cluster,
+                    plan,
+                    kubeconfig,
+                    (),
+                    OUT_DIR / f"discovery-bench-{stamp}-sampled.log",
+                    plan.churn_s,
+                    plan.compact_every_s,
+                    expect_targets=2 * min(plan.peers, 20),
+                    trials=spread_trials(
+                        plan.sampled_trials, lambda e: sampled_trial(e, cluster, used), "sampled"
+                    ),
+                    quiet_s=15.0,
+                    full_mesh=False,
+                )
                 save()
             if args.phases in ("both", "full-mesh"):
                 result["full_mesh"] = run_phase(
-                    "full_mesh", bed, fake, cluster, plan, kubeconfig,
+                    "full_mesh",
+                    bed,
+                    fake,
+                    cluster,
+                    plan,
+                    kubeconfig,
                     ("--mesh.full-mesh-max", "10000", "--probe.interval", "10s"),
-                    OUT_DIR / f"discovery-bench-{stamp}-full-mesh.log", plan.full_mesh_s, 0.0,
+                    OUT_DIR / f"discovery-bench-{stamp}-full-mesh.log",
+                    plan.full_mesh_s,
+                    0.0,
                     expect_targets=2 * len([n for n in cluster.pods if n != SELF_NODE]),
-                    trials=spread_trials(plan.full_mesh_trials,
-                                         lambda e: full_mesh_trial(e, cluster), "full_mesh"),
-                    quiet_s=plan.full_mesh_s / 2, full_mesh=True)
+                    trials=spread_trials(
+                        plan.full_mesh_trials, lambda e: full_mesh_trial(e, cluster), "full_mesh"
+                    ),
+                    quiet_s=plan.full_mesh_s / 2,
+                    full_mesh=True,
+                )
             result["fake_server_errors"] = [repr(e) for e in fake.server_errors]
             save()
         finally:

@@ -198,8 +198,20 @@ class RequestCounter:
     def __init__(self, ns: Namespace) -> None:
         self.ns = ns
         ns.run(["iptables", "-w", "-N", self.CHAIN])
-        ns.run(["iptables", "-w", "-A", self.CHAIN, "-p", "icmp", "--icmp-type",
-                "echo-request", "-j", "RETURN"])
+        ns.run(
+            [
+                "iptables",
+                "-w",
+                "-A",
+                self.CHAIN,
+                "-p",
+                "icmp",
+                "--icmp-type",
+                "echo-request",
+                "-j",
+                "RETURN",
+            ]
+        )
         ns.run(["iptables", "-w", "-I", "INPUT", "1", "-j", self.CHAIN])
 
     def read(self) -> tuple[float, int]:
@@ -247,17 +259,18 @@ def parse_metrics(text: str, names: Iterable[str]) -> Samples:
     return out
 
 
-def total(samples: Samples, name: str, where: Callable[[dict[str, str]], bool] | None = None
-          ) -> float:
+def total(
+    samples: Samples, name: str, where: Callable[[dict[str, str]], bool] | None = None
+) -> float:
     return sum(v for n, lb, v in samples if n == name and (where is None or where(lb)))
 
 
-def fetch_raw(ns: Namespace, port: int, timeout: float = 10.0
-              ) -> tuple[float, bytes, bool]:
+def fetch_raw(ns: Namespace, port: int, timeout: float = 10.0) -> tuple[float, bytes, bool]:
     """GET /metrics asking for gzip: (seconds taken, body as sent, whether gzipped)."""
     started = time.monotonic()
-    code, headers, body = http_get(ns, port, "/metrics", headers={"Accept-Encoding": "gzip"},
-                                   timeout=timeout)
+    code, headers, body = http_get(
+        ns, port, "/metrics", headers={"Accept-Encoding": "gzip"}, timeout=timeout
+    )
     took = time.monotonic() - started
     if code != 200:
         raise BenchError(f"/metrics on port {port} answered {code}")
@@ -413,8 +426,13 @@ class Window:
         return self.machine_busy_per_s - self.cpu_per_s - self.bench_cpu_per_s
 
 
-def wait_for(what: str, check: Callable[[], bool], proc: subprocess.Popen[Any],
-             timeout_s: float, log_path: Path | None = None) -> float:
+def wait_for(
+    what: str,
+    check: Callable[[], bool],
+    proc: subprocess.Popen[Any],
+    timeout_s: float,
+    log_path: Path | None = None,
+) -> float:
     """Poll ``check`` until true; returns the seconds it took."""
     started = time.monotonic()
     for _ in range(int(timeout_s / 0.1) + 1):
@@ -438,8 +456,13 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
 
 
-def measure(pid: int, counter: RequestCounter, window_s: float,
-            at_start: Callable[[], None], at_end: Callable[[], None]) -> Window:
+def measure(
+    pid: int,
+    counter: RequestCounter,
+    window_s: float,
+    at_start: Callable[[], None],
+    at_end: Callable[[], None],
+) -> Window:
     """CPU and the request counter over ``window_s``; hooks read the prober's own view."""
     c0 = counter.read()
     cpu0 = cpu_seconds(pid)
@@ -466,12 +489,16 @@ def measure(pid: int, counter: RequestCounter, window_s: float,
 
 
 def window_fields(window: Window) -> dict[str, Any]:
-    return {**asdict(window), "cpu_per_s": window.cpu_per_s,
-            "other_cpu_per_s": window.other_cpu_per_s}
+    return {
+        **asdict(window),
+        "cpu_per_s": window.cpu_per_s,
+        "other_cpu_per_s": window.other_cpu_per_s,
+    }
 
 
-def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM,
-                 timeout_s: float = 10.0) -> None:
+def stop_process(
+    proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout_s: float = 10.0
+) -> None:
     if proc.poll() is None:
         proc.send_signal(sig)
         try:
@@ -516,15 +543,27 @@ EXPORTER_SERIES = (
 )
 
 
-def start_exporter(bed: Bed, plan: Plan, targets_file: Path, extra: Sequence[str] = (),
-                   tag: str = "exporter") -> tuple[subprocess.Popen[Any], Path, float]:
+def start_exporter(
+    bed: Bed, plan: Plan, targets_file: Path, extra: Sequence[str] = (), tag: str = "exporter"
+) -> tuple[subprocess.Popen[Any], Path, float]:
     log_path = plan.workdir / f"{tag}.log"
     with open(log_path, "wb") as log:
         proc = bed.src.popen(
-            [sys.executable, "-m", "exporter", "--probe.interval", "1s",
-             "--targets-file", str(targets_file),
-             "--web.listen-address", f"127.0.0.1:{EXPORTER_PORT}", *extra],
-            cwd=plan.exporter_tree, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                "--probe.interval",
+                "1s",
+                "--targets-file",
+                str(targets_file),
+                "--web.listen-address",
+                f"127.0.0.1:{EXPORTER_PORT}",
+                *extra,
+            ],
+            cwd=plan.exporter_tree,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
     def ready() -> bool:
@@ -547,10 +586,12 @@ def exporter_view(samples: Samples, targets: set[str] | None = None) -> dict[str
     for n, lb, v in samples:
         if n == "pingmesh_unmatched_packets_total":
             unmatched[lb["reason"]] = unmatched.get(lb["reason"], 0) + v
-    sent = {lb["target"]: v for n, lb, v in samples
-            if n == "pingmesh_probe_sent_total" and mine(lb)}
-    received = {lb["target"]: v for n, lb, v in samples
-                if n == "pingmesh_probe_received_total" and mine(lb)}
+    sent = {
+        lb["target"]: v for n, lb, v in samples if n == "pingmesh_probe_sent_total" and mine(lb)
+    }
+    received = {
+        lb["target"]: v for n, lb, v in samples if n == "pingmesh_probe_received_total" and mine(lb)
+    }
     return {
         "sent": sum(sent.values()),
         "received": sum(received.values()),
@@ -558,8 +599,7 @@ def exporter_view(samples: Samples, targets: set[str] | None = None) -> dict[str
         # a probe answered in between shows as received > sent.  Clamping each target at
         # zero keeps that skew out of the loss.
         "lost_clamped": sum(max(0.0, v - received.get(t, 0.0)) for t, v in sent.items()),
-        "targets_received_gt_sent": sum(1 for t, v in sent.items()
-                                        if received.get(t, 0.0) > v),
+        "targets_received_gt_sent": sum(1 for t, v in sent.items() if received.get(t, 0.0) > v),
         "errors": errors,
         "unmatched": unmatched,
         "receive_drops": total(samples, "pingmesh_socket_receive_drops_total"),
@@ -568,8 +608,9 @@ def exporter_view(samples: Samples, targets: set[str] | None = None) -> dict[str
         "rounds_skipped": total(samples, "pingmesh_probe_rounds_skipped_total"),
         "last_round_max_lag_s": total(samples, "pingmesh_last_round_max_lag_seconds"),
         "last_round_duration_s": total(samples, "pingmesh_last_round_duration_seconds"),
-        "receive_buffer_bytes": total(samples, "pingmesh_socket_info",
-                                      lambda lb: lb.get("ip_family") == "ipv4"),
+        "receive_buffer_bytes": total(
+            samples, "pingmesh_socket_info", lambda lb: lb.get("ip_family") == "ipv4"
+        ),
         "targets": total(samples, "pingmesh_targets"),
     }
 
@@ -579,18 +620,21 @@ def view_delta(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
     for key, value in last.items():
         if isinstance(value, dict):
             before = first.get(key, {})
-            out[key] = {k: v - before.get(k, 0) for k, v in value.items()
-                        if v - before.get(k, 0)}
+            out[key] = {k: v - before.get(k, 0) for k, v in value.items() if v - before.get(k, 0)}
         elif key.startswith("last_round") or key in (
-                "receive_buffer_bytes", "targets", "targets_received_gt_sent"):
+            "receive_buffer_bytes",
+            "targets",
+            "targets_received_gt_sent",
+        ):
             out[key] = value
         else:
             out[key] = value - first.get(key, 0)
     return out
 
 
-def run_exporter(bed: Bed, plan: Plan, counter: RequestCounter, targets_file: Path,
-                 n: int) -> dict[str, Any]:
+def run_exporter(
+    bed: Bed, plan: Plan, counter: RequestCounter, targets_file: Path, n: int
+) -> dict[str, Any]:
     proc, log_path, ready_s = start_exporter(bed, plan, targets_file, tag=f"exporter-{n}")
     scraper = Scraper(bed.src, EXPORTER_PORT, period_s=plan.scrape_period_s)
     texts: list[str] = []
@@ -624,8 +668,10 @@ def run_exporter(bed: Bed, plan: Plan, counter: RequestCounter, targets_file: Pa
         "ready_after_s": ready_s,
         "replies_lost": delta["lost_clamped"],
         "replies_lost_unclamped": delta["sent"] - delta["received"],
-        "skewed_targets_at_start_end": [views[0]["targets_received_gt_sent"],
-                                        views[1]["targets_received_gt_sent"]],
+        "skewed_targets_at_start_end": [
+            views[0]["targets_received_gt_sent"],
+            views[1]["targets_received_gt_sent"],
+        ],
         "peak_rss_mib_before_scrapes": rss_before_scrapes,
         "exporter": delta,
         "scrapes": scrape_summary(scraper.between(marks[0], marks[1])),
@@ -649,8 +695,13 @@ def fping_splits(text: str) -> list[tuple[int, int, int]]:
 
     def close() -> None:
         if current:
-            blocks.append((len(current), sum(s for s, _ in current.values()),
-                           sum(r for _, r in current.values())))
+            blocks.append(
+                (
+                    len(current),
+                    sum(s for s, _ in current.values()),
+                    sum(r for _, r in current.values()),
+                )
+            )
 
     for line in text.splitlines():
         if _CLOCK_RE.match(line.strip()):
@@ -674,14 +725,25 @@ def fping_interval_ms(n: int) -> float:
     return round(500.0 / n, 3)
 
 
-def run_fping(bed: Bed, plan: Plan, counter: RequestCounter, targets_file: Path,
-              n: int) -> dict[str, Any]:
+def run_fping(
+    bed: Bed, plan: Plan, counter: RequestCounter, targets_file: Path, n: int
+) -> dict[str, Any]:
     err_path = plan.workdir / f"fping-{n}.stderr"
     interval = fping_interval_ms(n)
     # In loop mode fping prints every reply unless -Q is given, even with -q; a report
     # interval longer than the run keeps it quiet, SIGQUIT prints the window's split.
-    argv = ["fping", "-l", "-p", "1000", "-i", f"{interval:g}", "-Q", "3600", "-f",
-            str(targets_file)]
+    argv = [
+        "fping",
+        "-l",
+        "-p",
+        "1000",
+        "-i",
+        f"{interval:g}",
+        "-Q",
+        "3600",
+        "-f",
+        str(targets_file),
+    ]
     with open(err_path, "wb") as err:
         proc = bed.src.popen(argv, stdout=subprocess.DEVNULL, stderr=err)
     try:
@@ -689,9 +751,13 @@ def run_fping(bed: Bed, plan: Plan, counter: RequestCounter, targets_file: Path,
         time.sleep(plan.warmup_s)
         if proc.poll() is not None:
             raise BenchError(f"fping exited: {err_path.read_text(errors='replace')[-2000:]}")
-        window = measure(proc.pid, counter, plan.window_s,
-                         lambda: proc.send_signal(signal.SIGQUIT),
-                         lambda: proc.send_signal(signal.SIGQUIT))
+        window = measure(
+            proc.pid,
+            counter,
+            plan.window_s,
+            lambda: proc.send_signal(signal.SIGQUIT),
+            lambda: proc.send_signal(signal.SIGQUIT),
+        )
         # The split is printed on fping's next pass through its loop.
         time.sleep(0.5)
     finally:
@@ -723,19 +789,35 @@ def smokeping_view(samples: Samples) -> dict[str, float]:
     }
 
 
-def run_smokeping(bed: Bed, plan: Plan, counter: RequestCounter, addresses: Sequence[str],
-                  protocol: str, tag: str) -> dict[str, Any]:
+def run_smokeping(
+    bed: Bed, plan: Plan, counter: RequestCounter, addresses: Sequence[str], protocol: str, tag: str
+) -> dict[str, Any]:
     config = plan.workdir / f"{tag}.yml"
     # JSON is YAML: no YAML library needed.
-    config.write_text(json.dumps({"targets": [{
-        "hosts": list(addresses), "interval": "1s", "network": "ip4", "protocol": protocol,
-    }]}))
+    config.write_text(
+        json.dumps(
+            {
+                "targets": [
+                    {
+                        "hosts": list(addresses),
+                        "interval": "1s",
+                        "network": "ip4",
+                        "protocol": protocol,
+                    }
+                ]
+            }
+        )
+    )
     log_path = plan.workdir / f"{tag}.log"
     with open(log_path, "wb") as log:
         proc = bed.src.popen(
-            [SMOKEPING_BIN, f"--config.file={config}",
-             f"--web.listen-address=127.0.0.1:{SMOKEPING_PORT}"],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                SMOKEPING_BIN,
+                f"--config.file={config}",
+                f"--web.listen-address=127.0.0.1:{SMOKEPING_PORT}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     scraper = Scraper(bed.src, SMOKEPING_PORT)
     texts: list[str] = []
@@ -746,8 +828,9 @@ def run_smokeping(bed: Bed, plan: Plan, counter: RequestCounter, addresses: Sequ
         texts.append(scraper.snapshot(timeout_s=60))
 
     try:
-        ready_s = wait_for("smokeping_prober", lambda: bool(fetch(bed.src, SMOKEPING_PORT)),
-                           proc, 60, log_path)
+        ready_s = wait_for(
+            "smokeping_prober", lambda: bool(fetch(bed.src, SMOKEPING_PORT)), proc, 60, log_path
+        )
         scraper.start()
         time.sleep(plan.warmup_s)
         window = measure(proc.pid, counter, plan.window_s, snapshot, snapshot)
@@ -763,8 +846,11 @@ def run_smokeping(bed: Bed, plan: Plan, counter: RequestCounter, addresses: Sequ
         "ready_after_s": ready_s,
         "replies_lost": views[1]["lost_clamped"] - views[0]["lost_clamped"],
         "replies_lost_unclamped": requests - responses,
-        "smokeping": {"requests": requests, "responses": responses,
-                      "skewed_hosts_at_start_end": [v["skewed"] for v in views]},
+        "smokeping": {
+            "requests": requests,
+            "responses": responses,
+            "skewed_hosts_at_start_end": [v["skewed"] for v in views],
+        },
         "scrapes": scrape_summary(scraper.between(marks[0], marks[1])),
         "scrape_errors": scraper.errors[:20],
     }
@@ -774,8 +860,9 @@ def run_smokeping(bed: Bed, plan: Plan, counter: RequestCounter, addresses: Sequ
 # RTT accuracy
 
 
-def histogram_delta(first: Samples, last: Samples, targets: set[str]
-                    ) -> tuple[list[tuple[float, float]], float, float]:
+def histogram_delta(
+    first: Samples, last: Samples, targets: set[str]
+) -> tuple[list[tuple[float, float]], float, float]:
     """Cumulative (le, count) summed over targets, plus RTT sum and count, last - first."""
 
     def fold(samples: Samples) -> tuple[dict[float, float], float, float]:
@@ -849,8 +936,7 @@ class WireCapture:
         sock.bind((self.ifname, ETH_P_ALL))
         sock.setsockopt(socket.SOL_SOCKET, SCM_TIMESTAMPNS, 1)
         sock.settimeout(0.2)
-        self._thread = threading.Thread(target=self._run, args=(sock,), name="capture",
-                                         daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(sock,), name="capture", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -870,8 +956,14 @@ class WireCapture:
                     continue
                 if addr[1] != ETH_P_IP or len(data) < 28 or data[9] != socket.IPPROTO_ICMP:
                     continue
-                stamp = next((struct.unpack("=qq", d[:16]) for lvl, kind, d in anc
-                              if lvl == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS), None)
+                stamp = next(
+                    (
+                        struct.unpack("=qq", d[:16])
+                        for lvl, kind, d in anc
+                        if lvl == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS
+                    ),
+                    None,
+                )
                 if stamp is None:
                     continue
                 at = stamp[0] + stamp[1] / 1e9
@@ -920,15 +1012,23 @@ def fping_rtts(text: str) -> tuple[list[float], int]:
     return values, lost
 
 
-def run_rtt_case(bed: Bed, plan: Plan, counter: RequestCounter, delay: Dst,
-                 background: Sequence[str], count: int, scraped: bool, tag: str
-                 ) -> dict[str, Any]:
+def run_rtt_case(
+    bed: Bed,
+    plan: Plan,
+    counter: RequestCounter,
+    delay: Dst,
+    background: Sequence[str],
+    count: int,
+    scraped: bool,
+    tag: str,
+) -> dict[str, Any]:
     delayed = delay.targets_v4
     targets_file = write_targets(plan.workdir / f"{tag}.targets", [*delayed, *background])
     delayed_file = write_targets(plan.workdir / f"{tag}.delayed", delayed)
     buckets = ",".join(f"{b}us" for b in RTT_BUCKETS_US)
     proc, log_path, ready_s = start_exporter(
-        bed, plan, targets_file, ["--probe.rtt-buckets", buckets], tag=f"exporter-{tag}")
+        bed, plan, targets_file, ["--probe.rtt-buckets", buckets], tag=f"exporter-{tag}"
+    )
     scraper = Scraper(bed.src, EXPORTER_PORT)
     wire = WireCapture(bed.src, delay.src_if)
     fping_err = plan.workdir / f"fping-{tag}.stderr"
@@ -940,8 +1040,7 @@ def run_rtt_case(bed: Bed, plan: Plan, counter: RequestCounter, delay: Dst,
         wire.start()
         # Parsed after the window, so that parsing 30 MB here does not take CPU from the
         # responder and the probers while fping runs.
-        first_text = (scraper.snapshot() if scraped
-                      else fetch(bed.src, EXPORTER_PORT, timeout=30)[2])
+        first_text = scraper.snapshot() if scraped else fetch(bed.src, EXPORTER_PORT, timeout=30)[2]
         c0 = counter.read()
         started = time.monotonic()
         with open(fping_err, "wb") as err:
@@ -953,8 +1052,7 @@ def run_rtt_case(bed: Bed, plan: Plan, counter: RequestCounter, delay: Dst,
             raise BenchError(f"fping -C {count} did not finish") from None
         ended = time.monotonic()
         c1 = counter.read()
-        last_text = (scraper.snapshot() if scraped
-                     else fetch(bed.src, EXPORTER_PORT, timeout=30)[2])
+        last_text = scraper.snapshot() if scraped else fetch(bed.src, EXPORTER_PORT, timeout=30)[2]
     finally:
         wire.stop()
         scraper.stop()
@@ -999,10 +1097,14 @@ def run_rtt_case(bed: Bed, plan: Plan, counter: RequestCounter, delay: Dst,
         "fping_lost": fping_lost,
         "fping_median_s": fping_median,
         "fping_mean_s": statistics.fmean(fping_values) if fping_values else math.nan,
-        "fping_p90_s": (fping_sorted[int(0.9 * (len(fping_sorted) - 1))]
-                        if fping_sorted else math.nan),
-        "fping_share_above_3_3ms": (sum(1 for v in fping_values if v > tail_bound + 1e-9)
-                                    / len(fping_values) if fping_values else math.nan),
+        "fping_p90_s": (
+            fping_sorted[int(0.9 * (len(fping_sorted) - 1))] if fping_sorted else math.nan
+        ),
+        "fping_share_above_3_3ms": (
+            sum(1 for v in fping_values if v > tail_bound + 1e-9) / len(fping_values)
+            if fping_values
+            else math.nan
+        ),
         "fping_min_s": min(fping_values, default=math.nan),
         "fping_max_s": max(fping_values, default=math.nan),
         "median_diff_us": (exporter_median - fping_median) * 1e6,
@@ -1019,8 +1121,9 @@ def run_rtt_case(bed: Bed, plan: Plan, counter: RequestCounter, delay: Dst,
 
 def _first_line(argv: Sequence[str], cwd: Path = ROOT) -> str:
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=20,
-                              check=False, cwd=cwd)
+        proc = subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=20, check=False, cwd=cwd
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         return f"unavailable ({exc})"
     text = (proc.stdout or proc.stderr).strip()
@@ -1029,13 +1132,23 @@ def _first_line(argv: Sequence[str], cwd: Path = ROOT) -> str:
 
 def extract_revision(rev: str, into: Path) -> tuple[Path, str]:
     """The exporter package as committed at ``rev``, unpacked under ``into``."""
-    commit = subprocess.run(["git", "rev-parse", "--short", f"{rev}^{{commit}}"], cwd=ROOT,
-                            capture_output=True, text=True, check=True, timeout=30
-                            ).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", f"{rev}^{{commit}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.strip()
     tree = into / f"exporter-{commit}"
     tree.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "archive", "--format=tar", commit, "exporter"], cwd=ROOT,
-                             capture_output=True, check=True, timeout=60).stdout
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit, "exporter"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         # Our own repository's archive; the "data" filter exists from Python 3.11.4 on.
         if hasattr(tarfile, "data_filter"):
@@ -1056,15 +1169,15 @@ def machine_facts(exporter_tree: Path, exporter_commit: str | None) -> dict[str,
         "python_executable": sys.executable,
         "fping": _first_line(["fping", "-v"]),
         "smokeping_prober": _first_line([SMOKEPING_BIN, "--version"]),
-        "exporter": _first_line([sys.executable, "-m", "exporter", "--version"],
-                                cwd=exporter_tree),
+        "exporter": _first_line([sys.executable, "-m", "exporter", "--version"], cwd=exporter_tree),
         "exporter_tree": str(exporter_tree),
         "exporter_commit": exporter_commit,
         "repository_head": _first_line(["git", "rev-parse", "--short", "HEAD"]),
         # Only meaningful when the exporter runs from this work tree.
         "work_tree_exporter_modified": bool(
-            _first_line(["git", "status", "--porcelain", "--", "exporter"]) not in
-            ("", "unavailable")),
+            _first_line(["git", "status", "--porcelain", "--", "exporter"])
+            not in ("", "unavailable")
+        ),
     }
 
 
@@ -1077,8 +1190,9 @@ def _num(value: float, digits: int = 3) -> str:
 
 
 def cost_table(n: int, runs: dict[str, dict[str, Any]]) -> str:
-    names = [k for k in ("exporter", "fping", "smokeping_prober", "smokeping_prober_raw")
-             if k in runs]
+    names = [
+        k for k in ("exporter", "fping", "smokeping_prober", "smokeping_prober_raw") if k in runs
+    ]
     heads = {
         "exporter": "exporter",
         "fping": "fping",
@@ -1110,17 +1224,24 @@ def cost_table(n: int, runs: dict[str, dict[str, Any]]) -> str:
         "| | " + " | ".join(heads[k] for k in names) + " |",
         "|---|" + "---:|" * len(names),
         row("CPU s/s", lambda k, r: _num(r["cpu_per_s"])),
-        row("CPU ratio to fping", lambda k, r: f"{r['cpu_per_s'] / fping_cpu:.1f}x"
-            if not math.isnan(fping_cpu) else "n/a"),
-        row("of which probe loop (exporter)",
-            lambda k, r: _num(r["probe_loop_cpu_per_s"]) if k == "exporter" else "-"),
+        row(
+            "CPU ratio to fping",
+            lambda k, r: (
+                f"{r['cpu_per_s'] / fping_cpu:.1f}x" if not math.isnan(fping_cpu) else "n/a"
+            ),
+        ),
+        row(
+            "of which probe loop (exporter)",
+            lambda k, r: _num(r["probe_loop_cpu_per_s"]) if k == "exporter" else "-",
+        ),
         row("peak RSS MiB", lambda k, r: f"{r['peak_rss_mib']:.1f}"),
-        row("rest of the machine CPU s/s (kernel, anything else)",
-            lambda k, r: _num(r.get("other_cpu_per_s", math.nan), 2)),
+        row(
+            "rest of the machine CPU s/s (kernel, anything else)",
+            lambda k, r: _num(r.get("other_cpu_per_s", math.nan), 2),
+        ),
         row("achieved requests/s", lambda k, r: f"{r['requests_per_s']:.0f}"),
         row("replies lost (window)", lost_cell),
-        row("/metrics render median / max",
-            lambda k, r: scrape_cell(k, r, "render_seconds")),
+        row("/metrics render median / max", lambda k, r: scrape_cell(k, r, "render_seconds")),
         row("scrape (gzip) median / max", lambda k, r: scrape_cell(k, r, "scrape_seconds")),
     ]
     return "\n".join(lines)
@@ -1136,29 +1257,34 @@ def rtt_table(cases: dict[str, dict[str, Any]]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, c in cases.items():
-        label = (f"{name}: exporter on {c['exporter_targets']:,} targets, "
-                 + ("scraped every 1 s" if c["scraped_every_s"] else "not scraped"))
+        label = f"{name}: exporter on {c['exporter_targets']:,} targets, " + (
+            "scraped every 1 s" if c["scraped_every_s"] else "not scraped"
+        )
         for who in ("exporter", "fping"):
             w = c[f"wire_{who}"]
             median = c[f"{who}_median_s"]
-            wire_cell = (f"{us(w['median_s'])} / {us(w['mean_s'])} / "
-                         f"{w['share_above_3_3ms']:.1%}" if w.get("samples") else "n/a")
-            error = (f"{(median - w['median_s']) * 1e6:+.1f} us" if w.get("samples")
-                     else "n/a")
+            wire_cell = (
+                f"{us(w['median_s'])} / {us(w['mean_s'])} / {w['share_above_3_3ms']:.1%}"
+                if w.get("samples")
+                else "n/a"
+            )
+            error = f"{(median - w['median_s']) * 1e6:+.1f} us" if w.get("samples") else "n/a"
             lines.append(
                 f"| {label} | {who} | {us(median)} | {us(c[f'{who}_mean_s'])} "
                 f"| {c[f'{who}_share_above_3_3ms']:.1%} | {c[f'{who}_samples']:.0f} "
-                f"| {wire_cell} | {error} |")
+                f"| {wire_cell} | {error} |"
+            )
             label = ""
-        lines.append(f"| | exporter - fping | {c['median_diff_us']:+.1f} us | "
-                     f"{(c['exporter_mean_s'] - c['fping_mean_s']) * 1e6:+.1f} us | | | | |")
+        lines.append(
+            f"| | exporter - fping | {c['median_diff_us']:+.1f} us | "
+            f"{(c['exporter_mean_s'] - c['fping_mean_s']) * 1e6:+.1f} us | | | | |"
+        )
     return "\n".join(lines)
 
 
 def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
-    exporter = (f"commit {m['exporter_commit']}" if m.get("exporter_commit")
-                else m["exporter_tree"])
+    exporter = f"commit {m['exporter_commit']}" if m.get("exporter_commit") else m["exporter_tree"]
     parts = [
         f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), kernel {m['kernel']}, "
         f"Python {m['python']}, {m['fping']}, {m['smokeping_prober']}; {m['date_utc']}; "
@@ -1168,8 +1294,12 @@ def markdown(result: dict[str, Any]) -> str:
     for n, runs in result["cost"].items():
         parts += [cost_table(int(n), runs), ""]
     if result.get("rtt"):
-        parts += ["**RTT accuracy** (3 ms user-space responder, "
-                  f"{RTT_TARGETS} targets)", "", rtt_table(result["rtt"]), ""]
+        parts += [
+            f"**RTT accuracy** (3 ms user-space responder, {RTT_TARGETS} targets)",
+            "",
+            rtt_table(result["rtt"]),
+            "",
+        ]
     return "\n".join(parts)
 
 
@@ -1188,23 +1318,40 @@ def _jsonable(value: Any) -> Any:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 1,000 targets only, 10 s windows, short RTT check")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1,000 targets only, 10 s windows, short RTT check",
+    )
     p.add_argument("--sizes", default=None, help="target counts, comma-separated")
     p.add_argument("--warmup", type=float, default=None, help="seconds before each window")
     p.add_argument("--window", type=float, default=None, help="measured seconds per prober")
     p.add_argument("--rtt-count", type=int, default=None, help="fping -C count per RTT case")
-    p.add_argument("--probers", default="exporter,fping,smokeping",
-                   help="which probers to run in the cost part, comma-separated")
+    p.add_argument(
+        "--probers",
+        default="exporter,fping,smokeping",
+        help="which probers to run in the cost part, comma-separated",
+    )
     p.add_argument("--no-rtt", action="store_true", help="skip the RTT accuracy part")
-    p.add_argument("--scrape-period", type=float, default=1.0,
-                   help="seconds between scrapes of the exporter in the cost part")
+    p.add_argument(
+        "--scrape-period",
+        type=float,
+        default=1.0,
+        help="seconds between scrapes of the exporter in the cost part",
+    )
     p.add_argument("--out", type=Path, default=OUT_DIR, help="directory for the JSON result")
-    p.add_argument("--exporter-tree", type=Path, default=ROOT,
-                   help="directory holding the exporter package to run (default: this tree)")
-    p.add_argument("--exporter-rev", default=None,
-                   help="run the exporter package as committed at this git revision "
-                        "(extracted with git archive; the work tree is left alone)")
+    p.add_argument(
+        "--exporter-tree",
+        type=Path,
+        default=ROOT,
+        help="directory holding the exporter package to run (default: this tree)",
+    )
+    p.add_argument(
+        "--exporter-rev",
+        default=None,
+        help="run the exporter package as committed at this git revision "
+        "(extracted with git archive; the work tree is left alone)",
+    )
     return p.parse_args(argv)
 
 
@@ -1219,15 +1366,27 @@ def preflight(with_smokeping: bool) -> None:
         raise SystemExit(f"probe_bench: missing {', '.join(missing)} (make system-deps)")
 
 
-def run_all(args: argparse.Namespace, probers: set[str], sizes: list[int], warmup: float,
-            window: float, rtt_count: int, workdir: Path) -> dict[str, Any]:
+def run_all(
+    args: argparse.Namespace,
+    probers: set[str],
+    sizes: list[int],
+    warmup: float,
+    window: float,
+    rtt_count: int,
+    workdir: Path,
+) -> dict[str, Any]:
     exporter_tree, exporter_commit = args.exporter_tree.resolve(), None
     if args.exporter_rev:
         exporter_tree, exporter_commit = extract_revision(args.exporter_rev, workdir)
     result: dict[str, Any] = {
         "machine": machine_facts(exporter_tree, exporter_commit),
-        "config": {"sizes": sizes, "warmup_s": warmup, "window_s": window,
-                   "rtt_count": rtt_count, "quick": args.quick},
+        "config": {
+            "sizes": sizes,
+            "warmup_s": warmup,
+            "window_s": window,
+            "rtt_count": rtt_count,
+            "quick": args.quick,
+        },
         "cost": {},
         "rtt": {},
     }
@@ -1250,7 +1409,8 @@ def run_all(args: argparse.Namespace, probers: set[str], sizes: list[int], warmu
             if "smokeping" in probers:
                 print(f"[{n} targets] smokeping_prober (datagram)", flush=True)
                 runs["smokeping_prober"] = run_smokeping(
-                    bed, plan, counter, chosen, "udp", f"smokeping-{n}")
+                    bed, plan, counter, chosen, "udp", f"smokeping-{n}"
+                )
                 if n == 1000 and not args.quick:
                     # Its default mode: one raw socket per target, each of which sees every
                     # reply.  Shorter, as it saturates the machine.
@@ -1258,7 +1418,8 @@ def run_all(args: argparse.Namespace, probers: set[str], sizes: list[int], warmu
                     short = Plan(min(warmup, 3.0), min(window, 10.0), workdir, exporter_tree)
                     try:
                         runs["smokeping_prober_raw"] = run_smokeping(
-                            bed, short, counter, chosen, "icmp", f"smokeping-raw-{n}")
+                            bed, short, counter, chosen, "icmp", f"smokeping-raw-{n}"
+                        )
                     except BenchError as exc:
                         # An extra column: its failure to come up is a result, not a crash.
                         result.setdefault("failures", {})[f"smokeping_prober_raw-{n}"] = str(exc)
@@ -1266,24 +1427,32 @@ def run_all(args: argparse.Namespace, probers: set[str], sizes: list[int], warmu
             delay: Dst = bed.add_dst("delay", kernel_echo=False)
             delay.add_targets(RTT_TARGETS, 0)
             delay_counter = RequestCounter(delay.ns)
-            bed.start_responder(delay, [Profile(prefix=str(delay.v4_prefix),
-                                                delay_ms=RTT_DELAY_MS)])
+            bed.start_responder(
+                delay, [Profile(prefix=str(delay.v4_prefix), delay_ms=RTT_DELAY_MS)]
+            )
             big = addresses[: max(sizes)]
             # fping -C sets the window here; the exporter only needs its sockets warm.
             rtt_plan = Plan(min(warmup, 3.0), window, workdir, exporter_tree)
             print(f"[rtt] {len(big)} + {RTT_TARGETS} targets, scraped", flush=True)
             result["rtt"]["loaded"] = run_rtt_case(
-                bed, rtt_plan, delay_counter, delay, big, rtt_count, True, "rtt-loaded")
+                bed, rtt_plan, delay_counter, delay, big, rtt_count, True, "rtt-loaded"
+            )
             print(f"[rtt] {RTT_TARGETS} targets alone", flush=True)
             result["rtt"]["alone"] = run_rtt_case(
-                bed, rtt_plan, delay_counter, delay, [], rtt_count, False, "rtt-alone")
+                bed, rtt_plan, delay_counter, delay, [], rtt_count, False, "rtt-alone"
+            )
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    sizes = ([int(s) for s in args.sizes.split(",")] if args.sizes
-             else [1000] if args.quick else [1000, 5000])
+    sizes = (
+        [int(s) for s in args.sizes.split(",")]
+        if args.sizes
+        else [1000]
+        if args.quick
+        else [1000, 5000]
+    )
     warmup = args.warmup if args.warmup is not None else (3.0 if args.quick else 5.0)
     window = args.window if args.window is not None else (10.0 if args.quick else 30.0)
     rtt_count = args.rtt_count or (10 if args.quick else 60)

@@ -73,8 +73,12 @@ def measure(n: int, zones: int, peers: int) -> dict[str, str]:
     degrees = [indeg[node.name] for node in nodes]
     victim = nodes[random.Random(n).randrange(n)]
     removed = [node for node in nodes if node != victim]
-    added = [*nodes, NodeInfo("ip-10-255-255-255-new.eu-west-1.compute.internal",
-                              "eu-west-1a" if zones else None)]
+    added = [
+        *nodes,
+        NodeInfo(
+            "ip-10-255-255-255-new.eu-west-1.compute.internal", "eu-west-1a" if zones else None
+        ),
+    ]
     return {
         "n": f"{n:,}",
         "zones": str(zones) if zones else "off",

@@ -35,8 +35,13 @@ def prometheus_rule() -> str:
 
 
 def all_in_one() -> str:
-    out = subprocess.run(["kubectl", "kustomize", str(DEPLOY)], check=True,
-                         capture_output=True, text=True, timeout=120).stdout
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(DEPLOY)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     return HEADER + out
 
 

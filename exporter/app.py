@@ -114,8 +114,9 @@ class App:
     async def _run_with(self, sockets: dict[int, ProbeSocket]) -> int:
         s = self.settings
         node = s.kubernetes.node_name
-        prober = Prober(s.probe, sockets,
-                        const_labels=f'source_node="{escape(node)}"' if node else "")
+        prober = Prober(
+            s.probe, sockets, const_labels=f'source_node="{escape(node)}"' if node else ""
+        )
         kubernetes = s.discovery == "kubernetes"
         defaults = [] if kubernetes else self.seams.defaults()
         static = StaticDiscovery(s.static, defaults, self.seams.resolver)
@@ -128,17 +129,19 @@ class App:
                 api = self.seams.kube_api(s.kubernetes)
                 kube = KubernetesDiscovery(s, api, lambda t: table.publish("kubernetes", t))
                 if s.services.enabled:
-                    services = ServiceDiscovery(s.services, s.kubernetes, api,
-                                                make_checker(s.services, node))
+                    services = ServiceDiscovery(
+                        s.services, s.kubernetes, api, make_checker(s.services, node)
+                    )
         except ConfigError as exc:
             log.error("%s", exc)
             return EXIT_CONFIG
 
         def discovery_metrics() -> Iterator[Metric]:
-            fam = CounterMetricFamily("pingmesh_discovery_errors",
-                                      "Discovery problems: unresolvable names, bad lines, "
-                                      "unreadable files, API errors.",
-                                      labels=["source", "reason"])
+            fam = CounterMetricFamily(
+                "pingmesh_discovery_errors",
+                "Discovery problems: unresolvable names, bad lines, unreadable files, API errors.",
+                labels=["source", "reason"],
+            )
             for reason, n in sorted(static.errors.items()):
                 fam.add_metric(["static", reason], n)
             yield fam
@@ -157,8 +160,9 @@ class App:
             return (age < stall_limit, f"probe loop last ran {age:.1f}s ago")
 
         def ready() -> tuple[bool, str]:
-            if (kube is not None and not kube.ready) or (services is not None
-                                                         and not services.services.synced.is_set()):
+            if (kube is not None and not kube.ready) or (
+                services is not None and not services.services.synced.is_set()
+            ):
                 return False, "waiting for the first complete sync with the Kubernetes API"
             return True, "ready"
 
@@ -168,15 +172,24 @@ class App:
         try:
             server = HttpServer(host, port, s.web.telemetry_path, document.chunks, health)
         except OSError as exc:
-            log.error("flag --web.listen-address %s: cannot listen: %s", s.web.listen_address,
-                      exc.strerror or exc)
+            log.error(
+                "flag --web.listen-address %s: cannot listen: %s",
+                s.web.listen_address,
+                exc.strerror or exc,
+            )
             return EXIT_FATAL
         server.start()
         shown = host if host and host not in ("::", "0.0.0.0") else "localhost"
         if ":" in shown:
             shown = f"[{shown}]"
-        log.info("serving metrics on http://%s:%d%s (pid %d, %d targets)", shown, server.port,
-                 s.web.telemetry_path, os.getpid(), len(prober.states))
+        log.info(
+            "serving metrics on http://%s:%d%s (pid %d, %d targets)",
+            shown,
+            server.port,
+            s.web.telemetry_path,
+            os.getpid(),
+            len(prober.states),
+        )
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -185,8 +198,9 @@ class App:
         tasks = [
             asyncio.create_task(prober.send_loop(), name="probe.send"),
             asyncio.create_task(prober.sweep_loop(), name="probe.sweep"),
-            asyncio.create_task(static.run(lambda t: table.publish("static", t)),
-                                name="discovery.static"),
+            asyncio.create_task(
+                static.run(lambda t: table.publish("static", t)), name="discovery.static"
+            ),
         ]
         if kube is not None:
             tasks.append(asyncio.create_task(kube.run(), name="discovery.kubernetes"))
@@ -204,12 +218,14 @@ class App:
                 if failure is None:
                     # Every task runs until it is cancelled: one that returns has stopped
                     # doing its job, and the process must not go on without it.
-                    log.error("task %s ended; it should run until the exporter stops",
-                              t.get_name())
+                    log.error("task %s ended; it should run until the exporter stops", t.get_name())
                     code = EXIT_FATAL
                     continue
-                fatal = [e for e in getattr(failure, "exceptions", [failure])
-                         if isinstance(e, FatalApiError)]
+                fatal = [
+                    e
+                    for e in getattr(failure, "exceptions", [failure])
+                    if isinstance(e, FatalApiError)
+                ]
                 if fatal:
                     log.error("%s", fatal[0])
                 else:

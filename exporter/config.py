@@ -283,94 +283,276 @@ class _Flag:
 
 
 _FLAGS: tuple[_Flag, ...] = (
-    _Flag("--web.listen-address", "web.listen_address", _listen, DEFAULT_LISTEN,
-          "address to serve /metrics on (host:port, :port or [v6]:port)"),
-    _Flag("--web.telemetry-path", "web.telemetry_path", _path, "/metrics",
-          "path under which metrics are exposed"),
-    _Flag("--probe.interval", "probe.interval", _positive_duration(0.01), "1s",
-          "time between two probes of one target"),
-    _Flag("--probe.timeout", "probe.timeout", _positive_duration(0.001), "1s",
-          "a reply later than this counts as lost (and as late)"),
-    _Flag("--probe.payload-size", "probe.payload_size", _int_range(16, 1452), "56",
-          "ICMP echo payload in bytes (the first 16 carry a per-process cookie and send time)"),
-    _Flag("--probe.ttl", "probe.ttl", _int_range(1, 255), "64",
-          "IPv4 TTL and IPv6 hop limit of probes"),
-    _Flag("--probe.traffic-class", "probe.traffic_class", _int_range(0, 255), "0",
-          "IPv4 TOS / IPv6 traffic class byte of probes (DSCP << 2)"),
-    _Flag("--probe.socket", "probe.socket_mode", _choice("auto", "datagram", "raw"), "auto",
-          "ICMP socket kind: datagram (needs net.ipv4.ping_group_range), raw (needs "
-          "CAP_NET_RAW), or auto: datagram, else raw"),
-    _Flag("--probe.up-window", "probe.up_window", _int_range(1, 64), "3",
-          "pingmesh_target_up is 1 when any of the last N probes got a reply"),
-    _Flag("--probe.rtt-buckets", "probe.rtt_buckets", _buckets, "default",
-          "upper bounds of the RTT histogram buckets, comma-separated durations; default "
-          "25us doubling to 6.5536s"),
-    _Flag("--target", "static.targets", str, [],
-          "static target: IP address or host name (repeatable; comma-separated in the "
-          "environment variable)", repeatable=True),
-    _Flag("--targets-file", "static.targets_file", str, None,
-          "file with one static target per line, # starts a comment; re-read on refresh"),
-    _Flag("--static.refresh-interval", "static.refresh_interval", _positive_duration(1.0), "1m",
-          "how often host names are resolved again and the targets file is re-read"),
-    _Flag("--discovery", "discovery", _choice("auto", "static", "kubernetes"), "auto",
-          "where targets come from: kubernetes (peer pods and their nodes), static (flags and "
-          "file), or auto: kubernetes inside a cluster, else static"),
-    _Flag("--kubeconfig", "kubernetes.kubeconfig", _nonempty, None,
-          "kubeconfig to use outside a cluster (inside, the service account is used)"),
-    _Flag("--kubernetes.namespace", "kubernetes.namespace", _nonempty, None,
-          "namespace of the exporter's own pods", alt_env="POD_NAMESPACE"),
-    _Flag("--kubernetes.peer-selector", "kubernetes.peer_selector", _nonempty,
-          "app.kubernetes.io/name=pingmesh-exporter",
-          "label selector of the exporter's own pods (the peers)"),
-    _Flag("--kubernetes.node-name", "kubernetes.node_name", _nonempty, None,
-          "this pod's node (downward API spec.nodeName)", alt_env="NODE_NAME"),
-    _Flag("--kubernetes.pod-name", "kubernetes.pod_name", _nonempty, None,
-          "this pod's name (downward API metadata.name)", alt_env="POD_NAME"),
-    _Flag("--kubernetes.pod-ips", "kubernetes.pod_ips", _ip_list, None,
-          "this pod's IPs, comma-separated (downward API status.podIPs)", alt_env="POD_IPS"),
-    _Flag("--kubernetes.watch-timeout", "kubernetes.watch_timeout", _positive_duration(1.0),
-          "5m", "server-side length of one watch; each is randomised up to twice this"),
-    _Flag("--kubernetes.request-timeout", "kubernetes.request_timeout",
-          _positive_duration(1.0), "2m",
-          "a list, or a watch silent this long (no event, no bookmark), is abandoned and retried"),
-    _Flag("--kubernetes.retry-max-delay", "kubernetes.retry_max_delay",
-          _positive_duration(0.01), "30s",
-          "cap of the jittered exponential back-off between failed API requests"),
-    _Flag("--kubernetes.startup-denial-timeout", "kubernetes.startup_denial_timeout",
-          parse_duration, "1m",
-          "a 403 is retried this long before it is believed: fatal before the first sync, "
-          "logged after it (a starting API server denies until its RBAC caches sync)"),
-    _Flag("--mesh.full-mesh-max", "mesh.full_mesh_max", _int_range(0, 1_000_000), "100",
-          "up to this many peers every exporter probes all of them"),
-    _Flag("--mesh.peers", "mesh.peers", _int_range(1, 10_000), "20",
-          "peers each exporter probes above --mesh.full-mesh-max"),
-    _Flag("--mesh.zones", "mesh.zones", _bool, "false",
-          "label targets with their node's topology.kubernetes.io/zone and make every "
-          "exporter probe at least one peer in each other zone (watches node metadata)",
-          boolean=True),
-    _Flag("--services", "services.enabled", _bool, "true",
-          "check Services through their ClusterIPs (Kubernetes discovery only)", boolean=True),
-    _Flag("--services.always", "services.always", _service_keys, "default/kubernetes",
-          "Services always checked, comma-separated namespace/name"),
-    _Flag("--services.dns", "services.dns", _service_keys, "kube-system/kube-dns",
-          "cluster DNS Services, checked with a real query (always checked too)"),
-    _Flag("--services.selector", "services.selector", _selector, None,
-          "label selector of further Services to check (besides those annotated "
-          "pingmesh.io/probe: \"true\")"),
-    _Flag("--services.interval", "services.interval", _positive_duration(0.1), "10s",
-          "time between two checks of one ClusterIP and port"),
-    _Flag("--services.timeout", "services.timeout", _positive_duration(0.01), "2s",
-          "a connect or query slower than this is a timeout"),
-    _Flag("--services.concurrency", "services.concurrency", _int_range(1, 1024), "16",
-          "checks running at once at most"),
-    _Flag("--services.cluster-domain", "services.cluster_domain", _nonempty, "cluster.local",
-          "cluster DNS domain"),
-    _Flag("--services.dns-name", "services.dns_name", _nonempty, None,
-          "name the DNS check resolves; default kubernetes.default.svc.<cluster domain>"),
-    _Flag("--log.level", "log.level", _choice("debug", "info", "warn", "error"), "info",
-          "log level"),
-    _Flag("--log.format", "log.format", _choice("logfmt", "json"), "logfmt",
-          "log line format"),
+    _Flag(
+        "--web.listen-address",
+        "web.listen_address",
+        _listen,
+        DEFAULT_LISTEN,
+        "address to serve /metrics on (host:port, :port or [v6]:port)",
+    ),
+    _Flag(
+        "--web.telemetry-path",
+        "web.telemetry_path",
+        _path,
+        "/metrics",
+        "path under which metrics are exposed",
+    ),
+    _Flag(
+        "--probe.interval",
+        "probe.interval",
+        _positive_duration(0.01),
+        "1s",
+        "time between two probes of one target",
+    ),
+    _Flag(
+        "--probe.timeout",
+        "probe.timeout",
+        _positive_duration(0.001),
+        "1s",
+        "a reply later than this counts as lost (and as late)",
+    ),
+    _Flag(
+        "--probe.payload-size",
+        "probe.payload_size",
+        _int_range(16, 1452),
+        "56",
+        "ICMP echo payload in bytes (the first 16 carry a per-process cookie and send time)",
+    ),
+    _Flag(
+        "--probe.ttl",
+        "probe.ttl",
+        _int_range(1, 255),
+        "64",
+        "IPv4 TTL and IPv6 hop limit of probes",
+    ),
+    _Flag(
+        "--probe.traffic-class",
+        "probe.traffic_class",
+        _int_range(0, 255),
+        "0",
+        "IPv4 TOS / IPv6 traffic class byte of probes (DSCP << 2)",
+    ),
+    _Flag(
+        "--probe.socket",
+        "probe.socket_mode",
+        _choice("auto", "datagram", "raw"),
+        "auto",
+        "ICMP socket kind: datagram (needs net.ipv4.ping_group_range), raw (needs "
+        "CAP_NET_RAW), or auto: datagram, else raw",
+    ),
+    _Flag(
+        "--probe.up-window",
+        "probe.up_window",
+        _int_range(1, 64),
+        "3",
+        "pingmesh_target_up is 1 when any of the last N probes got a reply",
+    ),
+    _Flag(
+        "--probe.rtt-buckets",
+        "probe.rtt_buckets",
+        _buckets,
+        "default",
+        "upper bounds of the RTT histogram buckets, comma-separated durations; default "
+        "25us doubling to 6.5536s",
+    ),
+    _Flag(
+        "--target",
+        "static.targets",
+        str,
+        [],
+        "static target: IP address or host name (repeatable; comma-separated in the "
+        "environment variable)",
+        repeatable=True,
+    ),
+    _Flag(
+        "--targets-file",
+        "static.targets_file",
+        str,
+        None,
+        "file with one static target per line, # starts a comment; re-read on refresh",
+    ),
+    _Flag(
+        "--static.refresh-interval",
+        "static.refresh_interval",
+        _positive_duration(1.0),
+        "1m",
+        "how often host names are resolved again and the targets file is re-read",
+    ),
+    _Flag(
+        "--discovery",
+        "discovery",
+        _choice("auto", "static", "kubernetes"),
+        "auto",
+        "where targets come from: kubernetes (peer pods and their nodes), static (flags and "
+        "file), or auto: kubernetes inside a cluster, else static",
+    ),
+    _Flag(
+        "--kubeconfig",
+        "kubernetes.kubeconfig",
+        _nonempty,
+        None,
+        "kubeconfig to use outside a cluster (inside, the service account is used)",
+    ),
+    _Flag(
+        "--kubernetes.namespace",
+        "kubernetes.namespace",
+        _nonempty,
+        None,
+        "namespace of the exporter's own pods",
+        alt_env="POD_NAMESPACE",
+    ),
+    _Flag(
+        "--kubernetes.peer-selector",
+        "kubernetes.peer_selector",
+        _nonempty,
+        "app.kubernetes.io/name=pingmesh-exporter",
+        "label selector of the exporter's own pods (the peers)",
+    ),
+    _Flag(
+        "--kubernetes.node-name",
+        "kubernetes.node_name",
+        _nonempty,
+        None,
+        "this pod's node (downward API spec.nodeName)",
+        alt_env="NODE_NAME",
+    ),
+    _Flag(
+        "--kubernetes.pod-name",
+        "kubernetes.pod_name",
+        _nonempty,
+        None,
+        "this pod's name (downward API metadata.name)",
+        alt_env="POD_NAME",
+    ),
+    _Flag(
+        "--kubernetes.pod-ips",
+        "kubernetes.pod_ips",
+        _ip_list,
+        None,
+        "this pod's IPs, comma-separated (downward API status.podIPs)",
+        alt_env="POD_IPS",
+    ),
+    _Flag(
+        "--kubernetes.watch-timeout",
+        "kubernetes.watch_timeout",
+        _positive_duration(1.0),
+        "5m",
+        "server-side length of one watch; each is randomised up to twice this",
+    ),
+    _Flag(
+        "--kubernetes.request-timeout",
+        "kubernetes.request_timeout",
+        _positive_duration(1.0),
+        "2m",
+        "a list, or a watch silent this long (no event, no bookmark), is abandoned and retried",
+    ),
+    _Flag(
+        "--kubernetes.retry-max-delay",
+        "kubernetes.retry_max_delay",
+        _positive_duration(0.01),
+        "30s",
+        "cap of the jittered exponential back-off between failed API requests",
+    ),
+    _Flag(
+        "--kubernetes.startup-denial-timeout",
+        "kubernetes.startup_denial_timeout",
+        parse_duration,
+        "1m",
+        "a 403 is retried this long before it is believed: fatal before the first sync, "
+        "logged after it (a starting API server denies until its RBAC caches sync)",
+    ),
+    _Flag(
+        "--mesh.full-mesh-max",
+        "mesh.full_mesh_max",
+        _int_range(0, 1_000_000),
+        "100",
+        "up to this many peers every exporter probes all of them",
+    ),
+    _Flag(
+        "--mesh.peers",
+        "mesh.peers",
+        _int_range(1, 10_000),
+        "20",
+        "peers each exporter probes above --mesh.full-mesh-max",
+    ),
+    _Flag(
+        "--mesh.zones",
+        "mesh.zones",
+        _bool,
+        "false",
+        "label targets with their node's topology.kubernetes.io/zone and make every "
+        "exporter probe at least one peer in each other zone (watches node metadata)",
+        boolean=True,
+    ),
+    _Flag(
+        "--services",
+        "services.enabled",
+        _bool,
+        "true",
+        "check Services through their ClusterIPs (Kubernetes discovery only)",
+        boolean=True,
+    ),
+    _Flag(
+        "--services.always",
+        "services.always",
+        _service_keys,
+        "default/kubernetes",
+        "Services always checked, comma-separated namespace/name",
+    ),
+    _Flag(
+        "--services.dns",
+        "services.dns",
+        _service_keys,
+        "kube-system/kube-dns",
+        "cluster DNS Services, checked with a real query (always checked too)",
+    ),
+    _Flag(
+        "--services.selector",
+        "services.selector",
+        _selector,
+        None,
+        "label selector of further Services to check (besides those annotated "
+        'pingmesh.io/probe: "true")',
+    ),
+    _Flag(
+        "--services.interval",
+        "services.interval",
+        _positive_duration(0.1),
+        "10s",
+        "time between two checks of one ClusterIP and port",
+    ),
+    _Flag(
+        "--services.timeout",
+        "services.timeout",
+        _positive_duration(0.01),
+        "2s",
+        "a connect or query slower than this is a timeout",
+    ),
+    _Flag(
+        "--services.concurrency",
+        "services.concurrency",
+        _int_range(1, 1024),
+        "16",
+        "checks running at once at most",
+    ),
+    _Flag(
+        "--services.cluster-domain",
+        "services.cluster_domain",
+        _nonempty,
+        "cluster.local",
+        "cluster DNS domain",
+    ),
+    _Flag(
+        "--services.dns-name",
+        "services.dns_name",
+        _nonempty,
+        None,
+        "name the DNS check resolves; default kubernetes.default.svc.<cluster domain>",
+    ),
+    _Flag(
+        "--log.level", "log.level", _choice("debug", "info", "warn", "error"), "info", "log level"
+    ),
+    _Flag("--log.format", "log.format", _choice("logfmt", "json"), "logfmt", "log line format"),
 )
 
 
@@ -400,17 +582,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for flag in _FLAGS:
         if flag.repeatable:
-            parser.add_argument(flag.name, dest=flag.dest, action="append", type=_wrap(flag),
-                                default=None, metavar=flag.metavar,
-                                help=flag.help + f" [env {flag.env}]")
+            parser.add_argument(
+                flag.name,
+                dest=flag.dest,
+                action="append",
+                type=_wrap(flag),
+                default=None,
+                metavar=flag.metavar,
+                help=flag.help + f" [env {flag.env}]",
+            )
         elif flag.boolean:
-            parser.add_argument(flag.name, dest=flag.dest, type=_wrap(flag), default=None,
-                                nargs="?", const=True, metavar="BOOL",
-                                help=flag.help + f" (default {flag.default}) [env {flag.env}]")
+            parser.add_argument(
+                flag.name,
+                dest=flag.dest,
+                type=_wrap(flag),
+                default=None,
+                nargs="?",
+                const=True,
+                metavar="BOOL",
+                help=flag.help + f" (default {flag.default}) [env {flag.env}]",
+            )
         else:
-            parser.add_argument(flag.name, dest=flag.dest, type=_wrap(flag), default=None,
-                                metavar=flag.metavar,
-                                help=flag.help + f" (default {flag.default}) [env {flag.env}]")
+            parser.add_argument(
+                flag.name,
+                dest=flag.dest,
+                type=_wrap(flag),
+                default=None,
+                metavar=flag.metavar,
+                help=flag.help + f" (default {flag.default}) [env {flag.env}]",
+            )
     parser.add_argument("--version", action="version", version=f"pingmesh-exporter {__version__}")
     return parser
 
@@ -449,19 +649,24 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
 
     def group(prefix: str, cls: Callable[..., T]) -> T:
         # Flag destinations are "<group>.<field>" of the settings tree, one to one.
-        return cls(**{k.split(".", 1)[1]: v for k, v in values.items()
-                      if k.startswith(prefix + ".")})
+        return cls(
+            **{k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(prefix + ".")}
+        )
 
     discovery = values["discovery"]
     if discovery == "auto":
         discovery = "kubernetes" if env.get("KUBERNETES_SERVICE_HOST") else "static"
     kube = group("kubernetes", KubernetesSettings)
     if discovery == "kubernetes":
-        for name, have in (("--kubernetes.node-name (NODE_NAME)", kube.node_name),
-                           ("--kubernetes.namespace (POD_NAMESPACE)", kube.namespace)):
+        for name, have in (
+            ("--kubernetes.node-name (NODE_NAME)", kube.node_name),
+            ("--kubernetes.namespace (POD_NAMESPACE)", kube.namespace),
+        ):
             if not have:
-                raise ConfigError(f"flag {name}: required with --discovery=kubernetes; set it "
-                                  "from the downward API")
+                raise ConfigError(
+                    f"flag {name}: required with --discovery=kubernetes; set it "
+                    "from the downward API"
+                )
     return Settings(
         web=group("web", WebSettings),
         probe=group("probe", ProbeSettings),

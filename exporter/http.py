@@ -124,9 +124,14 @@ def _landing(telemetry_path: str) -> bytes:
 
 
 class HttpServer:
-    def __init__(self, host: str, port: int, telemetry_path: str,
-                 render: Callable[[], Iterable[bytes]],
-                 health: Health) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        telemetry_path: str,
+        render: Callable[[], Iterable[bytes]],
+        health: Health,
+    ) -> None:
         family = socket.AF_INET6 if ":" in host or host == "" else socket.AF_INET
         server_cls = type("Server", (_Server,), {"address_family": family})
         bind_host = host if host else "::"
@@ -141,7 +146,8 @@ class HttpServer:
             if host == "" and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                 # No IPv6 on this host: fall back to IPv4's wildcard.
                 self._server = type("Server4", (_Server,), {"address_family": socket.AF_INET})(
-                    ("0.0.0.0", port), _Handler)
+                    ("0.0.0.0", port), _Handler
+                )
             else:
                 raise
         self._server.render = render
@@ -154,8 +160,12 @@ class HttpServer:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1}, name="http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="http",
+            daemon=True,
+        )
         self._thread.start()
 
     def stop(self) -> None:

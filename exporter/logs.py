@@ -7,8 +7,12 @@ import logging
 import sys
 import time
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def _ts(record: logging.LogRecord) -> str:
@@ -17,8 +21,7 @@ def _ts(record: logging.LogRecord) -> str:
 
 
 def _level(record: logging.LogRecord) -> str:
-    return {"WARNING": "warn", "CRITICAL": "error"}.get(record.levelname,
-                                                       record.levelname.lower())
+    return {"WARNING": "warn", "CRITICAL": "error"}.get(record.levelname, record.levelname.lower())
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -38,8 +41,12 @@ def _quote(value: str) -> str:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": _ts(record), "level": _level(record), "logger": record.name,
-               "msg": record.getMessage()}
+        out = {
+            "ts": _ts(record),
+            "level": _level(record),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)

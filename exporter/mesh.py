@@ -57,19 +57,24 @@ def _labels(kind: str, node: str, zone: str | None) -> tuple[tuple[str, str], ..
     return base if zone is None else (*base, ("target_zone", zone))
 
 
-def plan(me: Identity, peers: Iterable[Peer], zones: Mapping[str, str | None] | None,
-         settings: MeshSettings) -> MeshPlan:
+def plan(
+    me: Identity,
+    peers: Iterable[Peer],
+    zones: Mapping[str, str | None] | None,
+    settings: MeshSettings,
+) -> MeshPlan:
     """zones is None when zone awareness is off; else every node the API knows, by name, with
     its zone (None if unlabelled). With zones on, a peer whose node is gone from the API is
     dropped at once instead of waiting for the pod garbage collector."""
     by_node = one_per_node(peers, me)
     if zones is not None:
         by_node = {n: p for n, p in by_node.items() if n in zones}
-    zone_of = (lambda n: (zones.get(n) or "")) if zones is not None else (lambda n: None)
+    zone_of = (lambda n: zones.get(n) or "") if zones is not None else (lambda n: None)
     nodes = [NodeInfo(n, zone_of(n) or None) for n in sorted(by_node)]
     nodes.append(NodeInfo(me.node, zone_of(me.node) or None))
-    selector = Selector(nodes, SelectionSettings(settings.full_mesh_max, settings.peers,
-                                                 zones is not None))
+    selector = Selector(
+        nodes, SelectionSettings(settings.full_mesh_max, settings.peers, zones is not None)
+    )
     chosen = selector.peers_of(me.node)
     targets: list[Target] = []
     for node in chosen:

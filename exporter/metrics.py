@@ -69,25 +69,31 @@ def snapshot(st: TargetState) -> _Snapshot:
     return _Snapshot(st.label_text, buckets, rtt_sum, received, sent, st.up, dict(st.errors))
 
 
-def render_target_chunks(states: Iterable[TargetState], buckets: tuple[float, ...]
-                         ) -> Iterator[str]:
+def render_target_chunks(
+    states: Iterable[TargetState], buckets: tuple[float, ...]
+) -> Iterator[str]:
     """Exposition text of every per-target family, in chunks of a few hundred targets, so a
     scrape of thousands of targets never holds the whole document in memory. All families
     come from one snapshot per target, so they agree with each other."""
     snaps = [snapshot(st) for st in states]
-    chunks = [snaps[i:i + CHUNK_TARGETS] for i in range(0, len(snaps), CHUNK_TARGETS)]
+    chunks = [snaps[i : i + CHUNK_TARGETS] for i in range(0, len(snaps), CHUNK_TARGETS)]
     suffixes = [f',le="{format_le(b)}"}} ' for b in buckets] + [',le="+Inf"} ']
-    yield (f"# HELP {RTT} Round-trip time of echo replies received within the timeout, from "
-           f"kernel timestamps.\n# TYPE {RTT} histogram\n")
+    yield (
+        f"# HELP {RTT} Round-trip time of echo replies received within the timeout, from "
+        f"kernel timestamps.\n# TYPE {RTT} histogram\n"
+    )
     for chunk in chunks:
         lines: list[str] = []
         for sn in chunk:
             head = f"{RTT}_bucket{{{sn.labels}"
             cumulative = list(accumulate(sn.buckets))
-            lines += [f"{head}{suffix}{v}\n" for suffix, v in zip(suffixes, cumulative,
-                                                                   strict=True)]
-            lines.append(f"{RTT}_sum{{{sn.labels}}} {sn.rtt_sum_ns / 1e9!r}\n"
-                         f"{RTT}_count{{{sn.labels}}} {cumulative[-1]}\n")
+            lines += [
+                f"{head}{suffix}{v}\n" for suffix, v in zip(suffixes, cumulative, strict=True)
+            ]
+            lines.append(
+                f"{RTT}_sum{{{sn.labels}}} {sn.rtt_sum_ns / 1e9!r}\n"
+                f"{RTT}_count{{{sn.labels}}} {cumulative[-1]}\n"
+            )
         yield "".join(lines)
     for name, help_text, field in (
         (SENT, "Echo requests whose outcome is known (reply, error or timeout).", 4),
@@ -98,57 +104,83 @@ def render_target_chunks(states: Iterable[TargetState], buckets: tuple[float, ..
         yield f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
         for chunk in chunks:
             yield "".join([f"{name}{{{sn.labels}}} {sn[field]}\n" for sn in chunk])
-    yield (f"# HELP {ERRORS} ICMP errors, send failures and invalid replies, by reason.\n"
-           f"# TYPE {ERRORS} counter\n")
+    yield (
+        f"# HELP {ERRORS} ICMP errors, send failures and invalid replies, by reason.\n"
+        f"# TYPE {ERRORS} counter\n"
+    )
     for chunk in chunks:
-        yield "".join([f'{ERRORS}{{{sn.labels},reason="{reason}"}} {sn.errors[reason]}\n'
-                       for sn in chunk if sn.errors for reason in sorted(sn.errors)])
+        yield "".join(
+            [
+                f'{ERRORS}{{{sn.labels},reason="{reason}"}} {sn.errors[reason]}\n'
+                for sn in chunk
+                if sn.errors
+                for reason in sorted(sn.errors)
+            ]
+        )
 
 
 class SelfCollector(Collector):
     """The exporter's own health, computed at scrape time from the prober's state."""
 
-    def __init__(self, prober: Prober, extra: Callable[[], Iterable[Metric]] | None = None
-                 ) -> None:
+    def __init__(self, prober: Prober, extra: Callable[[], Iterable[Metric]] | None = None) -> None:
         self.prober = prober
         self.extra = extra
 
     def collect(self) -> Iterator[Metric]:
         p = self.prober
-        info = GaugeMetricFamily("pingmesh_build_info", "Build information; always 1.",
-                                 labels=["version", "python_version", "icmplib_version"])
+        info = GaugeMetricFamily(
+            "pingmesh_build_info",
+            "Build information; always 1.",
+            labels=["version", "python_version", "icmplib_version"],
+        )
         info.add_metric([__version__, platform.python_version(), _icmplib_version()], 1)
         yield info
 
         by_kind: Counter[tuple[str, str]] = Counter(
-            (s.target.kind, family_label(s.target.family)) for s in p.states)
-        targets = GaugeMetricFamily("pingmesh_targets", "Targets being probed.",
-                                    labels=["kind", "ip_family"])
+            (s.target.kind, family_label(s.target.family)) for s in p.states
+        )
+        targets = GaugeMetricFamily(
+            "pingmesh_targets", "Targets being probed.", labels=["kind", "ip_family"]
+        )
         for (kind, fam), n in sorted(by_kind.items()):
             targets.add_metric([kind, fam], n)
         yield targets
 
-        yield GaugeMetricFamily("pingmesh_probe_interval_seconds",
-                                "Time between two probes of one target.",
-                                value=p.settings.interval)
-        yield GaugeMetricFamily("pingmesh_probe_timeout_seconds",
-                                "Replies later than this count as lost.",
-                                value=p.settings.timeout)
+        yield GaugeMetricFamily(
+            "pingmesh_probe_interval_seconds",
+            "Time between two probes of one target.",
+            value=p.settings.interval,
+        )
+        yield GaugeMetricFamily(
+            "pingmesh_probe_timeout_seconds",
+            "Replies later than this count as lost.",
+            value=p.settings.timeout,
+        )
 
-        packets = CounterMetricFamily("pingmesh_packets_sent",
-                                      "Echo requests handed to the kernel, all targets.",
-                                      labels=["ip_family"])
-        drops = CounterMetricFamily("pingmesh_socket_receive_drops",
-                                    "Packets the kernel dropped because the exporter's receive "
-                                    "buffer was full (SO_RXQ_OVFL).", labels=["ip_family"])
-        unmatched = CounterMetricFamily("pingmesh_unmatched_packets",
-                                        "ICMP packets that matched no request in flight.",
-                                        labels=["ip_family", "reason"])
-        sock_info = GaugeMetricFamily("pingmesh_socket_info",
-                                      "Open ICMP sockets; value is the receive buffer in bytes.",
-                                      labels=["ip_family", "mode"])
-        in_flight = GaugeMetricFamily("pingmesh_probes_in_flight",
-                                      "Echo requests waiting for a reply.", labels=["ip_family"])
+        packets = CounterMetricFamily(
+            "pingmesh_packets_sent",
+            "Echo requests handed to the kernel, all targets.",
+            labels=["ip_family"],
+        )
+        drops = CounterMetricFamily(
+            "pingmesh_socket_receive_drops",
+            "Packets the kernel dropped because the exporter's receive "
+            "buffer was full (SO_RXQ_OVFL).",
+            labels=["ip_family"],
+        )
+        unmatched = CounterMetricFamily(
+            "pingmesh_unmatched_packets",
+            "ICMP packets that matched no request in flight.",
+            labels=["ip_family", "reason"],
+        )
+        sock_info = GaugeMetricFamily(
+            "pingmesh_socket_info",
+            "Open ICMP sockets; value is the receive buffer in bytes.",
+            labels=["ip_family", "mode"],
+        )
+        in_flight = GaugeMetricFamily(
+            "pingmesh_probes_in_flight", "Echo requests waiting for a reply.", labels=["ip_family"]
+        )
         for family, ch in p.channels.items():
             if ch.sock is None:
                 continue
@@ -162,20 +194,29 @@ class SelfCollector(Collector):
         yield from (packets, drops, unmatched, sock_info, in_flight)
 
         r = p.rounds
-        yield CounterMetricFamily("pingmesh_probe_rounds", "Completed probe rounds.",
-                                  value=r.rounds)
-        yield CounterMetricFamily("pingmesh_probe_rounds_skipped",
-                                  "Rounds skipped because the loop fell behind.",
-                                  value=r.skipped)
-        yield GaugeMetricFamily("pingmesh_last_round_duration_seconds",
-                                "Time from the first to the last send of the last round.",
-                                value=r.last_duration_s)
-        yield GaugeMetricFamily("pingmesh_last_round_max_lag_seconds",
-                                "Largest delay of a send behind its schedule in the last round.",
-                                value=r.last_max_lag_s)
-        yield GaugeMetricFamily("pingmesh_last_round_end_timestamp_seconds",
-                                "Unix time at which the last round ended.",
-                                value=r.last_end_unix)
+        yield CounterMetricFamily(
+            "pingmesh_probe_rounds", "Completed probe rounds.", value=r.rounds
+        )
+        yield CounterMetricFamily(
+            "pingmesh_probe_rounds_skipped",
+            "Rounds skipped because the loop fell behind.",
+            value=r.skipped,
+        )
+        yield GaugeMetricFamily(
+            "pingmesh_last_round_duration_seconds",
+            "Time from the first to the last send of the last round.",
+            value=r.last_duration_s,
+        )
+        yield GaugeMetricFamily(
+            "pingmesh_last_round_max_lag_seconds",
+            "Largest delay of a send behind its schedule in the last round.",
+            value=r.last_max_lag_s,
+        )
+        yield GaugeMetricFamily(
+            "pingmesh_last_round_end_timestamp_seconds",
+            "Unix time at which the last round ended.",
+            value=r.last_end_unix,
+        )
         if self.extra is not None:
             yield from self.extra()
 
@@ -208,8 +249,9 @@ class MetricsDocument:
         return b"".join(self.chunks())
 
 
-def build_registry(prober: Prober, extra: Callable[[], Iterable[Metric]] | None = None
-                   ) -> CollectorRegistry:
+def build_registry(
+    prober: Prober, extra: Callable[[], Iterable[Metric]] | None = None
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SelfCollector(prober, extra))
     if sys.platform.startswith("linux"):
@@ -222,6 +264,8 @@ class _RenderCollector(Collector):
         self.doc = doc
 
     def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily("pingmesh_metrics_render_seconds",
-                                "Time the previous /metrics render took.",
-                                value=self.doc.last_render_seconds)
+        yield GaugeMetricFamily(
+            "pingmesh_metrics_render_seconds",
+            "Time the previous /metrics render took.",
+            value=self.doc.last_render_seconds,
+        )

@@ -239,8 +239,6 @@ def select_peers(
     return Selector(_with_self(self_name, nodes), settings).peers_of(self_name)
 
 
-def expected_probers(
-    self_name: str, nodes: Iterable[NodeInfo], settings: SelectionSettings
-) -> int:
+def expected_probers(self_name: str, nodes: Iterable[NodeInfo], settings: SelectionSettings) -> int:
     """How many other nodes select self_name (for the receiving side's coverage gauge)."""
     return Selector(_with_self(self_name, nodes), settings).probers_of(self_name)

@@ -61,8 +61,9 @@ class Target:
 
 def static_target(name: str, address: str) -> Target:
     addr = normalize_ip(address)
-    return Target(labels=(("kind", "static"), ("target", name)), family=ip_family(addr),
-                  address=addr)
+    return Target(
+        labels=(("kind", "static"), ("target", name)), family=ip_family(addr), address=addr
+    )
 
 
 @dataclass(frozen=True)

@@ -20,25 +20,37 @@ WIDTH = 24
 Panel = dict[str, Any]
 
 # Selectors shared by the panels; multi-value variables only ever appear in regex matchers.
-PAIR = ('source_node=~"$source_node", target_node=~"$target_node", kind=~"$kind", '
-        'ip_family=~"$ip_family"')
+PAIR = (
+    'source_node=~"$source_node", target_node=~"$target_node", kind=~"$kind", '
+    'ip_family=~"$ip_family"'
+)
 KIND_FAMILY = 'kind=~"$kind", ip_family=~"$ip_family"'
-SVC = ('namespace=~"$namespace", service=~"$service", source_node=~"$source_node", '
-       'ip_family=~"$ip_family"')
+SVC = (
+    'namespace=~"$namespace", service=~"$service", source_node=~"$source_node", '
+    'ip_family=~"$ip_family"'
+)
 SVC_EP = 'namespace=~"$namespace", service=~"$service", ip_family=~"$ip_family"'
 
 
 def _steps(*steps: tuple[str, float | None]) -> dict[str, Any]:
-    return {"mode": "absolute",
-            "steps": [{"color": color, "value": value} for color, value in steps]}
+    return {
+        "mode": "absolute",
+        "steps": [{"color": color, "value": value} for color, value in steps],
+    }
 
 
 LOSS_STEPS = _steps(("green", None), ("yellow", 0.001), ("orange", 0.01), ("red", 0.05))
 RTT_P50_STEPS = _steps(("green", None), ("yellow", 0.002), ("red", 0.01))
 RTT_P99_STEPS = _steps(("green", None), ("yellow", 0.01), ("red", 0.1))
-UP_MAPPINGS = [{"type": "value", "options": {"0": {"text": "down", "color": "red", "index": 0},
-                                             "1": {"text": "up", "color": "green",
-                                                   "index": 1}}}]
+UP_MAPPINGS = [
+    {
+        "type": "value",
+        "options": {
+            "0": {"text": "down", "color": "red", "index": 0},
+            "1": {"text": "up", "color": "green", "index": 1},
+        },
+    }
+]
 UP_STEPS = _steps(("red", None), ("green", 1))
 
 
@@ -48,106 +60,221 @@ def target(expr: str, legend: str = "", *, table: bool = False) -> dict[str, Any
     if table:
         t.update(format="table", instant=True, range=False)
     else:
-        t.update(format="time_series", instant=False, range=True,
-                 legendFormat=legend or "__auto")
+        t.update(format="time_series", instant=False, range=True, legendFormat=legend or "__auto")
     return t
 
 
-def timeseries(title: str, targets: list[dict[str, Any]], unit: str, *, description: str = "",
-               stack: bool = False, minimum: float | None = None,
-               maximum: float | None = None, steps: dict[str, Any] | None = None) -> Panel:
-    custom: dict[str, Any] = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10,
-                              "showPoints": "never", "spanNulls": False,
-                              "stacking": {"mode": "normal" if stack else "none",
-                                           "group": "A"}}
-    defaults: dict[str, Any] = {"unit": unit, "custom": custom,
-                                "color": {"mode": "palette-classic"}}
+def timeseries(
+    title: str,
+    targets: list[dict[str, Any]],
+    unit: str,
+    *,
+    description: str = "",
+    stack: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    steps: dict[str, Any] | None = None,
+) -> Panel:
+    custom: dict[str, Any] = {
+        "drawStyle": "line",
+        "lineWidth": 1,
+        "fillOpacity": 10,
+        "showPoints": "never",
+        "spanNulls": False,
+        "stacking": {"mode": "normal" if stack else "none", "group": "A"},
+    }
+    defaults: dict[str, Any] = {
+        "unit": unit,
+        "custom": custom,
+        "color": {"mode": "palette-classic"},
+    }
     if minimum is not None:
         defaults["min"] = minimum
     if maximum is not None:
         defaults["max"] = maximum
     if steps is not None:
         defaults["thresholds"] = steps
-    return {"type": "timeseries", "title": title, "description": description,
-            "targets": targets, "fieldConfig": {"defaults": defaults, "overrides": []},
-            "options": {"legend": {"displayMode": "table", "placement": "bottom",
-                                   "showLegend": True, "calcs": ["mean", "max", "lastNotNull"]},
-                        "tooltip": {"mode": "multi", "sort": "desc"}}}
+    return {
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "targets": targets,
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": {
+            "legend": {
+                "displayMode": "table",
+                "placement": "bottom",
+                "showLegend": True,
+                "calcs": ["mean", "max", "lastNotNull"],
+            },
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+    }
 
 
-def stat(title: str, expr: str, unit: str, steps: dict[str, Any], *,
-         description: str = "", decimals: int | None = None) -> Panel:
-    defaults: dict[str, Any] = {"unit": unit, "thresholds": steps,
-                                "color": {"mode": "thresholds"}}
+def stat(
+    title: str,
+    expr: str,
+    unit: str,
+    steps: dict[str, Any],
+    *,
+    description: str = "",
+    decimals: int | None = None,
+) -> Panel:
+    defaults: dict[str, Any] = {"unit": unit, "thresholds": steps, "color": {"mode": "thresholds"}}
     if decimals is not None:
         defaults["decimals"] = decimals
-    return {"type": "stat", "title": title, "description": description,
-            "targets": [target(expr, title)],
-            "fieldConfig": {"defaults": defaults, "overrides": []},
-            "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "",
-                                          "values": False},
-                        "colorMode": "background", "graphMode": "area", "textMode": "value",
-                        "justifyMode": "auto", "orientation": "auto"}}
+    return {
+        "type": "stat",
+        "title": title,
+        "description": description,
+        "targets": [target(expr, title)],
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "background",
+            "graphMode": "area",
+            "textMode": "value",
+            "justifyMode": "auto",
+            "orientation": "auto",
+        },
+    }
 
 
-def matrix(title: str, expr: str, unit: str, steps: dict[str, Any], *, row: str, column: str,
-           description: str = "", mappings: list[dict[str, Any]] | None = None,
-           decimals: int | None = None) -> Panel:
+def matrix(
+    title: str,
+    expr: str,
+    unit: str,
+    steps: dict[str, Any],
+    *,
+    row: str,
+    column: str,
+    description: str = "",
+    mappings: list[dict[str, Any]] | None = None,
+    decimals: int | None = None,
+) -> Panel:
     """A table with one row per `row` label value and one column per `column` label value,
     cells coloured by thresholds (the "Grouping to matrix" transformation)."""
     defaults: dict[str, Any] = {
-        "unit": unit, "thresholds": steps, "color": {"mode": "thresholds"},
+        "unit": unit,
+        "thresholds": steps,
+        "color": {"mode": "thresholds"},
         "mappings": mappings or [],
-        "custom": {"align": "center", "cellOptions": {"type": "color-background",
-                                                      "mode": "basic"}}}
+        "custom": {"align": "center", "cellOptions": {"type": "color-background", "mode": "basic"}},
+    }
     if decimals is not None:
         defaults["decimals"] = decimals
     header = f"{row}\\{column}"  # the name the transformation gives the row-label column
-    return {"type": "table", "title": title, "description": description,
-            "targets": [target(expr, table=True)],
-            "transformations": [{"id": "groupingToMatrix",
-                                 "options": {"columnField": column, "rowField": row,
-                                             "valueField": "Value", "emptyValue": "empty"}}],
-            "fieldConfig": {"defaults": defaults, "overrides": [
-                {"matcher": {"id": "byName", "options": header},
-                 "properties": [{"id": "custom.cellOptions", "value": {"type": "auto"}},
-                                {"id": "custom.align", "value": "left"},
-                                {"id": "displayName", "value": row}]}]},
-            "options": {"showHeader": True, "cellHeight": "sm", "footer": {"show": False},
-                        "sortBy": [{"displayName": row, "desc": False}]}}
+    return {
+        "type": "table",
+        "title": title,
+        "description": description,
+        "targets": [target(expr, table=True)],
+        "transformations": [
+            {
+                "id": "groupingToMatrix",
+                "options": {
+                    "columnField": column,
+                    "rowField": row,
+                    "valueField": "Value",
+                    "emptyValue": "empty",
+                },
+            }
+        ],
+        "fieldConfig": {
+            "defaults": defaults,
+            "overrides": [
+                {
+                    "matcher": {"id": "byName", "options": header},
+                    "properties": [
+                        {"id": "custom.cellOptions", "value": {"type": "auto"}},
+                        {"id": "custom.align", "value": "left"},
+                        {"id": "displayName", "value": row},
+                    ],
+                }
+            ],
+        },
+        "options": {
+            "showHeader": True,
+            "cellHeight": "sm",
+            "footer": {"show": False},
+            "sortBy": [{"displayName": row, "desc": False}],
+        },
+    }
 
 
-def toplist(title: str, expr: str, unit: str, steps: dict[str, Any], value_name: str, *,
-            description: str = "") -> Panel:
+def toplist(
+    title: str,
+    expr: str,
+    unit: str,
+    steps: dict[str, Any],
+    value_name: str,
+    *,
+    description: str = "",
+) -> Panel:
     """A table of an instant query's series, worst first."""
-    return {"type": "table", "title": title, "description": description,
-            "targets": [target(expr, table=True)],
-            "transformations": [{"id": "organize", "options": {
-                "excludeByName": {"Time": True, "__name__": True}, "indexByName": {},
-                "renameByName": {"Value": value_name}}}],
-            "fieldConfig": {"defaults": {"unit": unit, "thresholds": steps,
-                                         "color": {"mode": "thresholds"},
-                                         "custom": {"align": "auto",
-                                                    "cellOptions": {"type": "auto"}}},
-                            "overrides": [{"matcher": {"id": "byName", "options": value_name},
-                                           "properties": [{"id": "custom.cellOptions",
-                                                           "value": {"type": "color-text"}}]}]},
-            "options": {"showHeader": True, "cellHeight": "sm", "footer": {"show": False},
-                        "sortBy": [{"displayName": value_name, "desc": True}]}}
+    return {
+        "type": "table",
+        "title": title,
+        "description": description,
+        "targets": [target(expr, table=True)],
+        "transformations": [
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, "__name__": True},
+                    "indexByName": {},
+                    "renameByName": {"Value": value_name},
+                },
+            }
+        ],
+        "fieldConfig": {
+            "defaults": {
+                "unit": unit,
+                "thresholds": steps,
+                "color": {"mode": "thresholds"},
+                "custom": {"align": "auto", "cellOptions": {"type": "auto"}},
+            },
+            "overrides": [
+                {
+                    "matcher": {"id": "byName", "options": value_name},
+                    "properties": [{"id": "custom.cellOptions", "value": {"type": "color-text"}}],
+                }
+            ],
+        },
+        "options": {
+            "showHeader": True,
+            "cellHeight": "sm",
+            "footer": {"show": False},
+            "sortBy": [{"displayName": value_name, "desc": True}],
+        },
+    }
 
 
 def status_history(title: str, expr: str, legend: str, *, description: str = "") -> Panel:
-    return {"type": "status-history", "title": title, "description": description,
-            "targets": [target(expr, legend)],
-            "fieldConfig": {"defaults": {"unit": "short", "thresholds": UP_STEPS,
-                                         "color": {"mode": "thresholds"},
-                                         "mappings": UP_MAPPINGS,
-                                         "custom": {"lineWidth": 0, "fillOpacity": 80}},
-                            "overrides": []},
-            "options": {"showValue": "never", "rowHeight": 0.9, "colWidth": 0.9,
-                        "legend": {"showLegend": False, "displayMode": "list",
-                                   "placement": "bottom"},
-                        "tooltip": {"mode": "single", "sort": "none"}}}
+    return {
+        "type": "status-history",
+        "title": title,
+        "description": description,
+        "targets": [target(expr, legend)],
+        "fieldConfig": {
+            "defaults": {
+                "unit": "short",
+                "thresholds": UP_STEPS,
+                "color": {"mode": "thresholds"},
+                "mappings": UP_MAPPINGS,
+                "custom": {"lineWidth": 0, "fillOpacity": 80},
+            },
+            "overrides": [],
+        },
+        "options": {
+            "showValue": "never",
+            "rowHeight": 0.9,
+            "colWidth": 0.9,
+            "legend": {"showLegend": False, "displayMode": "list", "placement": "bottom"},
+            "tooltip": {"mode": "single", "sort": "none"},
+        },
+    }
 
 
 class Layout:
@@ -166,16 +293,22 @@ class Layout:
 
     def row(self, title: str) -> None:
         self._newline()
-        self.panels.append({"type": "row", "title": title, "collapsed": False,
-                            "datasource": DS, "panels": [],
-                            "gridPos": {"x": 0, "y": self.y, "w": WIDTH, "h": 1}})
+        self.panels.append(
+            {
+                "type": "row",
+                "title": title,
+                "collapsed": False,
+                "datasource": DS,
+                "panels": [],
+                "gridPos": {"x": 0, "y": self.y, "w": WIDTH, "h": 1},
+            }
+        )
         self.y += 1
 
     def add(self, panel: Panel, w: int, h: int) -> None:
         if self.x + w > WIDTH:
             self._newline()
-        panel = {"datasource": DS, **panel,
-                 "gridPos": {"x": self.x, "y": self.y, "w": w, "h": h}}
+        panel = {"datasource": DS, **panel, "gridPos": {"x": self.x, "y": self.y, "w": w, "h": h}}
         for ref, t in zip("ABCDEFGH", panel["targets"], strict=False):
             t["refId"] = ref
         self.panels.append(panel)
@@ -189,81 +322,198 @@ class Layout:
 def _overview(lay: Layout) -> None:
     lay.row("Mesh overview")
     count_steps = _steps(("green", None), ("red", 1))
-    lay.add(stat("Targets probed", f"sum(pingmesh_targets{{{KIND_FAMILY}}})", "short",
-                 _steps(("blue", None)), description="Targets all exporters probe, of the "
-                 "selected kinds and families."), 4, 4)
-    lay.add(stat("Overall loss",
-                 f"1 - sum(pingmesh:probe_received:rate5m{{{KIND_FAMILY}}})\n"
-                 f"  / sum(pingmesh:probe_sent:rate5m{{{KIND_FAMILY}}})",
-                 "percentunit", LOSS_STEPS, decimals=2,
-                 description="Lost probes over sent probes, all pairs, last 5 minutes."), 4, 4)
-    lay.add(stat("Pairs above 5% loss",
-                 f"count(pingmesh:probe_loss:ratio5m{{{KIND_FAMILY}}} > 0.05) or vector(0)",
-                 "short", count_steps,
-                 description="Source and target pairs the loss alerts consider."), 4, 4)
-    lay.add(stat("Nodes unreachable from most peers",
-                 'count(pingmesh:target_reachable_peers:ratio{kind="pod"} < 0.5) or vector(0)',
-                 "short", count_steps, description="Nodes whose exporter pod answers fewer "
-                 "than half of the peers probing it (pod network)."), 4, 4)
-    lay.add(stat("Services failing somewhere",
-                 f"count(min by (namespace, service) (pingmesh_service_up{{{SVC}}}) == 0)"
-                 " or vector(0)", "short", count_steps,
-                 description="Services at least one node cannot reach through the ClusterIP."),
-            4, 4)
-    lay.add(stat("Exporters down", f"count(up{{{JOB}}} == 0) or vector(0)", "short",
-                 count_steps, description="Exporter pods Prometheus cannot scrape."), 4, 4)
+    lay.add(
+        stat(
+            "Targets probed",
+            f"sum(pingmesh_targets{{{KIND_FAMILY}}})",
+            "short",
+            _steps(("blue", None)),
+            description="Targets all exporters probe, of the selected kinds and families.",
+        ),
+        4,
+        4,
+    )
+    lay.add(
+        stat(
+            "Overall loss",
+            f"1 - sum(pingmesh:probe_received:rate5m{{{KIND_FAMILY}}})\n"
+            f"  / sum(pingmesh:probe_sent:rate5m{{{KIND_FAMILY}}})",
+            "percentunit",
+            LOSS_STEPS,
+            decimals=2,
+            description="Lost probes over sent probes, all pairs, last 5 minutes.",
+        ),
+        4,
+        4,
+    )
+    lay.add(
+        stat(
+            "Pairs above 5% loss",
+            f"count(pingmesh:probe_loss:ratio5m{{{KIND_FAMILY}}} > 0.05) or vector(0)",
+            "short",
+            count_steps,
+            description="Source and target pairs the loss alerts consider.",
+        ),
+        4,
+        4,
+    )
+    lay.add(
+        stat(
+            "Nodes unreachable from most peers",
+            'count(pingmesh:target_reachable_peers:ratio{kind="pod"} < 0.5) or vector(0)',
+            "short",
+            count_steps,
+            description="Nodes whose exporter pod answers fewer "
+            "than half of the peers probing it (pod network).",
+        ),
+        4,
+        4,
+    )
+    lay.add(
+        stat(
+            "Services failing somewhere",
+            f"count(min by (namespace, service) (pingmesh_service_up{{{SVC}}}) == 0) or vector(0)",
+            "short",
+            count_steps,
+            description="Services at least one node cannot reach through the ClusterIP.",
+        ),
+        4,
+        4,
+    )
+    lay.add(
+        stat(
+            "Exporters down",
+            f"count(up{{{JOB}}} == 0) or vector(0)",
+            "short",
+            count_steps,
+            description="Exporter pods Prometheus cannot scrape.",
+        ),
+        4,
+        4,
+    )
 
 
 def _matrices(lay: Layout) -> None:
     for kind, network in (("pod", "Pod network"), ("node", "Node network")):
         lay.row(f"{network}: source x target")
-        sel = (f'kind="{kind}", source_node=~"$source_node", target_node=~"$target_node", '
-               'ip_family=~"$ip_family"')
-        lay.add(matrix(f"{network} loss (5m)",
-                       f"max by (source_node, target_node) (pingmesh:probe_loss:ratio5m{{{sel}}})",
-                       "percentunit", LOSS_STEPS, row="source_node", column="target_node",
-                       decimals=1, description="Rows: the probing node. Columns: the probed "
-                       "node. The worse IP family of each pair."), 12, 12)
-        lay.add(matrix(f"{network} RTT p50 (5m)",
-                       "max by (source_node, target_node) "
-                       f"(pingmesh:probe_rtt_seconds:p50_5m{{{sel}}})",
-                       "s", RTT_P50_STEPS, row="source_node", column="target_node",
-                       description="Median round-trip time. Rows: the probing node. Columns: "
-                       "the probed node. The slower IP family of each pair."), 12, 12)
+        sel = (
+            f'kind="{kind}", source_node=~"$source_node", target_node=~"$target_node", '
+            'ip_family=~"$ip_family"'
+        )
+        lay.add(
+            matrix(
+                f"{network} loss (5m)",
+                f"max by (source_node, target_node) (pingmesh:probe_loss:ratio5m{{{sel}}})",
+                "percentunit",
+                LOSS_STEPS,
+                row="source_node",
+                column="target_node",
+                decimals=1,
+                description="Rows: the probing node. Columns: the probed "
+                "node. The worse IP family of each pair.",
+            ),
+            12,
+            12,
+        )
+        lay.add(
+            matrix(
+                f"{network} RTT p50 (5m)",
+                f"max by (source_node, target_node) (pingmesh:probe_rtt_seconds:p50_5m{{{sel}}})",
+                "s",
+                RTT_P50_STEPS,
+                row="source_node",
+                column="target_node",
+                description="Median round-trip time. Rows: the probing node. Columns: "
+                "the probed node. The slower IP family of each pair.",
+            ),
+            12,
+            12,
+        )
 
 
 def _worst(lay: Layout) -> None:
     lay.row("Worst pairs")
-    lay.add(toplist("Top 10 pairs by loss (5m)",
-                    f"topk(10, pingmesh:probe_loss:ratio5m{{{KIND_FAMILY}}})",
-                    "percentunit", LOSS_STEPS, "loss"), 12, 9)
-    lay.add(toplist("Top 10 pairs by RTT p99 (5m)",
-                    f"topk(10, pingmesh:probe_rtt_seconds:p99_5m{{{KIND_FAMILY}}})",
-                    "s", RTT_P99_STEPS, "RTT p99"), 12, 9)
+    lay.add(
+        toplist(
+            "Top 10 pairs by loss (5m)",
+            f"topk(10, pingmesh:probe_loss:ratio5m{{{KIND_FAMILY}}})",
+            "percentunit",
+            LOSS_STEPS,
+            "loss",
+        ),
+        12,
+        9,
+    )
+    lay.add(
+        toplist(
+            "Top 10 pairs by RTT p99 (5m)",
+            f"topk(10, pingmesh:probe_rtt_seconds:p99_5m{{{KIND_FAMILY}}})",
+            "s",
+            RTT_P99_STEPS,
+            "RTT p99",
+        ),
+        12,
+        9,
+    )
 
 
 def _per_node(lay: Layout) -> None:
     lay.row("Per node: $source_node to $target_node")
     pair = "{{source_node}} -> {{target_node}} {{kind}} {{ip_family}}"
-    lay.add(timeseries("RTT p50 and p99", [
-        target(f"pingmesh:probe_rtt_seconds:p50_5m{{{PAIR}}}", f"p50 {pair}"),
-        target(f"pingmesh:probe_rtt_seconds:p99_5m{{{PAIR}}}", f"p99 {pair}")], "s",
-        minimum=0, description="From the selected source nodes to the selected target nodes."),
-        12, 9)
-    lay.add(timeseries("Loss", [target(f"pingmesh:probe_loss:ratio5m{{{PAIR}}}", pair)],
-                       "percentunit", minimum=0, maximum=1,
-                       description="Lost over sent probes, 5-minute windows."), 12, 9)
-    lay.add(status_history("Target up (every selected source reaches it)",
-                           f"min by (target_node, kind, ip_family) (pingmesh_target_up{{{PAIR}}})",
-                           "{{target_node}} {{kind}} {{ip_family}}",
-                           description="Down when at least one selected source got no reply "
-                           "in its last probes."), 12, 9)
-    lay.add(timeseries("Share of peers reaching each target",
-                       [target('pingmesh:target_reachable_peers:ratio{target_node=~"$target_node",'
-                               ' kind=~"$kind"}', "{{target_node}} {{kind}}")],
-                       "percentunit", minimum=0, maximum=1,
-                       description="Peers whose last probes got a reply, over all peers "
-                       "probing the target."), 12, 9)
+    lay.add(
+        timeseries(
+            "RTT p50 and p99",
+            [
+                target(f"pingmesh:probe_rtt_seconds:p50_5m{{{PAIR}}}", f"p50 {pair}"),
+                target(f"pingmesh:probe_rtt_seconds:p99_5m{{{PAIR}}}", f"p99 {pair}"),
+            ],
+            "s",
+            minimum=0,
+            description="From the selected source nodes to the selected target nodes.",
+        ),
+        12,
+        9,
+    )
+    lay.add(
+        timeseries(
+            "Loss",
+            [target(f"pingmesh:probe_loss:ratio5m{{{PAIR}}}", pair)],
+            "percentunit",
+            minimum=0,
+            maximum=1,
+            description="Lost over sent probes, 5-minute windows.",
+        ),
+        12,
+        9,
+    )
+    lay.add(
+        status_history(
+            "Target up (every selected source reaches it)",
+            f"min by (target_node, kind, ip_family) (pingmesh_target_up{{{PAIR}}})",
+            "{{target_node}} {{kind}} {{ip_family}}",
+            description="Down when at least one selected source got no reply in its last probes.",
+        ),
+        12,
+        9,
+    )
+    lay.add(
+        timeseries(
+            "Share of peers reaching each target",
+            [
+                target(
+                    'pingmesh:target_reachable_peers:ratio{target_node=~"$target_node",'
+                    ' kind=~"$kind"}',
+                    "{{target_node}} {{kind}}",
+                )
+            ],
+            "percentunit",
+            minimum=0,
+            maximum=1,
+            description="Peers whose last probes got a reply, over all peers probing the target.",
+        ),
+        12,
+        9,
+    )
     expected = (
         "max by (target_node) (\n"
         "  label_replace(\n"
@@ -273,127 +523,351 @@ def _per_node(lay: Layout) -> None:
         '      (pingmesh_target_up{kind="pod", source_node=~"$target_node"}),\n'
         '    "target_node", "$1", "source_node", "(.*)"\n'
         "  )\n"
-        ")")
-    probing = ("count by (target_node) (\n"
-               "  group by (source_node, target_node)\n"
-               '  (pingmesh_target_up{kind="pod", target_node=~"$target_node"})\n'
-               ")")
-    lay.add(timeseries("Probers per node: expected and probing", [
-        target(expected, "{{target_node}} expected"),
-        target(probing, "{{target_node}} probing")], "short", minimum=0,
-        description="Expected: pingmesh_mesh_expected_probers of the exporter on the node. "
-        "Probing: distinct source nodes with a pod-network target on it."), 24, 8)
+        ")"
+    )
+    probing = (
+        "count by (target_node) (\n"
+        "  group by (source_node, target_node)\n"
+        '  (pingmesh_target_up{kind="pod", target_node=~"$target_node"})\n'
+        ")"
+    )
+    lay.add(
+        timeseries(
+            "Probers per node: expected and probing",
+            [
+                target(expected, "{{target_node}} expected"),
+                target(probing, "{{target_node}} probing"),
+            ],
+            "short",
+            minimum=0,
+            description="Expected: pingmesh_mesh_expected_probers of the exporter on the node. "
+            "Probing: distinct source nodes with a pod-network target on it.",
+        ),
+        24,
+        8,
+    )
 
 
 def _services(lay: Layout) -> None:
     lay.row("Services")
-    lay.add(matrix("Service reachability by node",
-                   'label_join(min by (source_node, namespace, service) '
-                   f'(pingmesh_service_up{{{SVC}}}), "svc", "/", "namespace", "service")',
-                   "short", UP_STEPS, row="source_node", column="svc", mappings=UP_MAPPINGS,
-                   description="Rows: the checking node. Columns: namespace/service. Down "
-                   "when the last check of any port or IP family failed."), 24, 10)
-    lay.add(timeseries("Nodes failing each Service", [target(
-        "sum by (namespace, service) (1 - min by (source_node, namespace, service) "
-        f"(pingmesh_service_up{{{SVC}}}))", "{{namespace}}/{{service}}")], "short",
-        minimum=0, description="Nodes whose last check of the Service failed."), 12, 8)
-    lay.add(timeseries("Check results", [target(
-        "sum by (namespace, service, result) "
-        f"(rate(pingmesh_service_probe_total{{{SVC}}}[$__rate_interval]))",
-        "{{namespace}}/{{service}} {{result}}")], "short", stack=True, minimum=0,
-        description="Checks per second through the ClusterIPs, by result."), 12, 8)
-    lay.add(timeseries("Ready endpoints", [target(
-        'pingmesh:service_endpoints_ready:max{namespace=~"$namespace", service=~"$service"}',
-        "{{namespace}}/{{service}}")], "short", minimum=0,
-        description="Ready endpoints over the Service's EndpointSlices."), 12, 8)
-    lay.add(timeseries("Endpoints by condition", [target(
-        f"max by (namespace, service, condition) (pingmesh_service_endpoints{{{SVC_EP}}})",
-        "{{namespace}}/{{service}} {{condition}}")], "short", minimum=0), 12, 8)
-    lay.add(timeseries("TCP connect time p99", [target(
-        "histogram_quantile(0.99, sum by (le, namespace, service) "
-        f"(rate(pingmesh_service_connect_seconds_bucket{{{SVC}}}[$__rate_interval])))",
-        "{{namespace}}/{{service}}")], "s", minimum=0,
-        description="TCP connects through the ClusterIP that succeeded, all nodes."), 12, 8)
-    lay.add(timeseries("DNS query time p50 and p99", [
-        target("histogram_quantile(0.5, sum by (le, namespace, service) "
-               "(rate(pingmesh_service_dns_query_seconds_bucket"
-               f"{{{SVC}}}[$__rate_interval])))", "p50 {{namespace}}/{{service}}"),
-        target("histogram_quantile(0.99, sum by (le, namespace, service) "
-               "(rate(pingmesh_service_dns_query_seconds_bucket"
-               f"{{{SVC}}}[$__rate_interval])))", "p99 {{namespace}}/{{service}}")],
-        "s", minimum=0, description="DNS queries answered through the ClusterIP."), 12, 8)
+    lay.add(
+        matrix(
+            "Service reachability by node",
+            "label_join(min by (source_node, namespace, service) "
+            f'(pingmesh_service_up{{{SVC}}}), "svc", "/", "namespace", "service")',
+            "short",
+            UP_STEPS,
+            row="source_node",
+            column="svc",
+            mappings=UP_MAPPINGS,
+            description="Rows: the checking node. Columns: namespace/service. Down "
+            "when the last check of any port or IP family failed.",
+        ),
+        24,
+        10,
+    )
+    lay.add(
+        timeseries(
+            "Nodes failing each Service",
+            [
+                target(
+                    "sum by (namespace, service) (1 - min by (source_node, namespace, service) "
+                    f"(pingmesh_service_up{{{SVC}}}))",
+                    "{{namespace}}/{{service}}",
+                )
+            ],
+            "short",
+            minimum=0,
+            description="Nodes whose last check of the Service failed.",
+        ),
+        12,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Check results",
+            [
+                target(
+                    "sum by (namespace, service, result) "
+                    f"(rate(pingmesh_service_probe_total{{{SVC}}}[$__rate_interval]))",
+                    "{{namespace}}/{{service}} {{result}}",
+                )
+            ],
+            "short",
+            stack=True,
+            minimum=0,
+            description="Checks per second through the ClusterIPs, by result.",
+        ),
+        12,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Ready endpoints",
+            [
+                target(
+                    "pingmesh:service_endpoints_ready:max"
+                    '{namespace=~"$namespace", service=~"$service"}',
+                    "{{namespace}}/{{service}}",
+                )
+            ],
+            "short",
+            minimum=0,
+            description="Ready endpoints over the Service's EndpointSlices.",
+        ),
+        12,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Endpoints by condition",
+            [
+                target(
+                    "max by (namespace, service, condition) "
+                    f"(pingmesh_service_endpoints{{{SVC_EP}}})",
+                    "{{namespace}}/{{service}} {{condition}}",
+                )
+            ],
+            "short",
+            minimum=0,
+        ),
+        12,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "TCP connect time p99",
+            [
+                target(
+                    "histogram_quantile(0.99, sum by (le, namespace, service) "
+                    f"(rate(pingmesh_service_connect_seconds_bucket{{{SVC}}}[$__rate_interval])))",
+                    "{{namespace}}/{{service}}",
+                )
+            ],
+            "s",
+            minimum=0,
+            description="TCP connects through the ClusterIP that succeeded, all nodes.",
+        ),
+        12,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "DNS query time p50 and p99",
+            [
+                target(
+                    "histogram_quantile(0.5, sum by (le, namespace, service) "
+                    "(rate(pingmesh_service_dns_query_seconds_bucket"
+                    f"{{{SVC}}}[$__rate_interval])))",
+                    "p50 {{namespace}}/{{service}}",
+                ),
+                target(
+                    "histogram_quantile(0.99, sum by (le, namespace, service) "
+                    "(rate(pingmesh_service_dns_query_seconds_bucket"
+                    f"{{{SVC}}}[$__rate_interval])))",
+                    "p99 {{namespace}}/{{service}}",
+                ),
+            ],
+            "s",
+            minimum=0,
+            description="DNS queries answered through the ClusterIP.",
+        ),
+        12,
+        8,
+    )
 
 
 def _health(lay: Layout) -> None:
     lay.row("Exporter health")
-    lay.add(timeseries("Exporters scraped and up", [
-        target(f"sum(up{{{JOB}}})", "up"),
-        target(f"count(up{{{JOB}}})", "scraped")], "short", minimum=0), 8, 8)
-    lay.add(timeseries("Exporters with discovery failing", [target(
-        f"sum by (source) (1 - pingmesh_discovery_up{{{JOB}}})", "{{source}}")], "short",
-        minimum=0, description="pingmesh_discovery_up is 0 while a watched resource is not "
-        "synced or its last request failed."), 8, 8)
-    lay.add(timeseries("Discovery API errors", [target(
-        "sum by (resource, code) "
-        f"(rate(pingmesh_discovery_api_errors_total{{{JOB}}}[$__rate_interval]))\n"
-        'or on () label_replace(vector(0), "code", "none", "", "")',
-        "{{resource}} {{code}}")], "short", minimum=0,
-        description="Failed API requests per second, all exporters."), 8, 8)
-    lay.add(timeseries("Send lag behind schedule (last round)", [
-        target(f"max(pingmesh_last_round_max_lag_seconds{{{JOB}}})", "max"),
-        target(f"quantile(0.5, pingmesh_last_round_max_lag_seconds{{{JOB}}})", "median")],
-        "s", minimum=0), 8, 8)
-    lay.add(timeseries("Socket receive drops", [target(
-        "sum by (instance, ip_family) "
-        f"(rate(pingmesh_socket_receive_drops_total{{{JOB}}}[$__rate_interval]))",
-        "{{instance}} {{ip_family}}")], "short", minimum=0,
-        description="Packets per second the kernel dropped on a full receive buffer."), 8, 8)
-    lay.add(timeseries("/metrics render time", [
-        target(f"max(pingmesh_metrics_render_seconds{{{JOB}}})", "max"),
-        target(f"quantile(0.5, pingmesh_metrics_render_seconds{{{JOB}}})", "median")],
-        "s", minimum=0), 8, 8)
-    lay.add(timeseries("CPU", [
-        target(f"max(rate(process_cpu_seconds_total{{{JOB}}}[$__rate_interval]))", "max"),
-        target(f"quantile(0.5, rate(process_cpu_seconds_total{{{JOB}}}[$__rate_interval]))",
-               "median")], "percentunit", minimum=0,
-        description="CPU seconds per second of one exporter (1 = one core)."), 8, 8)
-    lay.add(timeseries("Resident memory", [
-        target(f"max(process_resident_memory_bytes{{{JOB}}})", "max"),
-        target(f"quantile(0.5, process_resident_memory_bytes{{{JOB}}})", "median")],
-        "bytes", minimum=0), 8, 8)
-    lay.add(timeseries("Probe errors by reason", [target(
-        "sum by (reason) (rate(pingmesh_probe_errors_total"
-        f'{{{PAIR}}}[$__rate_interval]))\nor on () label_replace(vector(0), "reason", "none", '
-        '"", "")', "{{reason}}")], "short", minimum=0, stack=True,
-        description="ICMP errors, invalid replies and send failures per second; they never "
-        "count as RTT or loss."), 8, 8)
+    lay.add(
+        timeseries(
+            "Exporters scraped and up",
+            [target(f"sum(up{{{JOB}}})", "up"), target(f"count(up{{{JOB}}})", "scraped")],
+            "short",
+            minimum=0,
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Exporters with discovery failing",
+            [target(f"sum by (source) (1 - pingmesh_discovery_up{{{JOB}}})", "{{source}}")],
+            "short",
+            minimum=0,
+            description="pingmesh_discovery_up is 0 while a watched resource is not "
+            "synced or its last request failed.",
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Discovery API errors",
+            [
+                target(
+                    "sum by (resource, code) "
+                    f"(rate(pingmesh_discovery_api_errors_total{{{JOB}}}[$__rate_interval]))\n"
+                    'or on () label_replace(vector(0), "code", "none", "", "")',
+                    "{{resource}} {{code}}",
+                )
+            ],
+            "short",
+            minimum=0,
+            description="Failed API requests per second, all exporters.",
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Send lag behind schedule (last round)",
+            [
+                target(f"max(pingmesh_last_round_max_lag_seconds{{{JOB}}})", "max"),
+                target(f"quantile(0.5, pingmesh_last_round_max_lag_seconds{{{JOB}}})", "median"),
+            ],
+            "s",
+            minimum=0,
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Socket receive drops",
+            [
+                target(
+                    "sum by (instance, ip_family) "
+                    f"(rate(pingmesh_socket_receive_drops_total{{{JOB}}}[$__rate_interval]))",
+                    "{{instance}} {{ip_family}}",
+                )
+            ],
+            "short",
+            minimum=0,
+            description="Packets per second the kernel dropped on a full receive buffer.",
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "/metrics render time",
+            [
+                target(f"max(pingmesh_metrics_render_seconds{{{JOB}}})", "max"),
+                target(f"quantile(0.5, pingmesh_metrics_render_seconds{{{JOB}}})", "median"),
+            ],
+            "s",
+            minimum=0,
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "CPU",
+            [
+                target(f"max(rate(process_cpu_seconds_total{{{JOB}}}[$__rate_interval]))", "max"),
+                target(
+                    f"quantile(0.5, rate(process_cpu_seconds_total{{{JOB}}}[$__rate_interval]))",
+                    "median",
+                ),
+            ],
+            "percentunit",
+            minimum=0,
+            description="CPU seconds per second of one exporter (1 = one core).",
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Resident memory",
+            [
+                target(f"max(process_resident_memory_bytes{{{JOB}}})", "max"),
+                target(f"quantile(0.5, process_resident_memory_bytes{{{JOB}}})", "median"),
+            ],
+            "bytes",
+            minimum=0,
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Probe errors by reason",
+            [
+                target(
+                    "sum by (reason) (rate(pingmesh_probe_errors_total"
+                    f"{{{PAIR}}}[$__rate_interval]))\n"
+                    'or on () label_replace(vector(0), "reason", "none", "", "")',
+                    "{{reason}}",
+                )
+            ],
+            "short",
+            minimum=0,
+            stack=True,
+            description="ICMP errors, invalid replies and send failures per second; they never "
+            "count as RTT or loss.",
+        ),
+        8,
+        8,
+    )
 
 
 def _query_variable(name: str, label: str, query: str, *, multi: bool = True) -> dict[str, Any]:
-    return {"name": name, "label": label, "type": "query", "datasource": DS,
-            "query": {"query": query, "refId": "StandardVariableQuery"},
-            "definition": query, "refresh": 2, "regex": "", "sort": 1, "hide": 0,
-            "multi": multi, "includeAll": True, "allValue": ".*",
-            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-            "options": []}
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DS,
+        "query": {"query": query, "refId": "StandardVariableQuery"},
+        "definition": query,
+        "refresh": 2,
+        "regex": "",
+        "sort": 1,
+        "hide": 0,
+        "multi": multi,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "options": [],
+    }
 
 
 def variables() -> list[dict[str, Any]]:
     mesh = 'pingmesh_probe_sent_total{kind=~"pod|node"}'
     return [
-        {"name": "datasource", "label": "Data source", "type": "datasource",
-         "query": "prometheus", "regex": "", "hide": 0, "refresh": 1, "multi": False,
-         "includeAll": False, "current": {}, "options": []},
+        {
+            "name": "datasource",
+            "label": "Data source",
+            "type": "datasource",
+            "query": "prometheus",
+            "regex": "",
+            "hide": 0,
+            "refresh": 1,
+            "multi": False,
+            "includeAll": False,
+            "current": {},
+            "options": [],
+        },
         _query_variable("kind", "Kind", f"label_values({mesh}, kind)"),
         _query_variable("ip_family", "IP family", f"label_values({mesh}, ip_family)"),
-        _query_variable("source_node", "Source node",
-                        "label_values(pingmesh_probe_sent_total, source_node)"),
-        _query_variable("target_node", "Target node",
-                        'label_values(pingmesh_probe_sent_total{kind=~"$kind"}, target_node)'),
-        _query_variable("namespace", "Service namespace",
-                        "label_values(pingmesh_service_up, namespace)"),
-        _query_variable("service", "Service",
-                        'label_values(pingmesh_service_up{namespace=~"$namespace"}, service)'),
+        _query_variable(
+            "source_node", "Source node", "label_values(pingmesh_probe_sent_total, source_node)"
+        ),
+        _query_variable(
+            "target_node",
+            "Target node",
+            'label_values(pingmesh_probe_sent_total{kind=~"$kind"}, target_node)',
+        ),
+        _query_variable(
+            "namespace", "Service namespace", "label_values(pingmesh_service_up, namespace)"
+        ),
+        _query_variable(
+            "service",
+            "Service",
+            'label_values(pingmesh_service_up{namespace=~"$namespace"}, service)',
+        ),
     ]
 
 
@@ -410,12 +884,21 @@ def dashboard() -> dict[str, Any]:
             {"type": "panel", "id": "timeseries", "name": "Time series", "version": ""},
             {"type": "panel", "id": "status-history", "name": "Status history", "version": ""},
         ],
-        "annotations": {"list": [{
-            "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-            "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
-            "name": "Annotations & Alerts", "type": "dashboard"}]},
+        "annotations": {
+            "list": [
+                {
+                    "builtIn": 1,
+                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                    "enable": True,
+                    "hide": True,
+                    "iconColor": "rgba(0, 211, 255, 1)",
+                    "name": "Annotations & Alerts",
+                    "type": "dashboard",
+                }
+            ]
+        },
         "description": "Pod, node and Service networks of a Kubernetes cluster, measured from "
-                       "every node by pingmesh-exporter.",
+        "every node by pingmesh-exporter.",
         "editable": True,
         "fiscalYearStartMonth": 0,
         "graphTooltip": 1,

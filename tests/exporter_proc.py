@@ -103,7 +103,10 @@ def median_bucket(samples: Samples, **labels: str) -> tuple[float, float]:
 
 class ExporterProcess:
     def __init__(
-        self, ns: Namespace, args: Sequence[str], port: int = 9871,
+        self,
+        ns: Namespace,
+        args: Sequence[str],
+        port: int = 9871,
         no_capabilities: bool = False,
     ) -> None:
         self.ns = ns

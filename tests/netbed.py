@@ -736,8 +736,12 @@ class Bed(Closing):
         wanted = {dst.dst_v4, dst.dst_v6}
         while True:
             up = all(
-                "state UP" in str(_run(["ip", "-n", ns.name, "-o", "link", "show", "dev", ifname],
-                                       check=False).stdout)
+                "state UP"
+                in str(
+                    _run(
+                        ["ip", "-n", ns.name, "-o", "link", "show", "dev", ifname], check=False
+                    ).stdout
+                )
                 for ns, ifname in ((self.src, dst.src_if), (dst.ns, dst.dst_if))
             )
             if up:
@@ -748,10 +752,19 @@ class Bed(Closing):
                     # neighbour; whether it is refused does not matter here.
                     with contextlib.closing(sock), contextlib.suppress(OSError):
                         sock.sendto(b"", (addr, 9))
-                neigh = json.loads(str(_run(["ip", "-n", self.src.name, "-j", "neigh", "show",
-                                             "dev", dst.src_if]).stdout) or "[]")
-                resolved = {n.get("dst") for n in neigh
-                            if set(n.get("state", [])) & {"REACHABLE", "STALE", "DELAY", "PROBE"}}
+                neigh = json.loads(
+                    str(
+                        _run(
+                            ["ip", "-n", self.src.name, "-j", "neigh", "show", "dev", dst.src_if]
+                        ).stdout
+                    )
+                    or "[]"
+                )
+                resolved = {
+                    n.get("dst")
+                    for n in neigh
+                    if set(n.get("state", [])) & {"REACHABLE", "STALE", "DELAY", "PROBE"}
+                }
                 if wanted <= resolved:
                     return
             if time.monotonic() > deadline:

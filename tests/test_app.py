@@ -43,10 +43,19 @@ def sockets() -> Iterator[dict[int, FdSocket]]:
 
 
 def app(sockets: dict[int, FdSocket], *args: str) -> App:
-    settings = parse_settings(["--web.listen-address=127.0.0.1:0", "--probe.interval=50ms",
-                               "--probe.timeout=100ms", *args], environ={})
-    return App(settings, Seams(open_socket=lambda fam, *_: sockets[fam],
-                               defaults=lambda: ["127.0.0.1", "::1"]))
+    settings = parse_settings(
+        [
+            "--web.listen-address=127.0.0.1:0",
+            "--probe.interval=50ms",
+            "--probe.timeout=100ms",
+            *args,
+        ],
+        environ={},
+    )
+    return App(
+        settings,
+        Seams(open_socket=lambda fam, *_: sockets[fam], defaults=lambda: ["127.0.0.1", "::1"]),
+    )
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -68,8 +77,9 @@ async def serving_port(caplog: pytest.LogCaptureFixture, task: asyncio.Task[int]
     raise AssertionError("the exporter never said where it serves")
 
 
-def test_serves_probes_and_stops_cleanly(sockets: dict[int, FdSocket],
-                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_serves_probes_and_stops_cleanly(
+    sockets: dict[int, FdSocket], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
 
     async def scenario() -> int:
@@ -94,9 +104,9 @@ def test_serves_probes_and_stops_cleanly(sockets: dict[int, FdSocket],
     assert sockets[4].sent and sockets[6].sent
 
 
-def test_a_task_that_ends_is_an_error(sockets: dict[int, FdSocket],
-                                      caplog: pytest.LogCaptureFixture,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_task_that_ends_is_an_error(
+    sockets: dict[int, FdSocket], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def returns_at_once(self: StaticDiscovery, publish: object) -> None:
         return None
 

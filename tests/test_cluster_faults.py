@@ -38,8 +38,7 @@ pytestmark = pytest.mark.netns
 
 NODES = ("node-a", "node-b")
 # Watches end every 10-20 s, so resuming from an old resourceVersion happens within a test.
-ARGS = (*FAST_ARGS, "--kubernetes.watch-timeout=10s",
-        "--kubernetes.startup-denial-timeout=30s")
+ARGS = (*FAST_ARGS, "--kubernetes.watch-timeout=10s", "--kubernetes.startup-denial-timeout=30s")
 
 
 def start(**kw: Any) -> Cluster:
@@ -65,13 +64,19 @@ def faults() -> Iterator[Cluster]:
 
 def full(c: Cluster, node: str, timeout: float = 60.0) -> Samples:
     want = expected_mesh(list(c.nodes.values()), node)
-    return wait_metrics(c, node, lambda s: probe_series(s) == want
-                        and len(up_targets(s)) == len(want), f"{node}'s whole mesh", timeout)
+    return wait_metrics(
+        c,
+        node,
+        lambda s: probe_series(s) == want and len(up_targets(s)) == len(want),
+        f"{node}'s whole mesh",
+        timeout,
+    )
 
 
 def restarts(s: Samples, reason: str, resource: str = "pods") -> float:
-    return value(s, "pingmesh_discovery_watch_restarts_total", default=0.0, resource=resource,
-                 reason=reason)
+    return value(
+        s, "pingmesh_discovery_watch_restarts_total", default=0.0, resource=resource, reason=reason
+    )
 
 
 def exporter_log(c: Cluster, node: str) -> str:
@@ -80,8 +85,11 @@ def exporter_log(c: Cluster, node: str) -> str:
 
 
 def container_restarts(c: Cluster) -> int:
-    return sum(cs.get("restartCount", 0) for p in c.pods()
-               for cs in p["status"].get("containerStatuses") or [])
+    return sum(
+        cs.get("restartCount", 0)
+        for p in c.pods()
+        for cs in p["status"].get("containerStatuses") or []
+    )
 
 
 @contextlib.contextmanager
@@ -113,8 +121,9 @@ class TargetWatch:
 
     def until(self, cond: Callable[[Samples], bool], what: str, timeout: float) -> Samples:
         """Scrape (checking every scrape) until cond holds."""
-        got: Samples = self.c.wait_for(lambda: (lambda s: s if cond(s) else None)(
-            self.check()), what, timeout, interval=0.5)
+        got: Samples = self.c.wait_for(
+            lambda: (lambda s: s if cond(s) else None)(self.check()), what, timeout, interval=0.5
+        )
         return got
 
 
@@ -126,16 +135,24 @@ def test_restart_gives_a_real_410_and_keeps_targets(faults: Cluster) -> None:
     faults.restart_apiserver()
     # The new watch cache starts at etcd's current revision: a watch resumed from an older
     # one is answered 410 Gone, and the exporter lists again.
-    watch.until(lambda s: restarts(s, "gone") > restarts(before, "gone"),
-                "a 410 seen by node-a", 60)
+    watch.until(
+        lambda s: restarts(s, "gone") > restarts(before, "gone"), "a 410 seen by node-a", 60
+    )
     # Stopping, the API server took itself out of the kubernetes Service's EndpointSlice, so
     # kube-proxy rejected the ClusterIP until the new one put itself back: wait for that.
-    wait_metrics(faults, "node-a", lambda s: value(
-        s, "pingmesh_discovery_up", source="kubernetes") == 1, "discovery back", timeout=60)
+    wait_metrics(
+        faults,
+        "node-a",
+        lambda s: value(s, "pingmesh_discovery_up", source="kubernetes") == 1,
+        "discovery back",
+        timeout=60,
+    )
     full(faults, "node-a")
     lists = faults.audit_count(since=since, verb="list")
-    print(f"API server restart: discovery back {time.monotonic() - started:.1f} s after the "
-          f"restart began; {lists} LISTs from {len(NODES)} exporters")
+    print(
+        f"API server restart: discovery back {time.monotonic() - started:.1f} s after the "
+        f"restart began; {lists} LISTs from {len(NODES)} exporters"
+    )
     # One re-list per resource and exporter, not a storm.
     assert lists <= 4 * len(NODES), lists
     assert container_restarts(faults) == 0
@@ -146,8 +163,10 @@ def test_restart_gives_a_real_410_and_keeps_targets(faults: Cluster) -> None:
 def test_api_unreachable_for_three_minutes(faults: Cluster) -> None:
     """A drop rule on every node cuts the exporters (not the nodes) off the API server."""
     watch = TargetWatch(faults, "node-b")
-    drops = [(n, ["FORWARD", "-d", CP_V4, "-p", "tcp", "--dport", "6443", "-j", "DROP"])
-             for n in faults.nodes.values()]
+    drops = [
+        (n, ["FORWARD", "-d", CP_V4, "-p", "tcp", "--dport", "6443", "-j", "DROP"])
+        for n in faults.nodes.values()
+    ]
     received0 = value(watch.check(), "pingmesh_probe_received_total")
     for node, rule in drops:
         node.ns.run(["iptables", "-I", *rule])
@@ -167,11 +186,18 @@ def test_api_unreachable_for_three_minutes(faults: Cluster) -> None:
             node.ns.run(["iptables", "-D", *rule])
     since = time.time()
     restored = time.monotonic()
-    s = wait_metrics(faults, "node-b", lambda s: value(
-        s, "pingmesh_discovery_up", source="kubernetes") == 1, "discovery back", timeout=90)
-    print(f"3-minute outage: probes received {received - received0:.0f} during it, "
-          f"{api_errors:.0f} failed requests, discovery back {time.monotonic() - restored:.1f} s "
-          f"after the drop rule went, {faults.audit_count(since=since, verb='list')} LISTs")
+    s = wait_metrics(
+        faults,
+        "node-b",
+        lambda s: value(s, "pingmesh_discovery_up", source="kubernetes") == 1,
+        "discovery back",
+        timeout=90,
+    )
+    print(
+        f"3-minute outage: probes received {received - received0:.0f} during it, "
+        f"{api_errors:.0f} failed requests, discovery back {time.monotonic() - restored:.1f} s "
+        f"after the drop rule went, {faults.audit_count(since=since, verb='list')} LISTs"
+    )
     assert probe_series(s) == watch.want
     # Failures backed off (capped at 2 s here; 30 s by default), and urllib3 added no
     # immediate retries of its own.
@@ -186,18 +212,38 @@ def test_role_binding_deleted_mid_run(faults: Cluster) -> None:
     with without_role_binding(faults):
         # Watches end every 10-20 s; the next one is denied, counted, and retried.
         deleted = time.monotonic()
-        watch.until(lambda s: value(s, "pingmesh_discovery_api_errors_total", default=0.0,
-                                    resource="pods", code="403") >= 3, "403s counted", 90)
+        watch.until(
+            lambda s: (
+                value(
+                    s,
+                    "pingmesh_discovery_api_errors_total",
+                    default=0.0,
+                    resource="pods",
+                    code="403",
+                )
+                >= 3
+            ),
+            "403s counted",
+            90,
+        )
         print(f"RoleBinding deleted: 3 403s counted after {time.monotonic() - deleted:.1f} s")
         # Past the 30 s window the denial is logged, once.
-        faults.wait_for(lambda: exporter_log(faults, "node-a").count("RBAC denies us") >= 1,
-                        "the denial logged", 60)
+        faults.wait_for(
+            lambda: exporter_log(faults, "node-a").count("RBAC denies us") >= 1,
+            "the denial logged",
+            60,
+        )
         watch.check()
         time.sleep(10)
         assert exporter_log(faults, "node-a").count("RBAC denies us") == 1
         assert value(watch.check(), "pingmesh_discovery_up", source="kubernetes") == 0
-    wait_metrics(faults, "node-a", lambda s: value(
-        s, "pingmesh_discovery_up", source="kubernetes") == 1, "discovery back", timeout=60)
+    wait_metrics(
+        faults,
+        "node-a",
+        lambda s: value(s, "pingmesh_discovery_up", source="kubernetes") == 1,
+        "discovery back",
+        timeout=60,
+    )
     assert probe_series(watch.check()) == watch.want
     assert container_restarts(faults) == 0
 
@@ -210,8 +256,11 @@ def test_forbidden_at_start_is_waited_out(faults: Cluster) -> None:
         time.sleep(8)  # the new pod is being denied now
         new = [p for p in faults.pods() if p["spec"]["nodeName"] == "node-b"]
         assert new and all(
-            c["status"] == "False" for p in new for c in p["status"].get("conditions") or []
-            if c["type"] == "Ready"), "a pod denied its pods list must not be Ready"
+            c["status"] == "False"
+            for p in new
+            for c in p["status"].get("conditions") or []
+            if c["type"] == "Ready"
+        ), "a pod denied its pods list must not be Ready"
     wait_ready_pods(faults, len(NODES))
     full(faults, "node-b")
     assert container_restarts(faults) == 0
@@ -228,38 +277,65 @@ def test_compaction_without_watch_cache_gives_410() -> None:
             c.kubectl("create", "configmap", f"churn-{i}", "-n", "default")
         c.compact_etcd()
         compacted = time.monotonic()
-        s = watch.until(lambda s: restarts(s, "gone") > restarts(before, "gone"),
-                        "a 410 after compaction", 60)
-        print(f"etcd compaction, no watch cache: 410 and re-list "
-              f"{time.monotonic() - compacted:.1f} s later, {watch.scrapes} scrapes kept "
-              "every target")
+        s = watch.until(
+            lambda s: restarts(s, "gone") > restarts(before, "gone"), "a 410 after compaction", 60
+        )
+        print(
+            f"etcd compaction, no watch cache: 410 and re-list "
+            f"{time.monotonic() - compacted:.1f} s later, {watch.scrapes} scrapes kept "
+            "every target"
+        )
         assert probe_series(s) == watch.want
         assert value(full(c, "node-a"), "pingmesh_discovery_up", source="kubernetes") == 1
 
 
 def token_kubeconfig(c: Cluster, token: str, name: str) -> str:
     path = c.dir / f"kubeconfig-{name}"
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "t",
-        "clusters": [{"name": "t", "cluster": {"server": c.server,
-                                               "certificate-authority": str(c.pki.ca)}}],
-        "users": [{"name": "t", "user": {"token": token}}],
-        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "t",
+                "clusters": [
+                    {
+                        "name": "t",
+                        "cluster": {"server": c.server, "certificate-authority": str(c.pki.ca)},
+                    }
+                ],
+                "users": [{"name": "t", "user": {"token": token}}],
+                "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
+            }
+        )
+    )
     return str(path)
 
 
 def run_exporter(c: Cluster, kubeconfig: str, *args: str) -> tuple[int, str]:
-    argv = ["--discovery=kubernetes", f"--kubeconfig={kubeconfig}",
-            "--kubernetes.namespace=pingmesh", "--kubernetes.node-name=node-a",
-            "--kubernetes.pod-name=outside", "--web.listen-address=127.0.0.1:0", *args]
-    proc = subprocess.run(nsenter_exporter(c, argv), capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
+    argv = [
+        "--discovery=kubernetes",
+        f"--kubeconfig={kubeconfig}",
+        "--kubernetes.namespace=pingmesh",
+        "--kubernetes.node-name=node-a",
+        "--kubernetes.pod-name=outside",
+        "--web.listen-address=127.0.0.1:0",
+        *args,
+    ]
+    proc = subprocess.run(
+        nsenter_exporter(c, argv), capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     return proc.returncode, proc.stderr
 
 
 def nsenter_exporter(c: Cluster, argv: list[str]) -> list[str]:
-    return ["nsenter", f"--net={c.nodes['node-a'].ns.path}", sys.executable, "-m", "exporter",
-            *argv]
+    return [
+        "nsenter",
+        f"--net={c.nodes['node-a'].ns.path}",
+        sys.executable,
+        "-m",
+        "exporter",
+        *argv,
+    ]
 
 
 def test_a_token_the_server_rejects_exits_at_once(faults: Cluster) -> None:

@@ -65,24 +65,28 @@ def test_the_rendered_file_is_the_same_install(three: Cluster) -> None:
     assert diff.returncode == 0, diff.stdout
 
 
-@pytest.mark.parametrize(("verb", "resource", "namespace", "allowed"), [
-    ("list", "pods", "pingmesh", True),
-    ("watch", "pods", "pingmesh", True),
-    ("list", "pods", "default", False),
-    ("get", "pods", "pingmesh", False),
-    ("delete", "pods", "pingmesh", False),
-    ("list", "nodes", "", True),
-    ("watch", "nodes", "", True),
-    ("get", "nodes", "", False),
-    ("patch", "nodes", "", False),
-    ("list", "services", "", True),
-    ("watch", "endpointslices.discovery.k8s.io", "", True),
-    ("list", "secrets", "pingmesh", False),
-    ("list", "configmaps", "pingmesh", False),
-    ("create", "pods", "pingmesh", False),
-])
-def test_rbac_grants_exactly_what_is_used(three: Cluster, verb: str, resource: str,
-                                          namespace: str, allowed: bool) -> None:
+@pytest.mark.parametrize(
+    ("verb", "resource", "namespace", "allowed"),
+    [
+        ("list", "pods", "pingmesh", True),
+        ("watch", "pods", "pingmesh", True),
+        ("list", "pods", "default", False),
+        ("get", "pods", "pingmesh", False),
+        ("delete", "pods", "pingmesh", False),
+        ("list", "nodes", "", True),
+        ("watch", "nodes", "", True),
+        ("get", "nodes", "", False),
+        ("patch", "nodes", "", False),
+        ("list", "services", "", True),
+        ("watch", "endpointslices.discovery.k8s.io", "", True),
+        ("list", "secrets", "pingmesh", False),
+        ("list", "configmaps", "pingmesh", False),
+        ("create", "pods", "pingmesh", False),
+    ],
+)
+def test_rbac_grants_exactly_what_is_used(
+    three: Cluster, verb: str, resource: str, namespace: str, allowed: bool
+) -> None:
     args = ["auth", "can-i", verb, resource, f"--as={EXPORTER_SA}"]
     args += ["-n", namespace] if namespace else ["--all-namespaces"]
     out = three.kubectl(*args, check=False)
@@ -92,13 +96,18 @@ def test_rbac_grants_exactly_what_is_used(three: Cluster, verb: str, resource: s
 def test_every_request_is_granted_and_every_grant_is_used(three: Cluster) -> None:
     """What the exporters asked of the real API server (its audit log) is exactly what the
     shipped Role and ClusterRole grant: nothing denied, nothing granted in vain."""
-    wait_metrics(three, "node-a", lambda s: value(s, "pingmesh_discovery_up",
-                                                  source="kubernetes") == 1, "discovery up")
+    wait_metrics(
+        three,
+        "node-a",
+        lambda s: value(s, "pingmesh_discovery_up", source="kubernetes") == 1,
+        "discovery up",
+    )
     used = set()
     for ev in three.audit_events():
         ref = ev.get("objectRef") or {}
-        used.add((ref.get("namespace") or "*", ref.get("apiGroup", ""), ref["resource"],
-                  ev["verb"]))
+        used.add(
+            (ref.get("namespace") or "*", ref.get("apiGroup", ""), ref["resource"], ev["verb"])
+        )
         assert (ev.get("responseStatus") or {}).get("code", 200) < 400, ev
     want = granted(render(ROOT / "deploy"))
     assert used == want, f"used, not granted: {used - want}; granted, unused: {want - used}"
@@ -108,14 +117,18 @@ def test_every_peer_is_discovered_and_answers(three: Cluster) -> None:
     nodes = list(three.nodes.values())
     for node in nodes:
         want = expected_mesh(nodes, node.name)
-        s = wait_metrics(three, node.name,
-                         lambda s, want=want: probe_series(s) == want
-                         and len(up_targets(s)) == len(want),
-                         f"the whole mesh up from {node.name}", timeout=60)
+        s = wait_metrics(
+            three,
+            node.name,
+            lambda s, want=want: probe_series(s) == want and len(up_targets(s)) == len(want),
+            f"the whole mesh up from {node.name}",
+            timeout=60,
+        )
         assert value(s, "pingmesh_discovery_up", source="kubernetes") == 1
         assert value(s, "pingmesh_mesh_peers") == 2
-        zones = {lb["target_node"]: lb.get("target_zone") for n, lb, _v in s
-                 if n == "pingmesh_target_up"}
+        zones = {
+            lb["target_node"]: lb.get("target_zone") for n, lb, _v in s if n == "pingmesh_target_up"
+        }
         assert zones == {n: z for n, z in ZONES.items() if n != node.name}
 
 
@@ -127,9 +140,13 @@ def test_no_periodic_list_and_no_watch_storm(three: Cluster) -> None:
     three.kubectl("label", "node", "node-c", "pingmesh.test/touched=1", "--overwrite")
     since = time.time()
     settle(60)
-    counts = {r: (three.audit_count(since=since, verb="list", resource=r),
-                  three.audit_count(since=since, verb="watch", resource=r))
-              for r in ("pods", "nodes", "services", "endpointslices")}
+    counts = {
+        r: (
+            three.audit_count(since=since, verb="list", resource=r),
+            three.audit_count(since=since, verb="watch", resource=r),
+        )
+        for r in ("pods", "nodes", "services", "endpointslices")
+    }
     print(f"quiet minute, 3 exporters, (LISTs, WATCHes) per resource: {counts}")
     for resource, (lists, watches) in counts.items():
         assert lists == 0, resource
@@ -139,31 +156,49 @@ def test_no_periodic_list_and_no_watch_storm(three: Cluster) -> None:
 
 
 def test_a_zone_relabel_reaches_every_exporter(three: Cluster) -> None:
-    three.kubectl("label", "node", "node-c", "topology.kubernetes.io/zone=zone-3",
-                  "--overwrite")
+    three.kubectl("label", "node", "node-c", "topology.kubernetes.io/zone=zone-3", "--overwrite")
     try:
         for source in ("node-a", "node-b"):
-            wait_metrics(three, source, lambda s: any(
-                n == "pingmesh_target_up" and lb.get("target_node") == "node-c"
-                and lb.get("target_zone") == "zone-3" for n, lb, _v in s),
-                f"node-c in zone-3 seen from {source}")
+            wait_metrics(
+                three,
+                source,
+                lambda s: any(
+                    n == "pingmesh_target_up"
+                    and lb.get("target_node") == "node-c"
+                    and lb.get("target_zone") == "zone-3"
+                    for n, lb, _v in s
+                ),
+                f"node-c in zone-3 seen from {source}",
+            )
     finally:
-        three.kubectl("label", "node", "node-c", "topology.kubernetes.io/zone=zone-2",
-                      "--overwrite")
+        three.kubectl(
+            "label", "node", "node-c", "topology.kubernetes.io/zone=zone-2", "--overwrite"
+        )
 
 
 def test_rollout_restart_keeps_the_label_sets(three: Cluster) -> None:
     before = {n: probe_series(scrape(three.nodes[n], pod_on(three, n))) for n in ZONES}
     old = {p["metadata"]["uid"] for p in three.pods()}
     three.kubectl("-n", "pingmesh", "rollout", "restart", "daemonset/pingmesh-exporter")
-    three.kubectl("-n", "pingmesh", "rollout", "status", "daemonset/pingmesh-exporter",
-                  "--timeout=180s", timeout=200)
+    three.kubectl(
+        "-n",
+        "pingmesh",
+        "rollout",
+        "status",
+        "daemonset/pingmesh-exporter",
+        "--timeout=180s",
+        timeout=200,
+    )
     pods = wait_ready_pods(three, 3)
     assert not old & {p["metadata"]["uid"] for p in pods}
     for n in ZONES:
-        s = wait_metrics(three, n, lambda s, n=n: probe_series(s) == before[n]
-                         and len(up_targets(s)) == len(before[n]),
-                         f"{n}'s mesh back after the rollout", timeout=60)
+        s = wait_metrics(
+            three,
+            n,
+            lambda s, n=n: probe_series(s) == before[n] and len(up_targets(s)) == len(before[n]),
+            f"{n}'s mesh back after the rollout",
+            timeout=60,
+        )
         assert probe_series(s) == before[n]
 
 
@@ -174,14 +209,23 @@ def test_a_node_added_joins_and_a_node_deleted_leaves(three: Cluster) -> None:
     nodes = list(three.nodes.values())
     for source in ZONES:
         want = expected_mesh(nodes, source)
-        wait_metrics(three, source, lambda s, want=want: probe_series(s) == want
-                     and len(up_targets(s)) == len(want), f"node-d probed from {source}", 60)
+        wait_metrics(
+            three,
+            source,
+            lambda s, want=want: probe_series(s) == want and len(up_targets(s)) == len(want),
+            f"node-d probed from {source}",
+            60,
+        )
     # The Node object goes (its pod is left for the pod garbage collector): with zones on,
     # the exporters drop its targets at once, not when the pod is collected.
     started = time.monotonic()
     three.remove_node("node-d")
     for source in ZONES:
-        wait_metrics(three, source, lambda s: not any(
-            lb.get("target_node") == "node-d" for _n, lb, _v in s),
-            f"node-d's series gone from {source}", timeout=20)
+        wait_metrics(
+            three,
+            source,
+            lambda s: not any(lb.get("target_node") == "node-d" for _n, lb, _v in s),
+            f"node-d's series gone from {source}",
+            timeout=20,
+        )
     assert time.monotonic() - started < 20

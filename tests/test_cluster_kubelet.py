@@ -41,10 +41,16 @@ def real() -> Iterator[Cluster]:
         name, _, tag = images.exporter_image.rpartition(":")
         overlay = c.dir / "overlay"
         overlay.mkdir()
-        (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
-            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-            "resources": [os.path.relpath(ROOT / "deploy", overlay)],  # kustomize: relative
-            "images": [{"name": "pingmesh-exporter", "newName": name, "newTag": tag}]}))
+        (overlay / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    "resources": [os.path.relpath(ROOT / "deploy", overlay)],  # kustomize: relative
+                    "images": [{"name": "pingmesh-exporter", "newName": name, "newTag": tag}],
+                }
+            )
+        )
         c.kubectl("apply", "-k", str(overlay))
         wait_ready_pods(c, 2, timeout=180)
         yield c
@@ -77,8 +83,13 @@ def test_the_mesh_forms_between_a_real_and_a_standin_node(real: Cluster) -> None
     nodes = list(real.nodes.values())
     for name in real.nodes:
         want = expected_mesh(nodes, name)
-        wait_metrics(real, name, lambda s, want=want: probe_series(s) == want
-                     and len(up_targets(s)) == len(want), f"{name}'s mesh", timeout=90)
+        wait_metrics(
+            real,
+            name,
+            lambda s, want=want: probe_series(s) == want and len(up_targets(s)) == len(want),
+            f"{name}'s mesh",
+            timeout=90,
+        )
     rss = process_rss_bytes(container(real).pid)
     print(f"exporter RSS in its container: {rss / 2**20:.1f} MiB")
 

@@ -85,15 +85,13 @@ class Prom:
 
     def firing(self) -> list[dict[str, str]]:
         _code, body = http_get(self.c.cp, "127.0.0.1", PROM_PORT, "/api/v1/alerts")
-        return [a["labels"] for a in json.loads(body)["data"]["alerts"]
-                if a["state"] == "firing"]
+        return [a["labels"] for a in json.loads(body)["data"]["alerts"] if a["state"] == "firing"]
 
     def wait(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not cond():
             if time.monotonic() > deadline:
-                raise AssertionError(f"{what} not reached in {timeout}s; firing: "
-                                     f"{self.firing()}")
+                raise AssertionError(f"{what} not reached in {timeout}s; firing: {self.firing()}")
             time.sleep(1)
 
 
@@ -113,13 +111,23 @@ def prom() -> Iterator[Prom]:
         config["rule_files"] = [str(c.dir / "rules.yml")]
         # Prometheus runs outside the cluster here: where the API server is and who it is.
         sd = config["scrape_configs"][0]["kubernetes_sd_configs"][0]
-        sd.update(api_server=c.server, tls_config={"ca_file": str(c.pki.ca)},
-                  authorization={"credentials_file": str(c.dir / "prometheus.token")})
+        sd.update(
+            api_server=c.server,
+            tls_config={"ca_file": str(c.pki.ca)},
+            authorization={"credentials_file": str(c.dir / "prometheus.token")},
+        )
         (c.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        p = Process("prometheus", c.cp.path, [
-            str(BIN / "prometheus"), f"--config.file={c.dir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={c.dir / 'prometheus-data'}",
-            f"--web.listen-address=127.0.0.1:{PROM_PORT}"], c.dir / "prometheus.log")
+        p = Process(
+            "prometheus",
+            c.cp.path,
+            [
+                str(BIN / "prometheus"),
+                f"--config.file={c.dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={c.dir / 'prometheus-data'}",
+                f"--web.listen-address=127.0.0.1:{PROM_PORT}",
+            ],
+            c.dir / "prometheus.log",
+        )
         c.processes["prometheus"] = p
         p.start()
         wait_ready_pods(c, len(NODES))
@@ -155,8 +163,9 @@ def test_metrics_document_is_valid_and_in_the_readme(prom: Prom) -> None:
     readme = README.read_text()
     missing = [f for f in families if f"`{f}`" not in readme and f"`{f}_total`" not in readme]
     assert not missing, f"metrics missing from README's table: {missing}"
-    proc = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True,
-                          timeout=60)
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"], input=metrics, capture_output=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -171,8 +180,10 @@ def test_rules_dashboards_and_alerts(prom: Prom) -> None:
     # node-4 stops answering echo requests, to its pod and to its node IPs.
     node4 = p.c.nodes["node-4"]
     pod4 = pod_on(p.c, "node-4")["status"]["podIPs"]
-    rules = [("iptables", ["INPUT", "-p", "icmp", "--icmp-type", "echo-request"]),
-             ("ip6tables", ["INPUT", "-p", "ipv6-icmp", "--icmpv6-type", "echo-request"])]
+    rules = [
+        ("iptables", ["INPUT", "-p", "icmp", "--icmp-type", "echo-request"]),
+        ("ip6tables", ["INPUT", "-p", "ipv6-icmp", "--icmpv6-type", "echo-request"]),
+    ]
     for ip in pod4:
         v6 = ":" in ip["ip"]
         tool = "ip6tables" if v6 else "iptables"
@@ -184,11 +195,18 @@ def test_rules_dashboards_and_alerts(prom: Prom) -> None:
     def node4_alerts() -> set[str]:
         return {a["alertname"] for a in p.firing() if a.get("target_node") == "node-4"}
 
-    p.wait(lambda: {"PingmeshNodeUnreachable", "PingmeshPodNetworkLoss",
-                    "PingmeshNodeNetworkLoss"} <= node4_alerts(), 120, "node-4 alerts")
+    p.wait(
+        lambda: (
+            {"PingmeshNodeUnreachable", "PingmeshPodNetworkLoss", "PingmeshNodeNetworkLoss"}
+            <= node4_alerts()
+        ),
+        120,
+        "node-4 alerts",
+    )
     others = [a for a in p.firing() if a.get("target_node") not in (None, "node-4")]
     assert others == []
-    assert not [a for a in p.firing() if a["alertname"].startswith(("PingmeshService",
-                                                                    "PingmeshDNS"))]
+    assert not [
+        a for a in p.firing() if a["alertname"].startswith(("PingmeshService", "PingmeshDNS"))
+    ]
     empty = [title for title, expr in dashboard_queries() if not p.query(expr)]
     assert not empty, f"dashboard panels without data: {empty}"

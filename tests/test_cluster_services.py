@@ -29,8 +29,13 @@ pytestmark = pytest.mark.netns
 SHOP = "shop"
 PROBE = "pingmesh_service_probe_total"
 EP = "pingmesh_service_endpoints"
-ARGS = (*FAST_ARGS, "--services.interval=1s", "--services.timeout=1s",
-        "--services.selector=team=net", "--services.dns=kube-system/kube-dns,shop/broken-dns")
+ARGS = (
+    *FAST_ARGS,
+    "--services.interval=1s",
+    "--services.timeout=1s",
+    "--services.selector=team=net",
+    "--services.dns=kube-system/kube-dns,shop/broken-dns",
+)
 # A cluster DNS server whose kubernetes plugin is missing: every name is NXDOMAIN.
 BROKEN_DNS = """
 apiVersion: v1
@@ -73,32 +78,57 @@ spec:
 def backend(name: str, replicas: int, linger_s: int = 0) -> dict[str, Any]:
     labels = {"app": name}
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": {"name": name, "namespace": SHOP},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                 "template": {"metadata": {"labels": labels}, "spec": {
-                     "terminationGracePeriodSeconds": 60,
-                     "securityContext": {"runAsUser": 65534, "runAsGroup": 65534},
-                     "containers": [{
-                         "name": "http", "image": "pingmesh-test/backend:1",
-                         "args": ["--port", "8080", "--linger", str(linger_s)],
-                         "ports": [{"name": "http", "containerPort": 8080}],
-                         "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}}}]}}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "terminationGracePeriodSeconds": 60,
+                    "securityContext": {"runAsUser": 65534, "runAsGroup": 65534},
+                    "containers": [
+                        {
+                            "name": "http",
+                            "image": "pingmesh-test/backend:1",
+                            "args": ["--port", "8080", "--linger", str(linger_s)],
+                            "ports": [{"name": "http", "containerPort": 8080}],
+                            "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}},
+                        }
+                    ],
+                },
+            },
+        },
     }
 
 
-def service(name: str, selector: str, *, annotated: bool = True, dual: bool = True,
-            labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+def service(
+    name: str,
+    selector: str,
+    *,
+    annotated: bool = True,
+    dual: bool = True,
+    labels: dict[str, str] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "namespace": SHOP, "labels": labels or {}}
     if annotated:
         meta["annotations"] = {"pingmesh.io/probe": "true"}
     return {
-        "apiVersion": "v1", "kind": "Service", "metadata": meta,
-        "spec": {"selector": {"app": selector},
-                 "ipFamilyPolicy": "PreferDualStack" if dual else "SingleStack",
-                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"},
-                           {"name": "quic", "port": 443, "targetPort": 8443,
-                            "protocol": "UDP"}], **spec},
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "selector": {"app": selector},
+            "ipFamilyPolicy": "PreferDualStack" if dual else "SingleStack",
+            "ports": [
+                {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"},
+                {"name": "quic", "port": 443, "targetPort": 8443, "protocol": "UDP"},
+            ],
+            **spec,
+        },
     }
 
 
@@ -109,16 +139,26 @@ def shop(request: pytest.FixtureRequest) -> Iterator[Cluster]:
             c.start_standin(c.add_node(name), extra_args=ARGS)
         install_dns(c)
         c.kubectl("create", "namespace", SHOP)
-        for obj in (backend("web", 2, linger_s=30), backend("hole", 1),
-                    service("web", "web"), service("empty", "nothing"),
-                    service("hole", "hole", dual=False),
-                    service("quiet", "web", annotated=False),
-                    service("labelled", "web", annotated=False, labels={"team": "net"}),
-                    service("headless", "web", clusterIP="None", ipFamilyPolicy="SingleStack"),
-                    {"apiVersion": "v1", "kind": "Service",
-                     "metadata": {"name": "external", "namespace": SHOP,
-                                  "annotations": {"pingmesh.io/probe": "true"}},
-                     "spec": {"type": "ExternalName", "externalName": "db.example.org"}}):
+        for obj in (
+            backend("web", 2, linger_s=30),
+            backend("hole", 1),
+            service("web", "web"),
+            service("empty", "nothing"),
+            service("hole", "hole", dual=False),
+            service("quiet", "web", annotated=False),
+            service("labelled", "web", annotated=False, labels={"team": "net"}),
+            service("headless", "web", clusterIP="None", ipFamilyPolicy="SingleStack"),
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": "external",
+                    "namespace": SHOP,
+                    "annotations": {"pingmesh.io/probe": "true"},
+                },
+                "spec": {"type": "ExternalName", "externalName": "db.example.org"},
+            },
+        ):
             c.apply(obj)
         c.kubectl("apply", "-f", "-", input=BROKEN_DNS)
         install_exporter(c)
@@ -134,17 +174,43 @@ def test_checks_read_what_the_datapath_does(shop: Cluster) -> None:
     # The broken datapath: every node drops what is forwarded to hole's backend.
     hole = wait_ready_pods(shop, 1, selector="app=hole", namespace=SHOP)[0]
     for node in shop.nodes.values():
-        node.ns.run(["iptables", "-I", "FORWARD", "1", "-d", hole["status"]["podIP"],
-                     "-p", "tcp", "--dport", "8080", "-j", "DROP"])
-    s = wait_metrics(shop, "node-a", lambda s: all(
-        svc(s, name, result=r, **lb) >= 2 for name, r, lb in (
-            ("web", "ok", {"ip_family": "ipv4"}), ("web", "ok", {"ip_family": "ipv6"}),
-            ("kubernetes", "ok", {}), ("empty", "refused", {}), ("hole", "timeout", {}),
-            ("kube-dns", "noerror", {"protocol": "dns", "ip_family": "ipv4"}),
-            ("kube-dns", "nodata", {"protocol": "dns", "ip_family": "ipv6"}),
-            ("kube-dns", "ok", {"protocol": "tcp"}), ("labelled", "ok", {}),
-            ("broken-dns", "nxdomain", {"protocol": "dns"}))),
-        "every Service check's result", timeout=60)
+        node.ns.run(
+            [
+                "iptables",
+                "-I",
+                "FORWARD",
+                "1",
+                "-d",
+                hole["status"]["podIP"],
+                "-p",
+                "tcp",
+                "--dport",
+                "8080",
+                "-j",
+                "DROP",
+            ]
+        )
+    s = wait_metrics(
+        shop,
+        "node-a",
+        lambda s: all(
+            svc(s, name, result=r, **lb) >= 2
+            for name, r, lb in (
+                ("web", "ok", {"ip_family": "ipv4"}),
+                ("web", "ok", {"ip_family": "ipv6"}),
+                ("kubernetes", "ok", {}),
+                ("empty", "refused", {}),
+                ("hole", "timeout", {}),
+                ("kube-dns", "noerror", {"protocol": "dns", "ip_family": "ipv4"}),
+                ("kube-dns", "nodata", {"protocol": "dns", "ip_family": "ipv6"}),
+                ("kube-dns", "ok", {"protocol": "tcp"}),
+                ("labelled", "ok", {}),
+                ("broken-dns", "nxdomain", {"protocol": "dns"}),
+            )
+        ),
+        "every Service check's result",
+        timeout=60,
+    )
     up = "pingmesh_service_up"
     for fam in ("ipv4", "ipv6"):
         assert svc(s, "web", up, ip_family=fam, port="80") == 1
@@ -172,12 +238,20 @@ def test_a_terminating_endpoint_is_counted_then_replaced(shop: Cluster) -> None:
     victim = pods[0]["metadata"]["name"]
     shop.kubectl("delete", "pod", "-n", SHOP, victim, "--wait=false")
     # The backend drains for 30 s after SIGTERM: the real controller marks it terminating.
-    wait_metrics(shop, "node-b", lambda s: svc(s, "web", EP, condition="terminating",
-                                              ip_family="ipv4") == 1,
-                 "web's terminating endpoint", timeout=30)
-    s = wait_metrics(shop, "node-b", lambda s: svc(s, "web", EP, condition="ready",
-                                                  ip_family="ipv4") == 2,
-                     "web's replacement Ready", timeout=60)
+    wait_metrics(
+        shop,
+        "node-b",
+        lambda s: svc(s, "web", EP, condition="terminating", ip_family="ipv4") == 1,
+        "web's terminating endpoint",
+        timeout=30,
+    )
+    s = wait_metrics(
+        shop,
+        "node-b",
+        lambda s: svc(s, "web", EP, condition="ready", ip_family="ipv4") == 2,
+        "web's replacement Ready",
+        timeout=60,
+    )
     assert svc(s, "web", "pingmesh_service_up", ip_family="ipv4") == 1
     assert victim not in {p["metadata"]["name"] for p in ready_pods(shop, "app=web", SHOP)}
 
@@ -185,9 +259,11 @@ def test_a_terminating_endpoint_is_counted_then_replaced(shop: Cluster) -> None:
 def test_annotation_removed_and_service_deleted_take_their_series(shop: Cluster) -> None:
     shop.kubectl("annotate", "service", "-n", SHOP, "web", "pingmesh.io/probe-")
     shop.kubectl("delete", "service", "-n", SHOP, "empty")
-    wait_metrics(shop, "node-a", lambda s: not any(
-        lb.get("service") in ("web", "empty") for _n, lb, _v in s),
-        "web's and empty's series gone")
+    wait_metrics(
+        shop,
+        "node-a",
+        lambda s: not any(lb.get("service") in ("web", "empty") for _n, lb, _v in s),
+        "web's and empty's series gone",
+    )
     shop.kubectl("annotate", "service", "-n", SHOP, "web", "pingmesh.io/probe=true")
-    wait_metrics(shop, "node-a", lambda s: svc(s, "web", result="ok") >= 1,
-                 "web checked again")
+    wait_metrics(shop, "node-a", lambda s: svc(s, "web", result="ok") >= 1, "web checked again")

@@ -110,8 +110,10 @@ def dashboard_queries(substitute: dict[str, str] | None = None) -> list[tuple[st
     """
     doc = load_dashboard()
     values = _default_values(doc) | (substitute or {})
-    return [(panel["title"], substitute_variables(t["expr"], values))
-            for panel, t in _panel_targets(doc)]
+    return [
+        (panel["title"], substitute_variables(t["expr"], values))
+        for panel, t in _panel_targets(doc)
+    ]
 
 
 def variable_selectors(substitute: dict[str, str] | None = None) -> list[tuple[str, str]]:
@@ -130,8 +132,23 @@ def variable_selectors(substitute: dict[str, str] | None = None) -> list[tuple[s
 
 # ----- metric names in PromQL ------------------------------------------------------------
 
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool",
-                   "and", "or", "unless", "offset", "inf", "nan", "start", "end"}
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+    "start",
+    "end",
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -154,9 +171,12 @@ def metric_names(expr: str) -> set[str]:
 def documented_metrics() -> dict[str, str]:
     """Metric name -> type, from the README's metric tables (`| `name` | type | ...`)."""
     out = {}
-    for m in re.finditer(r"^\|\s*`([a-zA-Z_:][a-zA-Z0-9_:]*\*?)`\s*\|\s*"
-                         r"(counter|gauge|histogram|summary|untyped|)\s*\|",
-                         README.read_text(), re.MULTILINE):
+    for m in re.finditer(
+        r"^\|\s*`([a-zA-Z_:][a-zA-Z0-9_:]*\*?)`\s*\|\s*"
+        r"(counter|gauge|histogram|summary|untyped|)\s*\|",
+        README.read_text(),
+        re.MULTILINE,
+    ):
         out[m.group(1)] = m.group(2)
     return out
 
@@ -173,8 +193,12 @@ def is_known_metric(name: str, documented: dict[str, str], recorded: set[str]) -
         return True  # `process_*`
     if name.startswith("process_"):
         return True
-    for suffix, types in (("_bucket", {"histogram"}), ("_sum", {"histogram", "summary"}),
-                          ("_count", {"histogram", "summary"}), ("_total", {"counter"})):
+    for suffix, types in (
+        ("_bucket", {"histogram"}),
+        ("_sum", {"histogram", "summary"}),
+        ("_count", {"histogram", "summary"}),
+        ("_total", {"counter"}),
+    ):
         if name.endswith(suffix) and documented.get(name.removesuffix(suffix)) in types:
             return True
     return False
@@ -193,7 +217,8 @@ def _generator() -> ModuleType:
 
 def test_json_is_current() -> None:
     assert _dashboard_text() == _generator().render(), (
-        "grafana/pingmesh.json is stale: run python grafana/dashboard.py")
+        "grafana/pingmesh.json is stale: run python grafana/dashboard.py"
+    )
 
 
 # ----- structure ---------------------------------------------------------------------------
@@ -253,7 +278,8 @@ def test_template_variables() -> None:
         assert var["multi"] and var["includeAll"], name
         assert _variable_query(var).startswith("label_values("), name
     assert _variable_query(variables["source_node"]) == (
-        "label_values(pingmesh_probe_sent_total, source_node)")
+        "label_values(pingmesh_probe_sent_total, source_node)"
+    )
 
 
 def test_every_variable_used_is_defined() -> None:
@@ -296,7 +322,7 @@ def test_multi_value_variables_only_in_regex_matchers() -> None:
 def test_rates_use_rate_interval() -> None:
     for panel, t in _panel_targets(load_dashboard()):
         for m in re.finditer(r"\b(?:rate|irate|increase)\s*\(", t["expr"]):
-            window = re.search(r"\[([^\]]*)\]", t["expr"][m.end():])
+            window = re.search(r"\[([^\]]*)\]", t["expr"][m.end() :])
             assert window and window.group(1) == "$__rate_interval", (panel["title"], t["expr"])
 
 
@@ -315,7 +341,8 @@ def test_matrices() -> None:
         [t] = panel["targets"]
         assert t["instant"] and t["format"] == "table", title
         assert panel["fieldConfig"]["defaults"]["custom"]["cellOptions"]["type"] == (
-            "color-background"), title
+            "color-background"
+        ), title
         assert len(panel["fieldConfig"]["defaults"]["thresholds"]["steps"]) >= 2, title
         exprs.add(t["expr"])
     for kind in ("pod", "node"):
@@ -335,20 +362,31 @@ def test_dashboard_queries_substitutes() -> None:
     assert any('source_node=~"node-1"' in e for _, e in chosen)
     assert any("[1m]" in e for _, e in chosen)
     with pytest.raises(KeyError):
-        substitute_variables("up{a=~\"$nope\"}", BUILTINS)
+        substitute_variables('up{a=~"$nope"}', BUILTINS)
 
 
 def test_metric_names_parser() -> None:
-    expr = ('sum by (le, source_node) (rate(pingmesh_probe_rtt_seconds_bucket{kind=~"$kind"}'
-            '[$__rate_interval])) / on (job) group_left (x) up{job="a"} or '
-            'label_replace(vector(0), "r", "$1", "", "") offset 5m > bool 1e3')
+    expr = (
+        'sum by (le, source_node) (rate(pingmesh_probe_rtt_seconds_bucket{kind=~"$kind"}'
+        '[$__rate_interval])) / on (job) group_left (x) up{job="a"} or '
+        'label_replace(vector(0), "r", "$1", "", "") offset 5m > bool 1e3'
+    )
     assert metric_names(expr) == {"pingmesh_probe_rtt_seconds_bucket", "up"}
-    assert metric_names("topk(10, pingmesh:probe_loss:ratio5m)") == {
-        "pingmesh:probe_loss:ratio5m"}
-    documented = {"pingmesh_x_seconds": "histogram", "pingmesh_y": "gauge",
-                  "pingmesh_z_total": "counter", "process_*": ""}
-    for name in ("pingmesh_x_seconds_bucket", "pingmesh_x_seconds_count", "pingmesh_z_total",
-                 "pingmesh:r", "up", "process_cpu_seconds_total"):
+    assert metric_names("topk(10, pingmesh:probe_loss:ratio5m)") == {"pingmesh:probe_loss:ratio5m"}
+    documented = {
+        "pingmesh_x_seconds": "histogram",
+        "pingmesh_y": "gauge",
+        "pingmesh_z_total": "counter",
+        "process_*": "",
+    }
+    for name in (
+        "pingmesh_x_seconds_bucket",
+        "pingmesh_x_seconds_count",
+        "pingmesh_z_total",
+        "pingmesh:r",
+        "up",
+        "process_cpu_seconds_total",
+    ):
         assert is_known_metric(name, documented, {"pingmesh:r"}), name
     for name in ("pingmesh_y_bucket", "pingmesh_y_total", "pingmesh_w", "pingmesh:s"):
         assert not is_known_metric(name, documented, {"pingmesh:r"}), name
@@ -365,10 +403,15 @@ def test_every_metric_is_documented_or_recorded() -> None:
     for name, sel in variable_selectors():
         for metric in metric_names(sel):
             used.setdefault(metric, set()).add(f"${name}")
-    unknown = {name: sorted(titles) for name, titles in used.items()
-               if not is_known_metric(name, documented, recorded)}
-    assert not unknown, ("metrics neither in README.md's metric tables nor recorded by "
-                         f"deploy/rules/pingmesh.rules.yml: {unknown}")
+    unknown = {
+        name: sorted(titles)
+        for name, titles in used.items()
+        if not is_known_metric(name, documented, recorded)
+    }
+    assert not unknown, (
+        "metrics neither in README.md's metric tables nor recorded by "
+        f"deploy/rules/pingmesh.rules.yml: {unknown}"
+    )
 
 
 PROMTOOL = shutil.which("promtool")
@@ -378,14 +421,19 @@ def _promtool_check(tmp_path: Path, exprs: list[str]) -> subprocess.CompletedPro
     assert PROMTOOL is not None
     rules = [{"record": f"dashboard:q{i}", "expr": expr} for i, expr in enumerate(exprs)]
     path = tmp_path / "dashboard.rules.yml"
-    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]},
-                                   sort_keys=False, width=1000))
-    return subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True,
-                          text=True, timeout=60)
+    path.write_text(
+        yaml.safe_dump(
+            {"groups": [{"name": "dashboard", "rules": rules}]}, sort_keys=False, width=1000
+        )
+    )
+    return subprocess.run(
+        [PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
 
 
-@pytest.mark.skipif(PROMTOOL is None,
-                    reason="promtool is not installed (Debian package prometheus)")
+@pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool is not installed (Debian package prometheus)"
+)
 def test_queries_are_valid_promql(tmp_path: Path) -> None:
     queries = dashboard_queries() + [(f"${n}", sel) for n, sel in variable_selectors()]
     proc = _promtool_check(tmp_path, [expr for _, expr in queries])
@@ -394,8 +442,9 @@ def test_queries_are_valid_promql(tmp_path: Path) -> None:
     assert f"SUCCESS: {len(queries)} rules found" in proc.stdout, proc.stdout
 
 
-@pytest.mark.skipif(PROMTOOL is None,
-                    reason="promtool is not installed (Debian package prometheus)")
+@pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool is not installed (Debian package prometheus)"
+)
 def test_promtool_rejects_bad_promql(tmp_path: Path) -> None:
     """The check above can fail: an unbalanced parenthesis and a raw variable are errors."""
     assert _promtool_check(tmp_path, ["sum(rate(up[5m])"]).returncode != 0
@@ -406,44 +455,85 @@ def test_promtool_rejects_bad_promql(tmp_path: Path) -> None:
 # network), c answers nobody, b cannot reach the Kubernetes Service, c's exporter is down.
 _JOB = 'job="pingmesh-exporter"'
 _MESH_SERIES = [
-    *[(f'pingmesh_target_up{{{_JOB},instance="{s}:9871",source_node="{s}",target_node="{t}",'
-       f'kind="pod",ip_family="{fam}"}}', v)
-      for s, t, fam, v in [("a", "b", "ipv4", "1"), ("a", "b", "ipv6", "1"),
-                           ("a", "c", "ipv4", "0"), ("b", "a", "ipv4", "1"),
-                           ("b", "c", "ipv4", "0"), ("c", "a", "ipv4", "1")]],
-    *[(f'pingmesh_mesh_expected_probers{{{_JOB},instance="{n}:9871"}}', v)
-      for n, v in [("a", "2"), ("b", "1"), ("c", "3")]],
-    *[(f'pingmesh_probe_{what}_total{{{_JOB},instance="a:9871",source_node="a",'
-       f'target_node="{t}",kind="pod",ip_family="ipv4"}}', v)
-      for what, t, v in [("sent", "b", "0+60x15"), ("received", "b", "0+30x15"),
-                         ("sent", "c", "0+60x15"), ("received", "c", "0+60x15")]],
-    *[(f'pingmesh_service_up{{{_JOB},instance="{n}:9871",source_node="{n}",'
-       f'namespace="default",service="kubernetes",ip_family="ipv4",port="443",'
-       f'protocol="tcp"}}', v) for n, v in [("a", "1"), ("b", "0")]],
+    *[
+        (
+            f'pingmesh_target_up{{{_JOB},instance="{s}:9871",source_node="{s}",target_node="{t}",'
+            f'kind="pod",ip_family="{fam}"}}',
+            v,
+        )
+        for s, t, fam, v in [
+            ("a", "b", "ipv4", "1"),
+            ("a", "b", "ipv6", "1"),
+            ("a", "c", "ipv4", "0"),
+            ("b", "a", "ipv4", "1"),
+            ("b", "c", "ipv4", "0"),
+            ("c", "a", "ipv4", "1"),
+        ]
+    ],
+    *[
+        (f'pingmesh_mesh_expected_probers{{{_JOB},instance="{n}:9871"}}', v)
+        for n, v in [("a", "2"), ("b", "1"), ("c", "3")]
+    ],
+    *[
+        (
+            f'pingmesh_probe_{what}_total{{{_JOB},instance="a:9871",source_node="a",'
+            f'target_node="{t}",kind="pod",ip_family="ipv4"}}',
+            v,
+        )
+        for what, t, v in [
+            ("sent", "b", "0+60x15"),
+            ("received", "b", "0+30x15"),
+            ("sent", "c", "0+60x15"),
+            ("received", "c", "0+60x15"),
+        ]
+    ],
+    *[
+        (
+            f'pingmesh_service_up{{{_JOB},instance="{n}:9871",source_node="{n}",'
+            f'namespace="default",service="kubernetes",ip_family="ipv4",port="443",'
+            f'protocol="tcp"}}',
+            v,
+        )
+        for n, v in [("a", "1"), ("b", "0")]
+    ],
     *[(f'up{{{_JOB},instance="{n}:9871"}}', v) for n, v in [("a", "1"), ("b", "1"), ("c", "0")]],
 ]
 # (panel title, query index in the panel) -> expected samples at 10m
 _EXPECTED: dict[tuple[str, int], list[tuple[str, float]]] = {
     ("Probers per node: expected and probing", 0): [
-        ('{target_node="a"}', 2), ('{target_node="b"}', 1), ('{target_node="c"}', 3)],
+        ('{target_node="a"}', 2),
+        ('{target_node="b"}', 1),
+        ('{target_node="c"}', 3),
+    ],
     ("Probers per node: expected and probing", 1): [  # distinct sources, not families
-        ('{target_node="a"}', 2), ('{target_node="b"}', 1), ('{target_node="c"}', 2)],
+        ('{target_node="a"}', 2),
+        ('{target_node="b"}', 1),
+        ('{target_node="c"}', 2),
+    ],
     ("Overall loss", 0): [("{}", 0.25)],
     ("Pairs above 5% loss", 0): [("{}", 1)],
-    ("Pod network loss (5m)", 0): [('{source_node="a",target_node="b"}', 0.5),
-                                   ('{source_node="a",target_node="c"}', 0)],
+    ("Pod network loss (5m)", 0): [
+        ('{source_node="a",target_node="b"}', 0.5),
+        ('{source_node="a",target_node="c"}', 0),
+    ],
     ("Nodes unreachable from most peers", 0): [("{}", 1)],
     ("Services failing somewhere", 0): [("{}", 1)],
     ("Service reachability by node", 0): [
-        (f'{{source_node="{n}",namespace="default",service="kubernetes",'
-         f'svc="default/kubernetes"}}', v) for n, v in [("a", 1), ("b", 0)]],
+        (
+            f'{{source_node="{n}",namespace="default",service="kubernetes",'
+            f'svc="default/kubernetes"}}',
+            v,
+        )
+        for n, v in [("a", 1), ("b", 0)]
+    ],
     ("Exporters down", 0): [("{}", 1)],
     ("Probe errors by reason", 0): [('{reason="none"}', 0)],
 }
 
 
-@pytest.mark.skipif(PROMTOOL is None,
-                    reason="promtool is not installed (Debian package prometheus)")
+@pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool is not installed (Debian package prometheus)"
+)
 def test_key_queries_evaluate_as_intended(tmp_path: Path) -> None:
     """The joins and fallbacks give the intended answers on a small mesh (promtool's
     offline evaluator, with the shipped recording rules loaded)."""
@@ -451,16 +541,30 @@ def test_key_queries_evaluate_as_intended(tmp_path: Path) -> None:
     by_title: dict[str, list[str]] = {}
     for title, expr in dashboard_queries():
         by_title.setdefault(title, []).append(expr)
-    tests = [{"expr": by_title[title][i], "eval_time": "10m",
-              "exp_samples": [{"labels": labels, "value": value} for labels, value in samples]}
-             for (title, i), samples in _EXPECTED.items()]
-    doc = {"rule_files": [str(RULES)], "evaluation_interval": "1m",
-           "tests": [{"interval": "1m",
-                      "input_series": [{"series": s, "values": v if "x" in v else f"{v}x15"}
-                                       for s, v in _MESH_SERIES],
-                      "promql_expr_test": tests}]}
+    tests = [
+        {
+            "expr": by_title[title][i],
+            "eval_time": "10m",
+            "exp_samples": [{"labels": labels, "value": value} for labels, value in samples],
+        }
+        for (title, i), samples in _EXPECTED.items()
+    ]
+    doc = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": s, "values": v if "x" in v else f"{v}x15"} for s, v in _MESH_SERIES
+                ],
+                "promql_expr_test": tests,
+            }
+        ],
+    }
     path = tmp_path / "dashboard.test.yml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False, width=1000))
-    proc = subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

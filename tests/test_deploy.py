@@ -16,11 +16,18 @@ from deploy import generate
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 
-SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range",
-                "net.ipv4.ip_unprivileged_port_start", "net.ipv4.tcp_syncookies",
-                "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
-                "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout",
-                "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes"}
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
 
 
 def kubectl() -> str:
@@ -31,8 +38,9 @@ def kubectl() -> str:
 
 
 def render(path: Path) -> list[dict[str, Any]]:
-    out = subprocess.run([kubectl(), "kustomize", str(path)], check=True, capture_output=True,
-                         text=True, timeout=120).stdout
+    out = subprocess.run(
+        [kubectl(), "kustomize", str(path)], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -43,8 +51,16 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 def test_kustomizations_render() -> None:
     base = render(DEPLOY)
     kinds = sorted(d["kind"] for d in base)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Namespace", "Role",
-                     "RoleBinding", "Service", "ServiceAccount"]
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "DaemonSet",
+        "Namespace",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+    ]
     operator = render(DEPLOY / "prometheus-operator")
     assert {"PodMonitor", "PrometheusRule"} <= {d["kind"] for d in operator}
 
@@ -54,8 +70,7 @@ def test_every_object_validates_against_the_openapi_schemas(tmp_path: Path) -> N
     out.write_text(yaml.safe_dump_all(render(DEPLOY)))
     validate = Path(sys.executable).parent / "kubernetes-validate"
     cmd = [str(validate)] if validate.exists() else [sys.executable, "-m", "kubernetes_validate"]
-    proc = subprocess.run([*cmd, "--strict", str(out)], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([*cmd, "--strict", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("passed") == len(render(DEPLOY))
 
@@ -67,8 +82,7 @@ def test_derived_files_are_current() -> None:
 
 def test_prometheus_rule_carries_the_plain_rules() -> None:
     plain = yaml.safe_load((DEPLOY / "rules" / "pingmesh.rules.yml").read_text())
-    operator = yaml.safe_load((DEPLOY / "prometheus-operator" / "prometheusrule.yaml")
-                              .read_text())
+    operator = yaml.safe_load((DEPLOY / "prometheus-operator" / "prometheusrule.yaml").read_text())
     assert operator["spec"] == plain
 
 
@@ -92,8 +106,12 @@ def test_daemonset_passes_restricted_pod_security() -> None:
     tolerations = pod["tolerations"]
     assert {"operator": "Exists"} in tolerations
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in pod["containers"][0]["env"]}
-    assert env == {"NODE_NAME": "spec.nodeName", "POD_NAME": "metadata.name",
-                   "POD_NAMESPACE": "metadata.namespace", "POD_IPS": "status.podIPs"}
+    assert env == {
+        "NODE_NAME": "spec.nodeName",
+        "POD_NAME": "metadata.name",
+        "POD_NAMESPACE": "metadata.namespace",
+        "POD_IPS": "status.podIPs",
+    }
     assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "10%"
 
 

@@ -38,8 +38,7 @@ class ScriptedSocket:
     def destination(self, address: str) -> tuple[str, int]:
         return (address, 0)
 
-    def send(self, packet: bytes, destination: tuple[str, int] | tuple[str, int, int, int]
-             ) -> None:
+    def send(self, packet: bytes, destination: tuple[str, int] | tuple[str, int, int, int]) -> None:
         if self.fail_with is not None:
             raise self.fail_with
         self.sent.append((packet, destination[0], time.time_ns()))
@@ -61,18 +60,31 @@ class ScriptedSocket:
         pass
 
     # --- helpers for tests ---
-    def reply(self, i: int = -1, *, delay_ns: int = 300_000, source: str | None = None,
-              payload: bytes | None = None, seq_shift: int = 0, truncated: bool = False) -> None:
+    def reply(
+        self,
+        i: int = -1,
+        *,
+        delay_ns: int = 300_000,
+        source: str | None = None,
+        payload: bytes | None = None,
+        seq_shift: int = 0,
+        truncated: bool = False,
+    ) -> None:
         packet, address, tx = self.sent[i]
         _t, _c, _k, ident, seq = struct.unpack_from("!BBHHH", packet)
         body = packet[8:] if payload is None else payload
-        reply = struct.pack("!BBHHH", wire.ECHO_REPLY[self.family], 0, 0, ident,
-                            (seq + seq_shift) & 0xFFFF) + body
+        reply = (
+            struct.pack(
+                "!BBHHH", wire.ECHO_REPLY[self.family], 0, 0, ident, (seq + seq_shift) & 0xFFFF
+            )
+            + body
+        )
         self.inbox.append((reply, source or address, tx + delay_ns, truncated))
 
 
-def make(targets: list[str], timeout: float = 1.0, raw: bool = False
-         ) -> tuple[Prober, ScriptedSocket, list[TargetState]]:
+def make(
+    targets: list[str], timeout: float = 1.0, raw: bool = False
+) -> tuple[Prober, ScriptedSocket, list[TargetState]]:
     sock = ScriptedSocket(raw=raw)
     prober = Prober(ProbeSettings(interval=1.0, timeout=timeout), {4: sock})
     prober.set_targets(index(static_target(t, t) for t in targets))
@@ -236,8 +248,9 @@ def test_moved_target_keeps_its_counters() -> None:
     assert same is st and same.address == "198.18.1.9" and same.received == 1
 
 
-@pytest.mark.parametrize("window,pattern,up", [(3, [1, 0, 0], 1), (3, [1, 0, 0, 0], 0),
-                                               (1, [0, 1], 1), (1, [1, 0], 0)])
+@pytest.mark.parametrize(
+    "window,pattern,up", [(3, [1, 0, 0], 1), (3, [1, 0, 0, 0], 0), (1, [0, 1], 1), (1, [1, 0], 0)]
+)
 def test_up_window(window: int, pattern: list[int], up: int) -> None:
     sock = ScriptedSocket()
     prober = Prober(ProbeSettings(up_window=window), {4: sock})

@@ -400,5 +400,3 @@ def test_context_manager_closes_everything() -> None:
 
 
 # -- selector parsing (no server) ----------------------------------------------------
-
-

@@ -12,21 +12,45 @@ from tests.kubefake_fixtures import make_node, make_pod
 ME = Identity("node-0", "pm-0")
 
 
-def peer(node: str, ips: tuple[str, ...] = ("198.18.1.1",),
-         host_ips: tuple[str, ...] = ("198.18.2.1",), **kw: object) -> Peer:
-    base = Peer(key=f"ns/pm-{node}", name=f"pm-{node}", node=node, pod_ips=ips,
-                host_ips=host_ips, phase="Running", ready=True, terminating=False,
-                created="2026-01-01T00:00:00Z")
+def peer(
+    node: str,
+    ips: tuple[str, ...] = ("198.18.1.1",),
+    host_ips: tuple[str, ...] = ("198.18.2.1",),
+    **kw: object,
+) -> Peer:
+    base = Peer(
+        key=f"ns/pm-{node}",
+        name=f"pm-{node}",
+        node=node,
+        pod_ips=ips,
+        host_ips=host_ips,
+        phase="Running",
+        ready=True,
+        terminating=False,
+        created="2026-01-01T00:00:00Z",
+    )
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
 def test_parse_pod_from_api_json() -> None:
-    obj = make_pod("pm-1", "mon", "node-1", ["198.18.1.1", "2001:db8::1"], ["198.18.2.1"],
-                   {"app": "x"}, ready=False)
+    obj = make_pod(
+        "pm-1",
+        "mon",
+        "node-1",
+        ["198.18.1.1", "2001:db8::1"],
+        ["198.18.2.1"],
+        {"app": "x"},
+        ready=False,
+    )
     p = parse_pod(obj)
     assert isinstance(p, Peer)
     assert (p.node, p.pod_ips, p.host_ips, p.ready, p.phase) == (
-        "node-1", ("198.18.1.1", "2001:db8::1"), ("198.18.2.1",), False, "Running")
+        "node-1",
+        ("198.18.1.1", "2001:db8::1"),
+        ("198.18.2.1",),
+        False,
+        "Running",
+    )
     obj["status"].pop("hostIPs")
     obj["status"]["hostIP"] = "198.18.2.9"
     assert parse_pod(obj).host_ips == ("198.18.2.9",)  # type: ignore[union-attr]
@@ -36,15 +60,21 @@ def test_parse_pod_malformed() -> None:
     assert parse_pod({"metadata": {}}) == Skip("malformed")
     assert parse_pod({"metadata": {"name": "a"}, "spec": [], "status": {}}) == Skip("malformed")
     assert parse_pod("junk") == Skip("malformed")
-    odd = parse_pod({"metadata": {"name": "a"}, "spec": {"nodeName": "n"},
-                     "status": {"podIPs": [{"ip": "300.1.1.1"}, {"ip": "198.18.0.1"}, 5]}})
+    odd = parse_pod(
+        {
+            "metadata": {"name": "a"},
+            "spec": {"nodeName": "n"},
+            "status": {"podIPs": [{"ip": "300.1.1.1"}, {"ip": "198.18.0.1"}, 5]},
+        }
+    )
     assert isinstance(odd, Peer) and odd.pod_ips == ("198.18.0.1",) and odd.bad_ips == 2
 
 
 def test_parse_node_meta() -> None:
     meta = parse_node_meta(make_node("n1", {"topology.kubernetes.io/zone": "z1"}, []))
-    assert meta == parse_node_meta({"metadata": {"name": "n1", "labels": {
-        "topology.kubernetes.io/zone": "z1"}}})
+    assert meta == parse_node_meta(
+        {"metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": "z1"}}}
+    )
     assert parse_node_meta({}) == Skip("malformed")
 
 
@@ -66,48 +96,73 @@ def test_who_counts() -> None:
 
 
 def test_targets_dual_stack_and_labels_without_pod_identity() -> None:
-    peers = [peer("node-1", ips=("198.18.1.1", "2001:db8::1", "198.18.1.99"),
-                  host_ips=("198.18.2.1", "2001:db8:2::1"))]
+    peers = [
+        peer(
+            "node-1",
+            ips=("198.18.1.1", "2001:db8::1", "198.18.1.99"),
+            host_ips=("198.18.2.1", "2001:db8:2::1"),
+        )
+    ]
     p = plan(ME, peers, None, MeshSettings())
     got = {(t.kind, dict(t.labels)["target_node"], t.family, t.address) for t in p.targets}
-    assert got == {("pod", "node-1", 4, "198.18.1.1"), ("pod", "node-1", 6, "2001:db8::1"),
-                   ("node", "node-1", 4, "198.18.2.1"), ("node", "node-1", 6, "2001:db8:2::1")}
+    assert got == {
+        ("pod", "node-1", 4, "198.18.1.1"),
+        ("pod", "node-1", 6, "2001:db8::1"),
+        ("node", "node-1", 4, "198.18.2.1"),
+        ("node", "node-1", 6, "2001:db8:2::1"),
+    }
     for t in p.targets:
         assert "pm-" not in repr(t.labels) and "198.18" not in repr(t.labels)
 
 
 def test_rollout_keeps_identity() -> None:
     before = plan(ME, [peer("node-1", ips=("198.18.1.1",))], None, MeshSettings())
-    after = plan(ME, [replace(peer("node-1", ips=("198.18.1.7",)), name="pm-new")], None,
-                 MeshSettings())
+    after = plan(
+        ME, [replace(peer("node-1", ips=("198.18.1.7",)), name="pm-new")], None, MeshSettings()
+    )
     assert [t.key for t in before.targets] == [t.key for t in after.targets]
     assert before.targets[0].address != after.targets[0].address
 
 
 def test_two_pods_on_a_node_prefer_ready_then_newer() -> None:
     old = peer("node-1", ips=("198.18.1.1",), created="2026-01-01T00:00:00Z")
-    new = replace(peer("node-1", ips=("198.18.1.2",), created="2026-02-01T00:00:00Z"),
-                  name="pm-b", key="ns/pm-b")
-    pod_addr = [t.address for t in plan(ME, [old, new], None, MeshSettings()).targets
-                if t.kind == "pod"]
+    new = replace(
+        peer("node-1", ips=("198.18.1.2",), created="2026-02-01T00:00:00Z"),
+        name="pm-b",
+        key="ns/pm-b",
+    )
+    pod_addr = [
+        t.address for t in plan(ME, [old, new], None, MeshSettings()).targets if t.kind == "pod"
+    ]
     assert pod_addr == ["198.18.1.2"]
-    pod_addr = [t.address for t in plan(ME, [old, replace(new, ready=False)], None,
-                                        MeshSettings()).targets if t.kind == "pod"]
+    pod_addr = [
+        t.address
+        for t in plan(ME, [old, replace(new, ready=False)], None, MeshSettings()).targets
+        if t.kind == "pod"
+    ]
     assert pod_addr == ["198.18.1.1"]
 
 
 def test_zone_labels_when_enabled() -> None:
-    p = plan(ME, [peer("node-1"), peer("node-2"), peer("node-3")],
-             {"node-0": "a", "node-1": "b", "node-2": None}, MeshSettings(zones=True))
+    p = plan(
+        ME,
+        [peer("node-1"), peer("node-2"), peer("node-3")],
+        {"node-0": "a", "node-1": "b", "node-2": None},
+        MeshSettings(zones=True),
+    )
     zones = {dict(t.labels)["target_node"]: dict(t.labels)["target_zone"] for t in p.targets}
     assert zones == {"node-1": "b", "node-2": ""}  # node-3 is gone from the API
-    assert all("target_zone" not in dict(t.labels)
-               for t in plan(ME, [peer("node-1")], None, MeshSettings()).targets)
+    assert all(
+        "target_zone" not in dict(t.labels)
+        for t in plan(ME, [peer("node-1")], None, MeshSettings()).targets
+    )
 
 
 def test_sampled_above_full_mesh_max() -> None:
-    peers = [peer(f"node-{i}", ips=(f"198.18.1.{i}",), host_ips=(f"198.18.2.{i}",))
-             for i in range(1, 201)]
+    peers = [
+        peer(f"node-{i}", ips=(f"198.18.1.{i}",), host_ips=(f"198.18.2.{i}",))
+        for i in range(1, 201)
+    ]
     p = plan(ME, peers, None, MeshSettings(full_mesh_max=100, peers=20))
     assert p.peers_total == 200
     assert len(p.selected) == 20

@@ -27,8 +27,9 @@ def _doc(prober: Prober) -> str:
 
 
 def test_exposition_parses_and_histograms_are_consistent() -> None:
-    prober = _prober([static_target("198.18.0.1", "198.18.0.1"),
-                      static_target('we"ird\\name', "2001:db8::1")])
+    prober = _prober(
+        [static_target("198.18.0.1", "198.18.0.1"), static_target('we"ird\\name', "2001:db8::1")]
+    )
     a, b = prober.states
     for rtt in (40_000, 150_000, 3_000_000, 10_000_000_000):
         a.reply(rtt)
@@ -53,8 +54,9 @@ def test_exposition_parses_and_histograms_are_consistent() -> None:
 
 
 def test_removed_target_series_disappear() -> None:
-    prober = _prober([static_target("198.18.0.1", "198.18.0.1"),
-                      static_target("198.18.0.2", "198.18.0.2")])
+    prober = _prober(
+        [static_target("198.18.0.1", "198.18.0.1"), static_target("198.18.0.2", "198.18.0.2")]
+    )
     assert 'target="198.18.0.2"' in _doc(prober)
     prober.set_targets(index([static_target("198.18.0.1", "198.18.0.1")]))
     text = _doc(prober)
@@ -67,8 +69,13 @@ def test_promtool_check_metrics_clean() -> None:
     for st in prober.states:
         st.reply(100_000)
         st.error("late")
-    proc = subprocess.run(["promtool", "check", "metrics"], input=_doc(prober), text=True,
-                          capture_output=True, timeout=30)
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=_doc(prober),
+        text=True,
+        capture_output=True,
+        timeout=30,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -94,10 +101,14 @@ def test_one_scrape_never_shows_more_replies_than_requests() -> None:
         for _ in range(10):
             fams = {f.name: f for f in text_string_to_metric_families(_doc(prober))}
             sent = {s.labels["target"]: s.value for s in fams["pingmesh_probe_sent"].samples}
-            received = {s.labels["target"]: s.value
-                        for s in fams["pingmesh_probe_received"].samples}
-            count = {s.labels["target"]: s.value for s in fams["pingmesh_probe_rtt_seconds"]
-                     .samples if s.name.endswith("_count")}
+            received = {
+                s.labels["target"]: s.value for s in fams["pingmesh_probe_received"].samples
+            }
+            count = {
+                s.labels["target"]: s.value
+                for s in fams["pingmesh_probe_rtt_seconds"].samples
+                if s.name.endswith("_count")
+            }
             assert all(count[t] <= received[t] <= sent[t] for t in sent)
     finally:
         stop.set()

@@ -79,8 +79,9 @@ def test_no_privileges_exit_names_both_remedies(bed_factory: BedFactory) -> None
 
 def test_datagram_only_without_ping_group_range_fails(bed_factory: BedFactory) -> None:
     bed = bed_factory(unprivileged_ping=False)
-    with ExporterProcess(bed.src, ["--probe.socket", "datagram", "--target",
-                                   "198.18.32.1"]) as proc:
+    with ExporterProcess(
+        bed.src, ["--probe.socket", "datagram", "--target", "198.18.32.1"]
+    ) as proc:
         proc.proc.wait(20)
         out = proc.output()
     assert proc.proc.returncode == 1
@@ -90,8 +91,9 @@ def test_datagram_only_without_ping_group_range_fails(bed_factory: BedFactory) -
 def test_unprivileged_user_probes_with_datagram_sockets(bed: Bed) -> None:
     dst = bed.add_dst("echo")
     (addr,) = dst.add_targets(1)
-    with ExporterProcess(bed.src, ["--probe.interval", "50ms", "--target", addr],
-                         no_capabilities=True) as proc:
+    with ExporterProcess(
+        bed.src, ["--probe.interval", "50ms", "--target", addr], no_capabilities=True
+    ) as proc:
         proc.wait_ready()
         time.sleep(1)
         s = proc.scrape()
@@ -105,13 +107,19 @@ def test_raw_fallback_measures_and_counts_errors(bed_factory: BedFactory) -> Non
     bed = bed_factory(unprivileged_ping=False)
     dst = bed.add_dst("impaired", kernel_echo=False)
     dup4, err4, dup6, err6 = dst.add_targets(2, 2)
-    bed.start_responder(dst, [Profile(prefix=f"{dup4}/32", duplicate=0.5),
-                              Profile(prefix=f"{dup6}/128", duplicate=0.5),
-                              Profile(prefix=f"{err4}/32", unreachable=0.3),
-                              Profile(prefix=f"{err6}/128", unreachable=0.3)])
+    bed.start_responder(
+        dst,
+        [
+            Profile(prefix=f"{dup4}/32", duplicate=0.5),
+            Profile(prefix=f"{dup6}/128", duplicate=0.5),
+            Profile(prefix=f"{err4}/32", unreachable=0.3),
+            Profile(prefix=f"{err6}/128", unreachable=0.3),
+        ],
+    )
     args = ["--probe.interval", "20ms", "--probe.timeout", "200ms"]
-    with ExporterProcess(bed.src, args + [a for t in (dup4, err4, dup6, err6)
-                                          for a in ("--target", t)]) as proc:
+    with ExporterProcess(
+        bed.src, args + [a for t in (dup4, err4, dup6, err6) for a in ("--target", t)]
+    ) as proc:
         proc.wait_ready()
         time.sleep(3)
         s = proc.scrape()
@@ -136,8 +144,17 @@ def test_target_removed_from_file_takes_its_series(bed: Bed, tmp_path: Path) -> 
     a, b = dst.add_targets(1, 1)
     targets = tmp_path / "targets"
     targets.write_text(f"# two targets\n{a}\n{b}\nnot a host!\n")
-    with ExporterProcess(bed.src, ["--probe.interval", "50ms", "--targets-file", str(targets),
-                                   "--static.refresh-interval", "1s"]) as proc:
+    with ExporterProcess(
+        bed.src,
+        [
+            "--probe.interval",
+            "50ms",
+            "--targets-file",
+            str(targets),
+            "--static.refresh-interval",
+            "1s",
+        ],
+    ) as proc:
         proc.wait_ready()
         time.sleep(0.5)
         s = proc.scrape()
@@ -159,12 +176,12 @@ def test_unreachable_network_is_a_send_failure_not_a_crash(bed: Bed) -> None:
     dst = bed.add_dst("echo")
     (addr,) = dst.add_targets(1)
     # 198.19.255.1 has no route in the bed: sendto fails at once, nothing leaves the host.
-    with ExporterProcess(bed.src, ["--probe.interval", "50ms", "--target", addr,
-                                   "--target", "198.19.255.1"]) as proc:
+    with ExporterProcess(
+        bed.src, ["--probe.interval", "50ms", "--target", addr, "--target", "198.19.255.1"]
+    ) as proc:
         proc.wait_ready()
         time.sleep(1)
         s = proc.scrape()
         assert proc.proc.poll() is None
-    assert value(s, "pingmesh_probe_errors_total", target="198.19.255.1",
-                 reason="send_failed") > 5
+    assert value(s, "pingmesh_probe_errors_total", target="198.19.255.1", reason="send_failed") > 5
     assert value(s, "pingmesh_probe_received_total", target=addr) > 10

@@ -49,8 +49,12 @@ def pod(name: str, node: str, ip: str, **kw: Any) -> dict[str, Any]:
     return make_pod(name, NS, node, [ip], ["198.19.0." + ip.rsplit(".", 1)[1]], LABELS, **kw)
 
 
-TIMING = {"request_timeout": 5.0, "watch_timeout": 30.0, "retry_max_delay": 0.2,
-          "startup_denial_timeout": 60.0}
+TIMING = {
+    "request_timeout": 5.0,
+    "watch_timeout": 30.0,
+    "retry_max_delay": 0.2,
+    "startup_denial_timeout": 60.0,
+}
 
 
 def reflector(fake: KubeFake, **kw: Any) -> Reflector[Peer]:
@@ -101,8 +105,9 @@ def test_list_then_watch_follows_changes_without_relisting(kube: KubeFake) -> No
     run_with(r, body)
     assert kube.count("list", "pods") == 1
     assert kube.count("watch", "pods") == 1
-    assert all(rec.query.get("labelSelector") == SEL for rec in kube.requests
-               if rec.resource == "pods")
+    assert all(
+        rec.query.get("labelSelector") == SEL for rec in kube.requests if rec.resource == "pods"
+    )
 
 
 def test_gone_mid_watch_relists_and_keeps_live_entries(kube: KubeFake) -> None:
@@ -194,15 +199,26 @@ def test_forbidden_past_the_timeout_is_fatal_naming_the_role(kube: KubeFake) -> 
     assert not re.search(r"\bget\b", text.split(" (403 ")[0])  # rbac.yaml grants no get
 
 
-@pytest.mark.parametrize("name,group", [("endpointslices", "API group discovery.k8s.io"),
-                                        ("services", "core API group"),
-                                        ("nodes", "core API group")])
-def test_forbidden_cluster_scope_names_the_cluster_role(kube: KubeFake, name: str,
-                                                        group: str) -> None:
+@pytest.mark.parametrize(
+    "name,group",
+    [
+        ("endpointslices", "API group discovery.k8s.io"),
+        ("services", "core API group"),
+        ("nodes", "core API group"),
+    ],
+)
+def test_forbidden_cluster_scope_names_the_cluster_role(
+    kube: KubeFake, name: str, group: str
+) -> None:
     kube.fail_next(name, 403, count=1000)
     api = KubeApi(kube.client_configuration())
-    r: Reflector[Any] = Reflector(api, Resource(name), parse_endpoint_slice, lambda: None,
-                                  **(TIMING | {"startup_denial_timeout": 0.0}))
+    r: Reflector[Any] = Reflector(
+        api,
+        Resource(name),
+        parse_endpoint_slice,
+        lambda: None,
+        **(TIMING | {"startup_denial_timeout": 0.0}),
+    )
     with pytest.raises(FatalApiError) as err:
         asyncio.run(asyncio.wait_for(r.run(), 10))
     text = str(err.value)
@@ -210,8 +226,9 @@ def test_forbidden_cluster_scope_names_the_cluster_role(kube: KubeFake, name: st
     assert "ClusterRole pingmesh-exporter and its ClusterRoleBinding" in text
 
 
-def test_errors_later_are_counted_and_retried(kube: KubeFake,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_errors_later_are_counted_and_retried(
+    kube: KubeFake, caplog: pytest.LogCaptureFixture
+) -> None:
     kube.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
     r = reflector(kube)
 
@@ -220,8 +237,7 @@ def test_errors_later_are_counted_and_retried(kube: KubeFake,
         kube.fail_next("pods", 403, count=3, verb="watch")
         kube.fail_next("pods", 500, count=1, verb="watch")
         kube.drop_watches()
-        await until(lambda: r.stats.errors.get("403", 0) == 3
-                    and r.stats.errors.get("500", 0) == 1)
+        await until(lambda: r.stats.errors.get("403", 0) == 3 and r.stats.errors.get("500", 0) == 1)
         kube.upsert("pods", pod("pm-b", "node-b", "198.18.1.2"))
         await until(lambda: "node-b" in nodes(r))
 
@@ -232,8 +248,9 @@ def test_errors_later_are_counted_and_retried(kube: KubeFake,
     assert nodes(r)["node-a"] == "198.18.1.1"
 
 
-def test_lasting_denial_later_is_logged_once_per_streak(kube: KubeFake,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_lasting_denial_later_is_logged_once_per_streak(
+    kube: KubeFake, caplog: pytest.LogCaptureFixture
+) -> None:
     kube.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
     r = reflector(kube, startup_denial_timeout=0.3)
 
@@ -253,8 +270,11 @@ def test_lasting_denial_later_is_logged_once_per_streak(kube: KubeFake,
 
     with caplog.at_level(logging.WARNING):
         run_with(r, body)
-    assert all(rec.levelno == logging.WARNING for rec in caplog.records
-               if "RBAC denies us" in rec.getMessage())
+    assert all(
+        rec.levelno == logging.WARNING
+        for rec in caplog.records
+        if "RBAC denies us" in rec.getMessage()
+    )
 
 
 def test_silent_watch_is_abandoned_after_the_read_timeout(kube: KubeFake) -> None:
@@ -280,14 +300,32 @@ def test_malformed_objects_skipped_and_counted_never_remove_live(kube: KubeFake)
         await asyncio.wait_for(r.synced.wait(), 10)
         assert r.stats.skipped.get("malformed") == 1
         # pm-a turns into garbage: keep what we knew
-        kube.put_raw("pods", {"metadata": {"name": "pm-a", "namespace": NS, "labels": LABELS,
-                                           "resourceVersion": "999999"},
-                              "status": "garbage", "spec": []}, namespace=NS)
-        kube.put_raw("pods", {"metadata": {"name": "pm-c", "namespace": NS, "labels": LABELS},
-                              "spec": {"nodeName": "node-c"},
-                              "status": {"phase": "Running",
-                                         "podIPs": [{"ip": "not-an-ip"}, {"ip": "198.18.1.7"}]}},
-                     namespace=NS)
+        kube.put_raw(
+            "pods",
+            {
+                "metadata": {
+                    "name": "pm-a",
+                    "namespace": NS,
+                    "labels": LABELS,
+                    "resourceVersion": "999999",
+                },
+                "status": "garbage",
+                "spec": [],
+            },
+            namespace=NS,
+        )
+        kube.put_raw(
+            "pods",
+            {
+                "metadata": {"name": "pm-c", "namespace": NS, "labels": LABELS},
+                "spec": {"nodeName": "node-c"},
+                "status": {
+                    "phase": "Running",
+                    "podIPs": [{"ip": "not-an-ip"}, {"ip": "198.18.1.7"}],
+                },
+            },
+            namespace=NS,
+        )
         await until(lambda: "node-c" in nodes(r))
 
     run_with(r, body)
@@ -326,8 +364,9 @@ def test_metadata_only_watch_follows_changes(kube: KubeFake) -> None:
     # The fake ends a watch that asks for a list at its first event, as a real server does.
     kube.upsert("nodes", make_node("n1", {"topology.kubernetes.io/zone": "z1"}))
     api = KubeApi(kube.client_configuration())
-    r: Reflector[NodeMeta] = Reflector(api, Resource("nodes", metadata_only=True),
-                                       parse_node_meta, lambda: None, **TIMING)
+    r: Reflector[NodeMeta] = Reflector(
+        api, Resource("nodes", metadata_only=True), parse_node_meta, lambda: None, **TIMING
+    )
 
     async def body() -> None:
         await asyncio.wait_for(r.synced.wait(), 10)
@@ -356,12 +395,14 @@ class EndingApi:
         self.watches = 0
         self.serve = threading.Event()
 
-    def list(self, res: Resource, timeout: float,
-             transform: Callable[[Any], Any] = lambda obj: obj) -> tuple[list[Any], str]:
+    def list(
+        self, res: Resource, timeout: float, transform: Callable[[Any], Any] = lambda obj: obj
+    ) -> tuple[list[Any], str]:
         return [], "7"
 
-    def watch(self, res: Resource, resource_version: str, timeout_seconds: int,
-              read_timeout: float) -> EndingWatch:
+    def watch(
+        self, res: Resource, resource_version: str, timeout_seconds: int, read_timeout: float
+    ) -> EndingWatch:
         self.watches += 1
         return EndingWatch(self.serve.is_set())
 
@@ -382,8 +423,13 @@ class EndingWatch:
 
 def test_early_ending_watch_backs_off_and_reads_unhealthy() -> None:
     api = EndingApi()
-    r: Reflector[Peer] = Reflector(api, Resource("pods", NS, SEL), parse_pod, lambda: None,
-                                   **(TIMING | {"retry_max_delay": 0.4}))
+    r: Reflector[Peer] = Reflector(
+        api,
+        Resource("pods", NS, SEL),
+        parse_pod,
+        lambda: None,
+        **(TIMING | {"retry_max_delay": 0.4}),
+    )
 
     async def body() -> None:
         await asyncio.wait_for(r.synced.wait(), 5)
@@ -408,8 +454,9 @@ def test_early_ending_watch_backs_off_and_reads_unhealthy() -> None:
 
 
 def test_configuration_disables_urllib3_retries(kube: KubeFake, tmp_path: Any) -> None:
-    cfg = load_configuration(KubernetesSettings(kubeconfig=str(kube.kubeconfig(
-        tmp_path / "kubeconfig"))))
+    cfg = load_configuration(
+        KubernetesSettings(kubeconfig=str(kube.kubeconfig(tmp_path / "kubeconfig")))
+    )
     assert cfg.retries is False
     api = KubeApi(kube.client_configuration())  # also for a configuration made elsewhere
     retries = api._api_client.rest_client.pool_manager.connection_pool_kw["retries"]
@@ -417,7 +464,8 @@ def test_configuration_disables_urllib3_retries(kube: KubeFake, tmp_path: Any) -
 
 
 def test_connection_failure_surfaces_at_once_without_urllib3_retries(
-        kube: KubeFake, caplog: pytest.LogCaptureFixture) -> None:
+    kube: KubeFake, caplog: pytest.LogCaptureFixture
+) -> None:
     api = KubeApi(kube.client_configuration())
     kube.stop()
     with caplog.at_level(logging.DEBUG, logger="urllib3"), pytest.raises(ConnectionFailed):

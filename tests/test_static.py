@@ -13,14 +13,24 @@ from exporter.discovery.static import StaticDiscovery, is_host, parse_targets_te
 
 def test_parse_targets_text() -> None:
     hosts, bad = parse_targets_text(
-        "# comment\n198.18.0.1\n\n  node-a.example  # trailing\nbad host\n2001:db8::5\n!!!\n")
+        "# comment\n198.18.0.1\n\n  node-a.example  # trailing\nbad host\n2001:db8::5\n!!!\n"
+    )
     assert hosts == ["198.18.0.1", "node-a.example", "2001:db8::5"]
     assert [(b.lineno, b.text) for b in bad] == [(5, "bad host"), (7, "!!!")]
 
 
-@pytest.mark.parametrize("text,ok", [("198.18.0.1", True), ("2001:db8::1", True),
-                                     ("a.b-c.example.", True), ("-bad.example", False),
-                                     ("a" * 64, False), ("", False), ("a..b", False)])
+@pytest.mark.parametrize(
+    "text,ok",
+    [
+        ("198.18.0.1", True),
+        ("2001:db8::1", True),
+        ("a.b-c.example.", True),
+        ("-bad.example", False),
+        ("a" * 64, False),
+        ("", False),
+        ("a..b", False),
+    ],
+)
 def test_is_host(text: str, ok: bool) -> None:
     assert is_host(text) is ok
 

@@ -30,8 +30,11 @@ def test_payload_layout() -> None:
 
 
 def _v4_header(dst: str, proto: int = 1) -> bytes:
-    return bytes([0x45, 0, 0, 84, 0, 0, 0, 0, 64, proto, 0, 0]) + socket.inet_aton(
-        "198.18.0.1") + socket.inet_aton(dst)
+    return (
+        bytes([0x45, 0, 0, 84, 0, 0, 0, 0, 64, proto, 0, 0])
+        + socket.inet_aton("198.18.0.1")
+        + socket.inet_aton(dst)
+    )
 
 
 def test_v4_unreachable_quotes_request() -> None:
@@ -43,8 +46,11 @@ def test_v4_unreachable_quotes_request() -> None:
 
 def test_v6_time_exceeded_quotes_request() -> None:
     req = wire.echo_request(6, 1, 2, b"\0" * 8, 0, b"", with_checksum=False)
-    inner = bytes([0x60, 0, 0, 0, 0, 8, 58, 64]) + socket.inet_pton(
-        socket.AF_INET6, "2001:db8::1") + socket.inet_pton(socket.AF_INET6, "2001:db8::2")
+    inner = (
+        bytes([0x60, 0, 0, 0, 0, 8, 58, 64])
+        + socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+        + socket.inet_pton(socket.AF_INET6, "2001:db8::2")
+    )
     msg = struct.pack("!BBHI", 3, 0, 0, 0) + inner + req
     assert wire.parse_icmp(6, msg) == wire.IcmpError("ttl_exceeded", 3, 0, 1, 2, "2001:db8::2")
 

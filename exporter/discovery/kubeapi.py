@@ -75,7 +75,8 @@ def load_configuration(settings: KubernetesSettings) -> client.Configuration:
         raise ConfigError(
             "no Kubernetes credentials: not in a cluster or no service account token "
             f"at {SERVICE_ACCOUNT_TOKEN} ({exc}); pass --kubeconfig outside a cluster, or "
-            "--discovery=static") from None
+            "--discovery=static"
+        ) from None
     return without_retries(cfg)
 
 
@@ -120,8 +121,9 @@ class KubeApi:
             raise ConnectionFailed(f"{type(exc).__name__}: {exc}") from None
         raise ValueError(f"unknown resource {res.name}")
 
-    def list(self, res: Resource, timeout: float,
-             transform: Callable[[Any], Any] = lambda obj: obj) -> tuple[list[Any], str]:
+    def list(
+        self, res: Resource, timeout: float, transform: Callable[[Any], Any] = lambda obj: obj
+    ) -> tuple[list[Any], str]:
         """Every object, passed through transform page by page (so a large list never sits
         in memory as raw JSON), and the list's resourceVersion.
 
@@ -160,11 +162,17 @@ class KubeApi:
                 return items, str(meta.get("resourceVersion", ""))
         raise ApiError(200, "BadList", "list never ended")
 
-    def watch(self, res: Resource, resource_version: str, timeout_seconds: int,
-              read_timeout: float) -> Watch:
-        resp = self._call(res, watch=True, resource_version=resource_version,
-                          allow_watch_bookmarks=True, timeout_seconds=timeout_seconds,
-                          _request_timeout=(10, read_timeout))
+    def watch(
+        self, res: Resource, resource_version: str, timeout_seconds: int, read_timeout: float
+    ) -> Watch:
+        resp = self._call(
+            res,
+            watch=True,
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout_seconds,
+            _request_timeout=(10, read_timeout),
+        )
         return Watch(resp)
 
 

@@ -120,8 +120,9 @@ def parse_node_meta(obj: Any) -> NodeMeta | Skip:
     labels = _dict(_dict(obj.get("metadata")).get("labels"))
     zone = labels.get(ZONE_LABEL)
     region = labels.get(REGION_LABEL)
-    return NodeMeta(key, zone if isinstance(zone, str) else None,
-                    region if isinstance(region, str) else None)
+    return NodeMeta(
+        key, zone if isinstance(zone, str) else None, region if isinstance(region, str) else None
+    )
 
 
 PROBE_ANNOTATION = "pingmesh.io/probe"
@@ -216,8 +217,11 @@ def parse_endpoint_slice(obj: Any) -> SliceCounts | Skip:
     service = _dict(meta.get("labels")).get(SERVICE_NAME_LABEL)
     address_type = obj.get("addressType")
     endpoints = obj.get("endpoints") or []
-    if not isinstance(service, str) or not isinstance(address_type, str) or not isinstance(
-            endpoints, list):
+    if (
+        not isinstance(service, str)
+        or not isinstance(address_type, str)
+        or not isinstance(endpoints, list)
+    ):
         return Skip("malformed")
     ready = serving = terminating = 0
     for ep in endpoints:
@@ -229,5 +233,6 @@ def parse_endpoint_slice(obj: Any) -> SliceCounts | Skip:
         ready += is_ready
         serving += cond.get("serving", is_ready) is not False
         terminating += cond.get("terminating") is True
-    return SliceCounts(f"{key.split('/', 1)[0]}/{service}", address_type, ready, serving,
-                       terminating)
+    return SliceCounts(
+        f"{key.split('/', 1)[0]}/{service}", address_type, ready, serving, terminating
+    )

@@ -58,10 +58,14 @@ def rbac_remedy(res: Resource) -> str:
     group = API_GROUPS.get(res.name)
     need = f"list and watch on {res.name} ({f'API group {group}' if group else 'core API group'})"
     if res.namespace:
-        return (f"{need} in namespace {res.namespace}, granted by the Role pingmesh-exporter "
-                "and its RoleBinding in deploy/base/rbac.yaml (both must be in that namespace)")
-    return (f"{need} at cluster scope, granted by the ClusterRole pingmesh-exporter and its "
-            "ClusterRoleBinding in deploy/base/rbac.yaml")
+        return (
+            f"{need} in namespace {res.namespace}, granted by the Role pingmesh-exporter "
+            "and its RoleBinding in deploy/base/rbac.yaml (both must be in that namespace)"
+        )
+    return (
+        f"{need} at cluster scope, granted by the ClusterRole pingmesh-exporter and its "
+        "ClusterRoleBinding in deploy/base/rbac.yaml"
+    )
 
 
 @dataclass
@@ -124,10 +128,18 @@ async def in_thread(fn: Callable[[], R], name: str) -> R:
 
 
 class Reflector(Generic[T]):
-    def __init__(self, api: Api, resource: Resource, parse: Callable[[Any], T | Skip],
-                 on_change: Callable[[], None], *, request_timeout: float,
-                 watch_timeout: float, retry_max_delay: float,
-                 startup_denial_timeout: float) -> None:
+    def __init__(
+        self,
+        api: Api,
+        resource: Resource,
+        parse: Callable[[Any], T | Skip],
+        on_change: Callable[[], None],
+        *,
+        request_timeout: float,
+        watch_timeout: float,
+        retry_max_delay: float,
+        startup_denial_timeout: float,
+    ) -> None:
         self.api = api
         self.resource = resource
         self.parse = parse
@@ -269,26 +281,43 @@ class Reflector(Generic[T]):
             if exc.status == 401 or left <= 0:
                 raise FatalApiError(self._denial_message(exc, denied_for)) from None
             if first:
-                log.info("%s %s denied (403): retrying for up to %.0fs, the API server's RBAC "
-                         "may still be warming up", self.resource.name, self._verb, left)
+                log.info(
+                    "%s %s denied (403): retrying for up to %.0fs, the API server's RBAC "
+                    "may still be warming up",
+                    self.resource.name,
+                    self._verb,
+                    left,
+                )
             return min(delay, left)  # the last try is at the deadline, not a back-off later
         if (exc.status == 401 or left <= 0) and not self._logged_denial:
             self._logged_denial = True
-            log.log(logging.ERROR if exc.status == 401 else logging.WARNING, "%s",
-                    self._denial_message(exc, denied_for))
+            log.log(
+                logging.ERROR if exc.status == 401 else logging.WARNING,
+                "%s",
+                self._denial_message(exc, denied_for),
+            )
         else:
-            log.debug("%s %s denied (%d) for %.1fs", self.resource.name, self._verb,
-                      exc.status, denied_for)
+            log.debug(
+                "%s %s denied (%d) for %.1fs",
+                self.resource.name,
+                self._verb,
+                exc.status,
+                denied_for,
+            )
         return delay
 
     def _denial_message(self, exc: ApiError, denied_for: float) -> str:
         r = self.resource
         if exc.status == 401:
-            return (f"the API server rejected our credentials (401) on {r.name}: check the "
-                    "service account token or the kubeconfig")
+            return (
+                f"the API server rejected our credentials (401) on {r.name}: check the "
+                "service account token or the kubeconfig"
+            )
         lasted = f" for {denied_for:.0f}s" if denied_for >= 1 else ""
-        return (f"RBAC denies us (403) on {r.name}{lasted}: the exporter's service account "
-                f"needs {rbac_remedy(r)} ({exc})")
+        return (
+            f"RBAC denies us (403) on {r.name}{lasted}: the exporter's service account "
+            f"needs {rbac_remedy(r)} ({exc})"
+        )
 
     def _ended_early(self) -> None:
         ReflectorStats.add(self.stats.restarts, "early_end")
@@ -297,15 +326,20 @@ class Reflector(Generic[T]):
             return
         self.stats.healthy = False
         if self._early_ends == EARLY_END_LIMIT:
-            log.warning("%s watch ended %d times in a row as soon as it was opened, without an "
-                        "event: backing off; the API server (or a proxy in front of it) does "
-                        "not serve this watch", self.resource.name, self._early_ends)
+            log.warning(
+                "%s watch ended %d times in a row as soon as it was opened, without an "
+                "event: backing off; the API server (or a proxy in front of it) does "
+                "not serve this watch",
+                self.resource.name,
+                self._early_ends,
+            )
 
     async def _list(self) -> None:
         ReflectorStats.add(self.stats.requests, "list")
         items, rv = await in_thread(
             lambda: self.api.list(self.resource, self.request_timeout, self._parse_item),
-            name=f"list-{self.resource.name}")
+            name=f"list-{self.resource.name}",
+        )
         self._succeeded()
         self._replace(items)
         self._resource_version = rv
@@ -322,7 +356,8 @@ class Reflector(Generic[T]):
         rv = self._resource_version
         watch = await in_thread(
             lambda: self.api.watch(self.resource, rv, timeout_seconds, read_timeout),
-            name=f"watch-open-{self.resource.name}")
+            name=f"watch-open-{self.resource.name}",
+        )
         opened = time.monotonic()
         self._succeeded()
         loop = asyncio.get_running_loop()

@@ -29,18 +29,26 @@ COALESCE_SECONDS = 0.05
 
 
 class ServiceDiscovery:
-    def __init__(self, settings: ServicesSettings, kube: KubernetesSettings, api: Api,
-                 checker: ServiceChecker) -> None:
+    def __init__(
+        self,
+        settings: ServicesSettings,
+        kube: KubernetesSettings,
+        api: Api,
+        checker: ServiceChecker,
+    ) -> None:
         self.settings = settings
         self.api = api
         self.checker = checker
         self.selector = LabelSelector(settings.selector) if settings.selector else None
-        self._timing = {"request_timeout": kube.request_timeout,
-                        "watch_timeout": kube.watch_timeout,
-                        "retry_max_delay": kube.retry_max_delay,
-                        "startup_denial_timeout": kube.startup_denial_timeout}
+        self._timing = {
+            "request_timeout": kube.request_timeout,
+            "watch_timeout": kube.watch_timeout,
+            "retry_max_delay": kube.retry_max_delay,
+            "startup_denial_timeout": kube.startup_denial_timeout,
+        }
         self.services: Reflector[Service] = Reflector(
-            api, Resource("services"), parse_service, self._changed, **self._timing)
+            api, Resource("services"), parse_service, self._changed, **self._timing
+        )
         self.slices: Reflector[SliceCounts] | None = None
         self._slice_names: tuple[str, ...] = ()
         self._slice_task: asyncio.Task[None] | None = None
@@ -55,8 +63,13 @@ class ServiceDiscovery:
 
     def _slice_reflector(self, names: tuple[str, ...]) -> Reflector[SliceCounts]:
         selector = f"{SERVICE_NAME_LABEL} in ({','.join(names)})"
-        return Reflector(self.api, Resource("endpointslices", label_selector=selector),
-                         parse_endpoint_slice, self._changed, **self._timing)
+        return Reflector(
+            self.api,
+            Resource("endpointslices", label_selector=selector),
+            parse_endpoint_slice,
+            self._changed,
+            **self._timing,
+        )
 
     async def run(self) -> None:
         try:
@@ -74,17 +87,20 @@ class ServiceDiscovery:
             self._dirty.clear()
             if not self.services.synced.is_set():
                 continue
-            chosen = selected(self.services.store.values(),
-                              (*self.settings.always, *self.settings.dns), self.selector)
+            chosen = selected(
+                self.services.store.values(),
+                (*self.settings.always, *self.settings.dns),
+                self.selector,
+            )
             names = tuple(sorted({s.name for s in chosen}))
             if names != self._slice_names:
                 await self._replace_slice_watch(names, group)
             slices = self.slices.store.values() if self.slices is not None else ()
-            self.checker.set_plan(plan_checks(chosen, self.settings.dns),
-                                  endpoint_counts(slices, chosen))
+            self.checker.set_plan(
+                plan_checks(chosen, self.settings.dns), endpoint_counts(slices, chosen)
+            )
 
-    async def _replace_slice_watch(self, names: tuple[str, ...],
-                                   group: asyncio.TaskGroup) -> None:
+    async def _replace_slice_watch(self, names: tuple[str, ...], group: asyncio.TaskGroup) -> None:
         if self._slice_task is not None:
             self._slice_task.cancel()
             await asyncio.wait([self._slice_task])
@@ -92,11 +108,19 @@ class ServiceDiscovery:
         self.slices = self._slice_reflector(names) if names else None
         self._slice_task = None
         if self.slices is not None:
-            self._slice_task = group.create_task(self.slices.run(),
-                                                 name="discovery.kubernetes.endpointslices")
+            self._slice_task = group.create_task(
+                self.slices.run(), name="discovery.kubernetes.endpointslices"
+            )
 
 
-def make_checker(settings: ServicesSettings, source_node: str | None,
-                 **probes: Callable[..., Any]) -> ServiceChecker:
-    return ServiceChecker(settings.interval, settings.timeout, settings.concurrency,
-                          settings.query_name, source_node, **probes)
+def make_checker(
+    settings: ServicesSettings, source_node: str | None, **probes: Callable[..., Any]
+) -> ServiceChecker:
+    return ServiceChecker(
+        settings.interval,
+        settings.timeout,
+        settings.concurrency,
+        settings.query_name,
+        source_node,
+        **probes,
+    )

@@ -74,8 +74,12 @@ def pick_addresses(addresses: Iterable[str]) -> list[str]:
 
 
 class StaticDiscovery:
-    def __init__(self, settings: StaticSettings, defaults: Iterable[str] = (),
-                 resolver: Resolver = system_resolver) -> None:
+    def __init__(
+        self,
+        settings: StaticSettings,
+        defaults: Iterable[str] = (),
+        resolver: Resolver = system_resolver,
+    ) -> None:
         self.settings = settings
         self.defaults = tuple(defaults)
         self.resolver = resolver
@@ -103,16 +107,18 @@ class StaticDiscovery:
                 if first:
                     raise ConfigError(f"flag --targets-file: cannot read {path}: {exc}") from None
                 self._count("read")
-                log.warning("cannot re-read targets file %s, keeping previous targets: %s",
-                            path, exc)
+                log.warning(
+                    "cannot re-read targets file %s, keeping previous targets: %s", path, exc
+                )
                 return list(self._known)
             from_file, bad = parse_targets_text(text)
             for b in bad:
                 self._count("invalid_line")
                 if (b.lineno, b.text) not in self._bad_lines_logged:
                     self._bad_lines_logged.add((b.lineno, b.text))
-                    log.warning("%s:%d: skipped, not an IP address or host name: %r",
-                                path, b.lineno, b.text)
+                    log.warning(
+                        "%s:%d: skipped, not an IP address or host name: %r", path, b.lineno, b.text
+                    )
             hosts += from_file
         if not hosts and not path:
             hosts = list(self.defaults)
@@ -152,8 +158,12 @@ class StaticDiscovery:
         previous = self._known.get(host, [])
         if host not in self._failing:
             self._failing.add(host)
-            log.warning("cannot resolve host name %s (%s)%s", host, why,
-                        "; keeping its last addresses" if previous else "; will retry")
+            log.warning(
+                "cannot resolve host name %s (%s)%s",
+                host,
+                why,
+                "; keeping its last addresses" if previous else "; will retry",
+            )
         return previous
 
     async def initial(self) -> list[Target]:

@@ -70,11 +70,13 @@ class Channel:
 
 
 class Prober:
-    def __init__(self, settings: ProbeSettings, sockets: Mapping[int, ProbeSocket],
-                 const_labels: str = "") -> None:
+    def __init__(
+        self, settings: ProbeSettings, sockets: Mapping[int, ProbeSocket], const_labels: str = ""
+    ) -> None:
         self.settings = settings
-        self.channels = {f: Channel(f, sockets.get(f), reply_type=wire.ECHO_REPLY[f])
-                         for f in (4, 6)}
+        self.channels = {
+            f: Channel(f, sockets.get(f), reply_type=wire.ECHO_REPLY[f]) for f in (4, 6)
+        }
         self.const_labels = const_labels
         self.buckets = settings.rtt_buckets
         self._bounds_ns = [round(b * 1e9) for b in self.buckets]
@@ -85,7 +87,7 @@ class Prober:
         self._linger_ns = max(self._timeout_ns, 5_000_000_000)
         self._cookie = os.urandom(8)
         filler = bytes(range(256)) * ((settings.payload_size // 256) + 1)
-        self._tail = filler[wire.PAYLOAD_HEAD:settings.payload_size]
+        self._tail = filler[wire.PAYLOAD_HEAD : settings.payload_size]
         self._nonce = int.from_bytes(os.urandom(4), "big")
         self._states: dict[TargetKey, TargetState] = {}
         self._targets: dict[TargetKey, Target] = {}
@@ -108,8 +110,9 @@ class Prober:
             st.removed = True
             self._logged_send_errors = {e for e in self._logged_send_errors if e[0] != t.key}
         for t in change.added:
-            st = self._states[t.key] = TargetState(t, self._bounds_ns,
-                                                   self.settings.up_window, self.const_labels)
+            st = self._states[t.key] = TargetState(
+                t, self._bounds_ns, self.settings.up_window, self.const_labels
+            )
             self._set_destination(st)
         for t in change.moved:
             st = self._states[t.key]
@@ -123,8 +126,13 @@ class Prober:
             if ch.sock is not None:
                 count = sum(1 for s in self.states if s.target.family == fam)
                 ch.sock.resize(min(max(count * 1280, 256 * 1024), 32 * 1024 * 1024))
-        log.info("target set changed: %d added, %d removed, %d moved, %d total",
-                 len(change.added), len(change.removed), len(change.moved), len(self.states))
+        log.info(
+            "target set changed: %d added, %d removed, %d moved, %d total",
+            len(change.added),
+            len(change.removed),
+            len(change.moved),
+            len(self.states),
+        )
 
     def _set_destination(self, st: TargetState) -> None:
         sock = self.channels[st.target.family].sock
@@ -151,8 +159,9 @@ class Prober:
             old_st.lost()
             ch.seq_reuse += 1
         nonce = self._nonce = (self._nonce + 1) & 0xFFFFFFFFFFFFFFFF
-        packet = wire.echo_request(fam, sock.ident, seq, self._cookie, nonce, self._tail,
-                                   sock.raw and fam == 4)
+        packet = wire.echo_request(
+            fam, sock.ident, seq, self._cookie, nonce, self._tail, sock.raw and fam == 4
+        )
         tx_mono = time.monotonic_ns()
         tx_real = time.time_ns()
         try:
@@ -170,8 +179,12 @@ class Prober:
         key = (st.target.key, err)
         if key not in self._logged_send_errors:
             self._logged_send_errors.add(key)
-            log.warning("cannot send to %s (%s): %s", st.target.display, st.address,
-                        os.strerror(err) if err else "unknown error")
+            log.warning(
+                "cannot send to %s (%s): %s",
+                st.target.display,
+                st.address,
+                os.strerror(err) if err else "unknown error",
+            )
 
     async def send_loop(self) -> None:
         interval = self._interval_ns
@@ -261,8 +274,9 @@ class Prober:
             if qe.icmp_type < 0 or quoted is None:
                 ch.unmatched_add("unknown_error")
                 continue
-            self._on_error(ch, wire.error_reason(ch.family, qe.icmp_type), quoted[1],
-                           qe.destination)
+            self._on_error(
+                ch, wire.error_reason(ch.family, qe.icmp_type), quoted[1], qe.destination
+            )
 
     def _on_other(self, ch: Channel, data: bytes) -> None:
         parsed = wire.parse_icmp(ch.family, data)
@@ -275,8 +289,9 @@ class Prober:
         elif isinstance(parsed, wire.Ignored):
             ch.unmatched_add(parsed.why)
 
-    def _on_reply(self, ch: Channel, source: str, seq: int, payload: bytes,
-                  rx_ns: int | None, truncated: bool) -> None:
+    def _on_reply(
+        self, ch: Channel, source: str, seq: int, payload: bytes, rx_ns: int | None, truncated: bool
+    ) -> None:
         flight = ch.flights.get(seq)
         if flight is None:
             ch.unmatched_add("unknown_sequence")
@@ -386,8 +401,7 @@ class Prober:
         assert ch.sock is not None and self._loop is not None
         fd = ch.sock.fileno()
         self._loop.remove_reader(fd)
-        self._pending_reads[fd] = (self._loop.call_later(READ_DELAY, self._read_and_rearm, ch),
-                                   ch)
+        self._pending_reads[fd] = (self._loop.call_later(READ_DELAY, self._read_and_rearm, ch), ch)
 
     def _read_pending(self) -> None:
         """Read sockets that turned readable now, on a send tick, sparing a wake-up."""

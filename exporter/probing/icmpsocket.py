@@ -51,8 +51,9 @@ class ProbeSocket(Protocol):
 
     def fileno(self) -> int: ...
     def destination(self, address: str) -> tuple[str, int] | tuple[str, int, int, int]: ...
-    def send(self, packet: bytes, destination: tuple[str, int] | tuple[str, int, int, int]
-             ) -> None: ...
+    def send(
+        self, packet: bytes, destination: tuple[str, int] | tuple[str, int, int, int]
+    ) -> None: ...
     def recv_many(self, limit: int) -> tuple[list[Received], bool]: ...
     def recv_error(self) -> QueuedError | None: ...
     def resize(self, wanted: int) -> None: ...
@@ -106,9 +107,20 @@ def privilege_message(mode: str) -> str:
 
 # What an ICMP error leaves as a socket's pending error (unreachable, time exceeded, packet
 # too big, parameter problem, source quench): the next send reports it instead of sending.
-ASYNC_ERRORS = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED,
-                          errno.EHOSTDOWN, errno.ENONET, errno.ENOPROTOOPT, errno.EOPNOTSUPP,
-                          errno.EACCES, errno.EMSGSIZE, errno.EPROTO})
+ASYNC_ERRORS = frozenset(
+    {
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ECONNREFUSED,
+        errno.EHOSTDOWN,
+        errno.ENONET,
+        errno.ENOPROTOOPT,
+        errno.EOPNOTSUPP,
+        errno.EACCES,
+        errno.EMSGSIZE,
+        errno.EPROTO,
+    }
+)
 # A few errors can queue up between two sends; a real failure of the send itself repeats.
 PENDING_ERROR_RETRIES = 3
 
@@ -116,8 +128,7 @@ PENDING_ERROR_RETRIES = 3
 class IcmpSocket:
     """A non-blocking ICMP socket of one family, in datagram or raw mode."""
 
-    def __init__(self, family: int, mode: str, ttl: int, traffic_class: int,
-                 rcvbuf: int) -> None:
+    def __init__(self, family: int, mode: str, ttl: int, traffic_class: int, rcvbuf: int) -> None:
         if mode not in ("datagram", "raw"):
             raise ValueError(mode)
         self.family = family
@@ -155,8 +166,7 @@ class IcmpSocket:
                 blocked = [0xFFFFFFFF] * 8
                 for t in (1, 2, 3, 4, 129):
                     blocked[t >> 5] &= ~(1 << (t & 31))
-                sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER,
-                                struct.pack("@8I", *blocked))
+                sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("@8I", *blocked))
             else:
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
         self._bufsize = 65535
@@ -183,8 +193,7 @@ class IcmpSocket:
         """The sockaddr tuple for sendto, built once per target, not once per packet."""
         return (address, 0) if self.family == 4 else (address, 0, 0, 0)
 
-    def send(self, packet: bytes, destination: tuple[str, int] | tuple[str, int, int, int]
-             ) -> None:
+    def send(self, packet: bytes, destination: tuple[str, int] | tuple[str, int, int, int]) -> None:
         """Send one packet. An ICMP error for any earlier request also sets the socket's
         pending error, which the kernel hands to the next send, whatever its destination,
         and clears: such a refusal belongs to another target (its details wait on the error
@@ -239,13 +248,15 @@ class IcmpSocket:
         if self.raw:
             return None
         try:
-            data, anc, _flags, addr = self.sock.recvmsg(self._bufsize, _ERR_ANC_SIZE,
-                                                        socket.MSG_ERRQUEUE)
+            data, anc, _flags, addr = self.sock.recvmsg(
+                self._bufsize, _ERR_ANC_SIZE, socket.MSG_ERRQUEUE
+            )
         except (BlockingIOError, InterruptedError):
             return None
         for level, kind, cdata in anc:
             is_err = (level == socket.IPPROTO_IP and kind == IP_RECVERR) or (
-                level == socket.IPPROTO_IPV6 and kind == IPV6_RECVERR)
+                level == socket.IPPROTO_IPV6 and kind == IPV6_RECVERR
+            )
             if not is_err or len(cdata) < _EXT_ERR.size:
                 continue
             _errno, origin, icmp_type, code, _pad, _info, _data = _EXT_ERR.unpack_from(cdata)

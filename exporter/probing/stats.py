@@ -35,8 +35,9 @@ class TargetState:
         "up_mask",
     )
 
-    def __init__(self, target: Target, bounds_ns: list[int], up_window: int,
-                 const_labels: str) -> None:
+    def __init__(
+        self, target: Target, bounds_ns: list[int], up_window: int, const_labels: str
+    ) -> None:
         self.target = target
         self.address = target.address
         self.dest: tuple[str, int] | tuple[str, int, int, int] | None = None

@@ -29,8 +29,9 @@ def checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def echo_request(family: int, ident: int, seq: int, cookie: bytes, nonce: int, tail: bytes,
-                 with_checksum: bool) -> bytes:
+def echo_request(
+    family: int, ident: int, seq: int, cookie: bytes, nonce: int, tail: bytes, with_checksum: bool
+) -> bytes:
     """An echo request whose payload is a per-process cookie, a nonce, then tail. A reply must
     carry exactly these bytes back, which is how corrupt replies are told apart. Datagram
     ICMP sockets and raw ICMPv6 sockets have the kernel fill in the checksum; raw IPv4

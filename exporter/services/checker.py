@@ -32,8 +32,23 @@ log = logging.getLogger("exporter.services")
 
 Probe = Callable[[Check, float], Awaitable[tuple[str, float | None]]]
 
-BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-           0.5, 1.0, 2.5, 5.0)
+BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 # nodata is an answer too: NOERROR proves the resolver works and the name exists. AAAA for
 # kubernetes.default on a dual-stack cluster is nodata, the Service being single-stack.
 GOOD = ("ok", "noerror", "nodata")
@@ -58,8 +73,7 @@ async def tcp_connect(check: Check, timeout: float) -> tuple[str, float | None]:
         sock.setblocking(False)
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, (check.cluster_ip, check.port)),
-                                   timeout)
+            await asyncio.wait_for(loop.sock_connect(sock, (check.cluster_ip, check.port)), timeout)
         except OSError as exc:  # TimeoutError and ConnectionRefusedError included
             return failure(exc), None
         return "ok", time.perf_counter() - started
@@ -114,9 +128,16 @@ class CheckState:
 
 
 class ServiceChecker:
-    def __init__(self, interval: float, timeout: float, concurrency: int, dns_name: str,
-                 source_node: str | None, tcp: Probe = tcp_connect,
-                 dns_probe: Probe | None = None) -> None:
+    def __init__(
+        self,
+        interval: float,
+        timeout: float,
+        concurrency: int,
+        dns_name: str,
+        source_node: str | None,
+        tcp: Probe = tcp_connect,
+        dns_probe: Probe | None = None,
+    ) -> None:
         self.interval = interval
         self.timeout = timeout
         self.source_node = source_node
@@ -126,8 +147,7 @@ class ServiceChecker:
         self.plan = ServicePlan((), (), ())
         self.endpoints: dict[tuple[str, str], dict[str, int]] = {}
 
-    def set_plan(self, plan: ServicePlan, endpoints: dict[tuple[str, str], dict[str, int]]
-                 ) -> None:
+    def set_plan(self, plan: ServicePlan, endpoints: dict[tuple[str, str], dict[str, int]]) -> None:
         wanted = {c.key: c for c in plan.checks}
         for key in list(self.states):
             if key not in wanted:
@@ -135,8 +155,9 @@ class ServiceChecker:
         for key, check in wanted.items():
             state = self.states.get(key)
             if state is None:
-                phase = Target((("service", "/".join(map(str, key))),), check.family,
-                               check.cluster_ip).phase()
+                phase = Target(
+                    (("service", "/".join(map(str, key))),), check.family, check.cluster_ip
+                ).phase()
                 self.states[key] = CheckState(check, phase)
             else:
                 state.check = check  # a new ClusterIP keeps the series
@@ -181,23 +202,37 @@ class ServiceChecker:
         src = ["source_node"] if self.source_node else []
         srcv = [self.source_node] if self.source_node else []
         base = [*src, "namespace", "service", "ip_family", "port", "protocol"]
-        total = CounterMetricFamily("pingmesh_service_probe",
-                                    "Service checks through the ClusterIP, by result.",
-                                    labels=[*base, "result"])
-        up = GaugeMetricFamily("pingmesh_service_up",
-                               "1 when the last check of this ClusterIP and port succeeded.",
-                               labels=base)
-        connect = HistogramMetricFamily("pingmesh_service_connect_seconds",
-                                        "TCP connect time through the ClusterIP (successes).",
-                                        labels=base)
-        query = HistogramMetricFamily("pingmesh_service_dns_query_seconds",
-                                      "DNS query time through the ClusterIP (answers).",
-                                      labels=base)
+        total = CounterMetricFamily(
+            "pingmesh_service_probe",
+            "Service checks through the ClusterIP, by result.",
+            labels=[*base, "result"],
+        )
+        up = GaugeMetricFamily(
+            "pingmesh_service_up",
+            "1 when the last check of this ClusterIP and port succeeded.",
+            labels=base,
+        )
+        connect = HistogramMetricFamily(
+            "pingmesh_service_connect_seconds",
+            "TCP connect time through the ClusterIP (successes).",
+            labels=base,
+        )
+        query = HistogramMetricFamily(
+            "pingmesh_service_dns_query_seconds",
+            "DNS query time through the ClusterIP (answers).",
+            labels=base,
+        )
         les = [format_le(b) for b in BUCKETS] + ["+Inf"]
         for st in sorted(self.states.values(), key=lambda s: s.check.key):
             c = st.check
-            values = [*srcv, c.namespace, c.service, family_label(c.family), str(c.port),
-                      c.protocol]
+            values = [
+                *srcv,
+                c.namespace,
+                c.service,
+                family_label(c.family),
+                str(c.port),
+                c.protocol,
+            ]
             for result, n in sorted(st.results.items()):
                 total.add_metric([*values, result], n)
             if st.last:
@@ -206,25 +241,32 @@ class ServiceChecker:
             for le, n in zip(les, st.buckets[:], strict=True):
                 acc += n
                 cumulative.append((le, acc))
-            (connect if c.protocol == "tcp" else query).add_metric(values, cumulative,
-                                                                    st.seconds_sum)
+            (connect if c.protocol == "tcp" else query).add_metric(
+                values, cumulative, st.seconds_sum
+            )
         yield from (total, up, connect, query)
 
-        endpoints = GaugeMetricFamily("pingmesh_service_endpoints",
-                                      "Endpoints of the Service by condition, summed over its "
-                                      "EndpointSlices.",
-                                      labels=["namespace", "service", "condition", "ip_family"])
+        endpoints = GaugeMetricFamily(
+            "pingmesh_service_endpoints",
+            "Endpoints of the Service by condition, summed over its EndpointSlices.",
+            labels=["namespace", "service", "condition", "ip_family"],
+        )
         for (key, fam), counts in sorted(self.endpoints.items()):
             ns, name = key.split("/", 1)
             for cond, n in sorted(counts.items()):
                 endpoints.add_metric([ns, name, cond, fam], n)
         yield endpoints
-        unc = GaugeMetricFamily("pingmesh_service_uncheckable",
-                                "Selected Services that cannot be checked through a ClusterIP "
-                                "(headless, external_name, no_ports, no_tcp_ports).",
-                                labels=["namespace", "service", "reason"])
+        unc = GaugeMetricFamily(
+            "pingmesh_service_uncheckable",
+            "Selected Services that cannot be checked through a ClusterIP "
+            "(headless, external_name, no_ports, no_tcp_ports).",
+            labels=["namespace", "service", "reason"],
+        )
         for ns, name, reason in self.plan.uncheckable:
             unc.add_metric([ns, name, reason], 1)
         yield unc
-        yield GaugeMetricFamily("pingmesh_services_selected", "Services selected for checks.",
-                                value=len(self.plan.selected))
+        yield GaugeMetricFamily(
+            "pingmesh_services_selected",
+            "Services selected for checks.",
+            value=len(self.plan.selected),
+        )

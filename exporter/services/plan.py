@@ -38,8 +38,10 @@ class ServicePlan:
     selected: tuple[str, ...]  # namespace/name keys
 
 
-_REQ = re.compile(r"^\s*(!?)([A-Za-z0-9_./-]+)\s*(?:(==|=|!=)\s*([A-Za-z0-9_.-]*)|"
-                  r"\s+(in|notin)\s*\(([^)]*)\))?\s*$")
+_REQ = re.compile(
+    r"^\s*(!?)([A-Za-z0-9_./-]+)\s*(?:(==|=|!=)\s*([A-Za-z0-9_.-]*)|"
+    r"\s+(in|notin)\s*\(([^)]*)\))?\s*$"
+)
 
 
 class LabelSelector:
@@ -97,13 +99,17 @@ def _split(text: str) -> list[str]:
     return [p for p in parts if p.strip()]
 
 
-def selected(services: Iterable[Service], always: Iterable[str],
-             selector: LabelSelector | None) -> list[Service]:
+def selected(
+    services: Iterable[Service], always: Iterable[str], selector: LabelSelector | None
+) -> list[Service]:
     keep = set(always)
     out = []
     for svc in services:
-        if svc.key in keep or svc.annotated or (
-                selector is not None and selector.matches(dict(svc.labels))):
+        if (
+            svc.key in keep
+            or svc.annotated
+            or (selector is not None and selector.matches(dict(svc.labels)))
+        ):
             out.append(svc)
     return sorted(out, key=lambda s: s.key)
 
@@ -129,19 +135,18 @@ def plan_checks(services: Iterable[Service], dns_services: Iterable[str]) -> Ser
             fam = ip_family(ip)
             for p in svc.ports:
                 if p.protocol == "TCP":
-                    checks.append(Check(svc.namespace, svc.name, ip, fam, p.port, "tcp",
-                                        p.name))
+                    checks.append(Check(svc.namespace, svc.name, ip, fam, p.port, "tcp", p.name))
                 elif p.protocol == "UDP" and is_dns and p.port == 53:
-                    checks.append(Check(svc.namespace, svc.name, ip, fam, p.port, "dns",
-                                        p.name))
+                    checks.append(Check(svc.namespace, svc.name, ip, fam, p.port, "dns", p.name))
         if not any(c.service == svc.name and c.namespace == svc.namespace for c in checks):
             uncheckable.append((svc.namespace, svc.name, "no_tcp_ports"))
     unique = list({c.key: c for c in checks}.values())
     return ServicePlan(tuple(unique), tuple(uncheckable), tuple(keys))
 
 
-def endpoint_counts(slices: Iterable[SliceCounts], services: Iterable[Service]
-                    ) -> dict[tuple[str, str], dict[str, int]]:
+def endpoint_counts(
+    slices: Iterable[SliceCounts], services: Iterable[Service]
+) -> dict[tuple[str, str], dict[str, int]]:
     """(service key, ip_family label) to counts by condition, summed over all slices, with
     zeros for the families of a selected Service that has no endpoints in them."""
     out: dict[tuple[str, str], dict[str, int]] = {}

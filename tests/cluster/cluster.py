@@ -49,8 +49,17 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = Path(__file__).resolve().with_name("build-components.sh")
 CACHE = Path(os.environ.get("PINGMESH_CACHE", "/var/cache/pingmesh-exporter"))
 BIN = CACHE / "bin"
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-              "kube-proxy", "kubelet", "kubectl", "coredns", "prometheus")
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kube-proxy",
+    "kubelet",
+    "kubectl",
+    "coredns",
+    "prometheus",
+)
 
 CP_V4 = "198.19.0.1"
 CP_V6 = "2001:db8:c0::1"
@@ -73,8 +82,10 @@ def binaries() -> str | None:
     """Why the cluster cannot run here, or None. The build script is run by `make test`."""
     missing = [c for c in COMPONENTS if not (BIN / c).is_file()]
     if missing:
-        return (f"cluster test binaries missing in {BIN}: {', '.join(missing)}; "
-                f"build them with `bash {BUILD_SCRIPT.relative_to(ROOT)}`")
+        return (
+            f"cluster test binaries missing in {BIN}: {', '.join(missing)}; "
+            f"build them with `bash {BUILD_SCRIPT.relative_to(ROOT)}`"
+        )
     return None
 
 
@@ -121,26 +132,80 @@ class Pki:
     def create(self, ips: Sequence[str]) -> None:
         d = self.dir
         ossl = ["openssl"]
-        _run([*ossl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-              "-subj", "/CN=pingmesh-test-ca", "-keyout", str(self.ca_key),
-              "-out", str(self.ca)])
-        sans = ",".join([*(f"IP:{ip}" for ip in ips), "DNS:kubernetes",
-                         "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
-                         f"DNS:kubernetes.default.svc.{CLUSTER_DOMAIN}", "DNS:localhost"])
+        _run(
+            [
+                *ossl,
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=pingmesh-test-ca",
+                "-keyout",
+                str(self.ca_key),
+                "-out",
+                str(self.ca),
+            ]
+        )
+        sans = ",".join(
+            [
+                *(f"IP:{ip}" for ip in ips),
+                "DNS:kubernetes",
+                "DNS:kubernetes.default",
+                "DNS:kubernetes.default.svc",
+                f"DNS:kubernetes.default.svc.{CLUSTER_DOMAIN}",
+                "DNS:localhost",
+            ]
+        )
         ext = d / "apiserver.ext"
         ext.write_text(f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n")
         csr = d / "apiserver.csr"
-        _run([*ossl, "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver",
-              "-keyout", str(self.apiserver_key), "-out", str(csr)])
-        _run([*ossl, "x509", "-req", "-in", str(csr), "-CA", str(self.ca), "-CAkey",
-              str(self.ca_key), "-CAcreateserial", "-days", "2", "-extfile", str(ext),
-              "-out", str(self.apiserver)])
+        _run(
+            [
+                *ossl,
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=kube-apiserver",
+                "-keyout",
+                str(self.apiserver_key),
+                "-out",
+                str(csr),
+            ]
+        )
+        _run(
+            [
+                *ossl,
+                "x509",
+                "-req",
+                "-in",
+                str(csr),
+                "-CA",
+                str(self.ca),
+                "-CAkey",
+                str(self.ca_key),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                str(ext),
+                "-out",
+                str(self.apiserver),
+            ]
+        )
         _run([*ossl, "genrsa", "-out", str(self.sa_key), "2048"])
         _run([*ossl, "rsa", "-in", str(self.sa_key), "-pubout", "-out", str(self.sa_pub)])
-        for user, groups in (("admin", "system:masters"),
-                             ("system:kube-controller-manager", ""),
-                             ("system:kube-scheduler", ""),
-                             ("system:kube-proxy", "")):
+        for user, groups in (
+            ("admin", "system:masters"),
+            ("system:kube-controller-manager", ""),
+            ("system:kube-scheduler", ""),
+            ("system:kube-proxy", ""),
+        ):
             self.add_token(user, groups)
 
     def add_token(self, user: str, groups: str = "") -> str:
@@ -155,22 +220,58 @@ class Pki:
         identities (nodes) need no restart, unlike the token file."""
         base = self.dir / user.replace(":", "-")
         key, crt, csr = (base.with_suffix(s) for s in (".key", ".crt", ".csr"))
-        _run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj",
-              f"/O={group}/CN={user}", "-keyout", str(key), "-out", str(csr)])
-        _run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(self.ca), "-CAkey",
-              str(self.ca_key), "-CAcreateserial", "-days", "2", "-out", str(crt)])
+        _run(
+            [
+                "openssl",
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                f"/O={group}/CN={user}",
+                "-keyout",
+                str(key),
+                "-out",
+                str(csr),
+            ]
+        )
+        _run(
+            [
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                str(csr),
+                "-CA",
+                str(self.ca),
+                "-CAkey",
+                str(self.ca_key),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                str(crt),
+            ]
+        )
         return crt, key
 
-    def kubeconfig(self, user: str, server: str,
-                   cert: tuple[Path, Path] | None = None) -> Path:
+    def kubeconfig(self, user: str, server: str, cert: tuple[Path, Path] | None = None) -> Path:
         path = self.dir / f"kubeconfig-{user.replace(':', '-')}"
         creds: dict[str, str] = (
-            {"client-certificate": str(cert[0]), "client-key": str(cert[1])} if cert
-            else {"token": self.tokens[user]})
+            {"client-certificate": str(cert[0]), "client-key": str(cert[1])}
+            if cert
+            else {"token": self.tokens[user]}
+        )
         doc = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "test",
-            "clusters": [{"name": "test", "cluster": {
-                "server": server, "certificate-authority": str(self.ca)}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "test",
+            "clusters": [
+                {
+                    "name": "test",
+                    "cluster": {"server": server, "certificate-authority": str(self.ca)},
+                }
+            ],
             "users": [{"name": user, "user": creds}],
             "contexts": [{"name": "test", "context": {"cluster": "test", "user": user}}],
         }
@@ -179,7 +280,8 @@ class Pki:
 
 
 AUDIT_POLICY = {
-    "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
     # One line when a request arrives, one when it ends: requests are counted at arrival,
     # statuses at the end; ResponseStarted would only duplicate each watch.
     "omitStages": ["ResponseStarted"],
@@ -217,9 +319,15 @@ class Node:
 class Cluster(Closing):
     """A real control plane plus node namespaces. See the module docstring."""
 
-    def __init__(self, *, dual_stack: bool = True, watch_cache: bool = True,
-                 etcd_compaction_interval: str = "5m", proxy_mode: str = "iptables",
-                 workdir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        dual_stack: bool = True,
+        watch_cache: bool = True,
+        etcd_compaction_interval: str = "5m",
+        proxy_mode: str = "iptables",
+        workdir: Path | None = None,
+    ) -> None:
         why = binaries()
         if why:
             raise ClusterError(why)
@@ -250,15 +358,24 @@ class Cluster(Closing):
     # ----- network ----------------------------------------------------------------------
 
     def _network(self) -> None:
-        cmds = ["link set lo up", "link add br0 type bridge", "link set br0 up",
-                f"addr add {CP_V4}/24 dev br0"]
+        cmds = [
+            "link set lo up",
+            "link add br0 type bridge",
+            "link set br0 up",
+            f"addr add {CP_V4}/24 dev br0",
+        ]
         if self.dual_stack:
             cmds.append(f"addr add {CP_V6}/64 dev br0 nodad")
         self.cp.ip_batch(cmds)
-        self.cp.sysctls({"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1,
-                         # Nodes share the bridge: redirects would route around the router.
-                         "net.ipv4.conf.all.send_redirects": 0,
-                         "net.ipv4.conf.br0.send_redirects": 0})
+        self.cp.sysctls(
+            {
+                "net.ipv4.ip_forward": 1,
+                "net.ipv6.conf.all.forwarding": 1,
+                # Nodes share the bridge: redirects would route around the router.
+                "net.ipv4.conf.all.send_redirects": 0,
+                "net.ipv4.conf.br0.send_redirects": 0,
+            }
+        )
 
     # ----- control plane ----------------------------------------------------------------
 
@@ -285,58 +402,95 @@ class Cluster(Closing):
         cidrs = CLUSTER_CIDRS if self.dual_stack else CLUSTER_CIDRS[:1]
         services = SERVICE_CIDRS if self.dual_stack else SERVICE_CIDRS[:1]
         self._kcm_argv = [
-            str(BIN / "kube-controller-manager"), f"--kubeconfig={kcm}",
-            "--leader-elect=false", "--secure-port=0", "--use-service-account-credentials",
+            str(BIN / "kube-controller-manager"),
+            f"--kubeconfig={kcm}",
+            "--leader-elect=false",
+            "--secure-port=0",
+            "--use-service-account-credentials",
             f"--service-account-private-key-file={self.pki.sa_key}",
-            f"--root-ca-file={self.pki.ca}", f"--cluster-cidr={','.join(cidrs)}",
+            f"--root-ca-file={self.pki.ca}",
+            f"--cluster-cidr={','.join(cidrs)}",
             f"--service-cluster-ip-range={','.join(services)}",
             # Node pod ranges are set by add_node, as a cloud's IPAM would.
-            "--allocate-node-cidrs=false", "--controllers=*,-nodeipam",
-            "--concurrent-daemonset-syncs=2", "--v=1"]
-        self._sched_argv = [str(BIN / "kube-scheduler"), f"--kubeconfig={sched}",
-                            "--leader-elect=false", "--secure-port=0", "--v=1"]
+            "--allocate-node-cidrs=false",
+            "--controllers=*,-nodeipam",
+            "--concurrent-daemonset-syncs=2",
+            "--v=1",
+        ]
+        self._sched_argv = [
+            str(BIN / "kube-scheduler"),
+            f"--kubeconfig={sched}",
+            "--leader-elect=false",
+            "--secure-port=0",
+            "--v=1",
+        ]
         self._proc("kube-controller-manager", self._kcm_argv)
         self._proc("kube-scheduler", self._sched_argv)
-        self.wait_for(lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default",
-                                           check=False).returncode == 0,
-                      "the service-account controller", timeout=60)
+        self.wait_for(
+            lambda: (
+                self.kubectl(
+                    "get", "serviceaccount", "default", "-n", "default", check=False
+                ).returncode
+                == 0
+            ),
+            "the service-account controller",
+            timeout=60,
+        )
 
     def start_etcd(self) -> None:
         data = self.dir / "etcd"
-        self._proc("etcd", [
-            str(BIN / "etcd"), f"--data-dir={data}", "--listen-client-urls=http://127.0.0.1:2379",
-            "--advertise-client-urls=http://127.0.0.1:2379",
-            "--listen-peer-urls=http://127.0.0.1:2380", "--log-level=warn",
-            "--quota-backend-bytes=4294967296"])
+        self._proc(
+            "etcd",
+            [
+                str(BIN / "etcd"),
+                f"--data-dir={data}",
+                "--listen-client-urls=http://127.0.0.1:2379",
+                "--advertise-client-urls=http://127.0.0.1:2379",
+                "--listen-peer-urls=http://127.0.0.1:2380",
+                "--log-level=warn",
+                "--quota-backend-bytes=4294967296",
+            ],
+        )
 
     def apiserver_argv(self) -> list[str]:
         services = SERVICE_CIDRS if self.dual_stack else SERVICE_CIDRS[:1]
         return [
-            str(BIN / "kube-apiserver"), "--etcd-servers=http://127.0.0.1:2379",
-            "--bind-address=0.0.0.0", f"--secure-port={API_PORT}",
+            str(BIN / "kube-apiserver"),
+            "--etcd-servers=http://127.0.0.1:2379",
+            "--bind-address=0.0.0.0",
+            f"--secure-port={API_PORT}",
             f"--advertise-address={CP_V4}",
             f"--tls-cert-file={self.pki.apiserver}",
             f"--tls-private-key-file={self.pki.apiserver_key}",
-            f"--client-ca-file={self.pki.ca}", f"--token-auth-file={self.pki.tokens_file}",
-            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+            f"--client-ca-file={self.pki.ca}",
+            f"--token-auth-file={self.pki.tokens_file}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
             f"--service-account-key-file={self.pki.sa_pub}",
             f"--service-account-signing-key-file={self.pki.sa_key}",
             f"--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}",
             f"--service-cluster-ip-range={','.join(services)}",
             f"--audit-policy-file={self.dir / 'audit-policy.json'}",
-            f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
             f"--watch-cache={'true' if self.watch_cache else 'false'}",
             f"--etcd-compaction-interval={self.etcd_compaction_interval}",
-            "--allow-privileged=true", "--profiling=false", "--v=1"]
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--v=1",
+        ]
 
     def start_apiserver(self) -> None:
         self._proc("kube-apiserver", self.apiserver_argv())
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
         def ready() -> bool:
-            proc = self.cp.run(["curl", "-sk", "--max-time", "2",
-                                f"https://127.0.0.1:{API_PORT}/readyz"], check=False)
+            proc = self.cp.run(
+                ["curl", "-sk", "--max-time", "2", f"https://127.0.0.1:{API_PORT}/readyz"],
+                check=False,
+            )
             return proc.stdout.strip() == "ok"
+
         self.wait_for(ready, "kube-apiserver /readyz", timeout)
 
     def restart_apiserver(self, *, with_controllers: bool = True) -> None:
@@ -354,24 +508,59 @@ class Cluster(Closing):
 
     def compact_etcd(self) -> int:
         """Compact etcd to its current revision; returns the revision."""
-        out = self.cp.run(["curl", "-sf", "--max-time", "5", "-X", "POST",
-                           "http://127.0.0.1:2379/v3/kv/range", "-d",
-                           json.dumps({"key": "AA==", "limit": 1})]).stdout
+        out = self.cp.run(
+            [
+                "curl",
+                "-sf",
+                "--max-time",
+                "5",
+                "-X",
+                "POST",
+                "http://127.0.0.1:2379/v3/kv/range",
+                "-d",
+                json.dumps({"key": "AA==", "limit": 1}),
+            ]
+        ).stdout
         rev = int(json.loads(out)["header"]["revision"])
-        self.cp.run(["curl", "-sf", "--max-time", "30", "-X", "POST",
-                     "http://127.0.0.1:2379/v3/kv/compaction", "-d",
-                     json.dumps({"revision": str(rev), "physical": True})])
+        self.cp.run(
+            [
+                "curl",
+                "-sf",
+                "--max-time",
+                "30",
+                "-X",
+                "POST",
+                "http://127.0.0.1:2379/v3/kv/compaction",
+                "-d",
+                json.dumps({"revision": str(rev), "physical": True}),
+            ]
+        )
         return rev
 
     # ----- kubectl ----------------------------------------------------------------------
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                kubeconfig: Path | None = None,
-                timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        argv = [str(BIN / "kubectl"), f"--kubeconfig={kubeconfig or self.admin_kubeconfig}",
-                f"--cache-dir={self.dir / 'kubectl-cache'}", *args]
-        proc = subprocess.run(_nsenter(self.cp, argv), input=input, capture_output=True,
-                              text=True, timeout=timeout, check=False)
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        kubeconfig: Path | None = None,
+        timeout: float = 60.0,
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [
+            str(BIN / "kubectl"),
+            f"--kubeconfig={kubeconfig or self.admin_kubeconfig}",
+            f"--cache-dir={self.dir / 'kubectl-cache'}",
+            *args,
+        ]
+        proc = subprocess.run(
+            _nsenter(self.cp, argv),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         if check and proc.returncode != 0:
             raise ClusterError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
         return proc
@@ -383,59 +572,99 @@ class Cluster(Closing):
         text = doc if isinstance(doc, str) else json.dumps(doc)
         self.kubectl("apply", "-f", "-", input=text)
 
-    def wait_for(self, cond: Any, what: str, timeout: float = 60.0,
-                 interval: float = 0.3) -> Any:
+    def wait_for(self, cond: Any, what: str, timeout: float = 60.0, interval: float = 0.3) -> Any:
         deadline = time.monotonic() + timeout
         while True:
             got = cond()
             if got:
                 return got
             if time.monotonic() > deadline:
-                raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}\n"
-                                   + self.diagnostics())
+                raise ClusterError(
+                    f"timed out after {timeout:.0f}s waiting for {what}\n" + self.diagnostics()
+                )
             time.sleep(interval)
 
     def diagnostics(self) -> str:
-        dead = [f"{n} exited ({p.proc.returncode if p.proc else '-'}):\n{p.tail(15)}"
-                for n, p in self.processes.items() if p.proc is not None and not p.running()]
+        dead = [
+            f"{n} exited ({p.proc.returncode if p.proc else '-'}):\n{p.tail(15)}"
+            for n, p in self.processes.items()
+            if p.proc is not None and not p.running()
+        ]
         return "\n".join(dead)
 
     # ----- nodes ------------------------------------------------------------------------
 
-    def add_node(self, name: str, labels: Mapping[str, str] | None = None,
-                 *, kube_proxy: bool = True) -> Node:
+    def add_node(
+        self, name: str, labels: Mapping[str, str] | None = None, *, kube_proxy: bool = True
+    ) -> Node:
         """A node namespace linked to the cluster network, its Node object (with its pod
         ranges) and credentials, and kube-proxy. A kubelet (stand-in or real) runs its pods."""
         index = len(self.nodes) + 1
         a = NodeAddressing(index)
         ns = Namespace.create(f"{self.prefix}-n{index}")
         cp_if, node_if = f"n{index}", "eth0"
-        _run(["ip", "link", "add", cp_if, "netns", self.cp.name, "type", "veth", "peer",
-              "name", node_if, "netns", ns.name])
-        self.cp.ip_batch([f"link set {cp_if} master br0", f"link set {cp_if} up",
-                          f"route add {a.pod_cidr4} via {a.ip4}"]
-                         + ([f"route add {a.pod_cidr6} via {a.ip6}"]
-                            if self.dual_stack else []))
-        cmds = ["link set lo up", f"link set {node_if} up",
-                f"addr add {a.ip4}/24 dev {node_if}", f"route add default via {CP_V4}"]
+        _run(
+            [
+                "ip",
+                "link",
+                "add",
+                cp_if,
+                "netns",
+                self.cp.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                node_if,
+                "netns",
+                ns.name,
+            ]
+        )
+        self.cp.ip_batch(
+            [
+                f"link set {cp_if} master br0",
+                f"link set {cp_if} up",
+                f"route add {a.pod_cidr4} via {a.ip4}",
+            ]
+            + ([f"route add {a.pod_cidr6} via {a.ip6}"] if self.dual_stack else [])
+        )
+        cmds = [
+            "link set lo up",
+            f"link set {node_if} up",
+            f"addr add {a.ip4}/24 dev {node_if}",
+            f"route add default via {CP_V4}",
+        ]
         if self.dual_stack:
-            cmds += [f"addr add {a.ip6}/64 dev {node_if} nodad",
-                     f"route add default via {CP_V6}"]
+            cmds += [f"addr add {a.ip6}/64 dev {node_if} nodad", f"route add default via {CP_V6}"]
         ns.ip_batch(cmds)
-        ns.sysctls({"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1,
-                    "net.ipv4.conf.all.send_redirects": 0})
+        ns.sysctls(
+            {
+                "net.ipv4.ip_forward": 1,
+                "net.ipv6.conf.all.forwarding": 1,
+                "net.ipv4.conf.all.send_redirects": 0,
+            }
+        )
         user = f"system:node:{name}"
-        kubeconfig = self.pki.kubeconfig(user, self.server,
-                                         self.pki.client_cert(user, "system:nodes"))
+        kubeconfig = self.pki.kubeconfig(
+            user, self.server, self.pki.client_cert(user, "system:nodes")
+        )
         node = Node(name, a, ns, kubeconfig, self.dual_stack, dict(labels or {}))
         self.nodes[name] = node
-        self.apply({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name,
-                                                  "kubernetes.io/os": "linux",
-                                                  **node.labels}},
-            "spec": {"podCIDR": node.pod_cidrs[0], "podCIDRs": node.pod_cidrs},
-        })
+        self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "labels": {
+                        "kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux",
+                        **node.labels,
+                    },
+                },
+                "spec": {"podCIDR": node.pod_cidrs[0], "podCIDRs": node.pod_cidrs},
+            }
+        )
         if kube_proxy and self.proxy_mode:
             self.start_kube_proxy(node)
         return node
@@ -446,40 +675,66 @@ class Cluster(Closing):
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
             "kind": "KubeProxyConfiguration",
             "clientConnection": {"kubeconfig": str(self.proxy_kubeconfig)},
-            "hostnameOverride": node.name, "bindAddress": node.addressing.ip4,
-            "mode": self.proxy_mode, "clusterCIDR": ",".join(cidrs),
+            "hostnameOverride": node.name,
+            "bindAddress": node.addressing.ip4,
+            "mode": self.proxy_mode,
+            "clusterCIDR": ",".join(cidrs),
             "detectLocalMode": "NodeCIDR",
             # The namespace shares the machine's conntrack table settings: leave them be.
-            "conntrack": {"maxPerCore": 0, "min": 0,
-                          "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
-            "healthzBindAddress": "", "metricsBindAddress": "127.0.0.1:10249",
+            "conntrack": {
+                "maxPerCore": 0,
+                "min": 0,
+                "tcpEstablishedTimeout": "0s",
+                "tcpCloseWaitTimeout": "0s",
+            },
+            "healthzBindAddress": "",
+            "metricsBindAddress": "127.0.0.1:10249",
             "iptables": {"syncPeriod": "30s", "minSyncPeriod": "0s"},
             "nftables": {"syncPeriod": "30s", "minSyncPeriod": "0s"},
         }
         path = self.dir / f"kube-proxy-{node.name}.json"
         path.write_text(json.dumps(cfg))
-        p = Process(f"kube-proxy-{node.name}", node.ns.path,
-                    [str(BIN / "kube-proxy"), f"--config={path}", "--v=1"],
-                    self.dir / f"kube-proxy-{node.name}.log")
+        p = Process(
+            f"kube-proxy-{node.name}",
+            node.ns.path,
+            [str(BIN / "kube-proxy"), f"--config={path}", "--v=1"],
+            self.dir / f"kube-proxy-{node.name}.log",
+        )
         node.processes["kube-proxy"] = p
         p.start()
         return p
 
     def start_standin(self, node: Node, *, extra_args: Sequence[str] = ()) -> Process:
         """The kubelet stand-in of standin.py for this node (see there what it plays)."""
-        argv = [sys.executable, "-m", "tests.cluster.standin",
-                "--node", node.name, "--kubeconfig", str(node.kubeconfig),
-                "--ca", str(self.pki.ca), "--workdir", str(self.dir / f"standin-{node.name}"),
-                "--pod-prefix", f"{self.prefix}-n{node.addressing.index}p",
-                "--kubernetes-service",
-                f"{KUBERNETES_SERVICE_IP if self.proxy_mode else CP_V4}:"
-                f"{443 if self.proxy_mode else API_PORT}",
-                *(f"--ip={ip}" for ip in node.ips),
-                *(f"--pod-cidr={c}" for c in node.pod_cidrs),
-                *(f"--exporter-arg={a}" for a in extra_args)]
+        argv = [
+            sys.executable,
+            "-m",
+            "tests.cluster.standin",
+            "--node",
+            node.name,
+            "--kubeconfig",
+            str(node.kubeconfig),
+            "--ca",
+            str(self.pki.ca),
+            "--workdir",
+            str(self.dir / f"standin-{node.name}"),
+            "--pod-prefix",
+            f"{self.prefix}-n{node.addressing.index}p",
+            "--kubernetes-service",
+            f"{KUBERNETES_SERVICE_IP if self.proxy_mode else CP_V4}:"
+            f"{443 if self.proxy_mode else API_PORT}",
+            *(f"--ip={ip}" for ip in node.ips),
+            *(f"--pod-cidr={c}" for c in node.pod_cidrs),
+            *(f"--exporter-arg={a}" for a in extra_args),
+        ]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        p = Process(f"standin-{node.name}", node.ns.path, argv,
-                    self.dir / f"standin-{node.name}.log", env=env)
+        p = Process(
+            f"standin-{node.name}",
+            node.ns.path,
+            argv,
+            self.dir / f"standin-{node.name}.log",
+            env=env,
+        )
         node.processes["standin"] = p
         p.start()
         return p
@@ -490,12 +745,20 @@ class Cluster(Closing):
         from tests.cluster.kubelet import KubeletNode, build_images
 
         images = build_images()
-        kn = KubeletNode(name=node.name, netns=node.ns.path, node_ips=node.ips,
-                         pod_cidrs=node.pod_cidrs, api_server=self.server,
-                         kubeconfig=node.kubeconfig, workdir=self.dir / f"kubelet-{node.name}",
-                         images=images.archives, sandbox_image=images.pause_image,
-                         cluster_dns=list(DNS_SERVICE_IPS[: 2 if self.dual_stack else 1]),
-                         cluster_domain=CLUSTER_DOMAIN, client_ca=self.pki.ca)
+        kn = KubeletNode(
+            name=node.name,
+            netns=node.ns.path,
+            node_ips=node.ips,
+            pod_cidrs=node.pod_cidrs,
+            api_server=self.server,
+            kubeconfig=node.kubeconfig,
+            workdir=self.dir / f"kubelet-{node.name}",
+            images=images.archives,
+            sandbox_image=images.pause_image,
+            cluster_dns=list(DNS_SERVICE_IPS[: 2 if self.dual_stack else 1]),
+            cluster_domain=CLUSTER_DOMAIN,
+            client_ca=self.pki.ca,
+        )
         node.kubelet = kn
         kn.start()
         kn.wait_ready(90)
@@ -521,8 +784,7 @@ class Cluster(Closing):
     def pod_namespaces(self, node: Node) -> list[Namespace]:
         prefix = f"{self.prefix}-n{node.addressing.index}p"
         with contextlib.suppress(FileNotFoundError):
-            return [Namespace(n) for n in sorted(os.listdir("/run/netns"))
-                    if n.startswith(prefix)]
+            return [Namespace(n) for n in sorted(os.listdir("/run/netns")) if n.startswith(prefix)]
         return []
 
     # ----- pods and the exporter --------------------------------------------------------
@@ -541,9 +803,15 @@ class Cluster(Closing):
         except FileNotFoundError:
             return
 
-    def audit_count(self, *, since: float = 0.0, verb: str | None = None,
-                    resource: str | None = None, stage: str = "RequestReceived",
-                    code: int | None = None) -> int:
+    def audit_count(
+        self,
+        *,
+        since: float = 0.0,
+        verb: str | None = None,
+        resource: str | None = None,
+        stage: str = "RequestReceived",
+        code: int | None = None,
+    ) -> int:
         n = 0
         for ev in self.audit_events():
             if ev.get("stage") != stage:
@@ -596,4 +864,3 @@ def _rfc3339(text: str) -> float:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return 0.0
-

@@ -70,8 +70,9 @@ def install_exporter(cluster: Cluster, how: str = "-k") -> None:
     cluster.kubectl("apply", how, str(target))
 
 
-def ready_pods(cluster: Cluster, selector: str = SELECTOR,
-               namespace: str = PINGMESH) -> list[dict[str, Any]]:
+def ready_pods(
+    cluster: Cluster, selector: str = SELECTOR, namespace: str = PINGMESH
+) -> list[dict[str, Any]]:
     out = []
     for pod in cluster.pods(namespace, selector):
         conds = {c["type"]: c["status"] for c in pod["status"].get("conditions") or []}
@@ -80,20 +81,27 @@ def ready_pods(cluster: Cluster, selector: str = SELECTOR,
     return out
 
 
-def wait_ready_pods(cluster: Cluster, n: int, timeout: float = 90.0,
-                    selector: str = SELECTOR,
-                    namespace: str = PINGMESH) -> list[dict[str, Any]]:
+def wait_ready_pods(
+    cluster: Cluster,
+    n: int,
+    timeout: float = 90.0,
+    selector: str = SELECTOR,
+    namespace: str = PINGMESH,
+) -> list[dict[str, Any]]:
     def enough() -> list[dict[str, Any]] | None:
         pods = ready_pods(cluster, selector, namespace)
         nodes = {p["spec"]["nodeName"] for p in pods}
         return pods if len(pods) == n and len(nodes) == n else None
-    got: list[dict[str, Any]] = cluster.wait_for(enough, f"{n} Ready pods of {selector}",
-                                                timeout, interval=0.5)
+
+    got: list[dict[str, Any]] = cluster.wait_for(
+        enough, f"{n} Ready pods of {selector}", timeout, interval=0.5
+    )
     return got
 
 
-def http_get(ns: Namespace, host: str, port: int, path: str,
-             timeout: float = 10.0) -> tuple[int, bytes]:
+def http_get(
+    ns: Namespace, host: str, port: int, path: str, timeout: float = 10.0
+) -> tuple[int, bytes]:
     """GET from inside a namespace (over the pod network when ns is a node)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
@@ -128,8 +136,9 @@ def pod_on(cluster: Cluster, node: str) -> dict[str, Any]:
     return pods[0]
 
 
-def wait_metrics(cluster: Cluster, node: str, cond: Callable[[Samples], Any],
-                 what: str, timeout: float = 30.0) -> Samples:
+def wait_metrics(
+    cluster: Cluster, node: str, cond: Callable[[Samples], Any], what: str, timeout: float = 30.0
+) -> Samples:
     last: list[Samples] = [[]]
 
     def check() -> Any:
@@ -138,6 +147,7 @@ def wait_metrics(cluster: Cluster, node: str, cond: Callable[[Samples], Any],
         except (ClusterError, OSError):
             return None
         return last[0] if cond(last[0]) else None
+
     try:
         got: Samples = cluster.wait_for(check, what, timeout, interval=0.5)
     except ClusterError as exc:
@@ -146,15 +156,21 @@ def wait_metrics(cluster: Cluster, node: str, cond: Callable[[Samples], Any],
 
 
 def summary(samples: Samples) -> str:
-    keep = ("pingmesh_target_up", "pingmesh_service_up", "pingmesh_discovery_up",
-            "pingmesh_mesh_peers")
+    keep = (
+        "pingmesh_target_up",
+        "pingmesh_service_up",
+        "pingmesh_discovery_up",
+        "pingmesh_mesh_peers",
+    )
     return "\n".join(f"{n}{lb} {v}" for n, lb, v in samples if n in keep)
 
 
-def probe_series(samples: Samples,
-                 name: str = "pingmesh_probe_sent_total") -> set[tuple[str, ...]]:
-    return {(lb["source_node"], lb["kind"], lb["target_node"], lb["ip_family"])
-            for n, lb, _v in samples if n == name and "target_node" in lb}
+def probe_series(samples: Samples, name: str = "pingmesh_probe_sent_total") -> set[tuple[str, ...]]:
+    return {
+        (lb["source_node"], lb["kind"], lb["target_node"], lb["ip_family"])
+        for n, lb, _v in samples
+        if n == name and "target_node" in lb
+    }
 
 
 def expected_mesh(nodes: Sequence[Node], source: str) -> set[tuple[str, ...]]:
@@ -163,15 +179,17 @@ def expected_mesh(nodes: Sequence[Node], source: str) -> set[tuple[str, ...]]:
         if n.name == source:
             continue
         for kind in ("pod", "node"):
-            for fam in (("ipv4", "ipv6") if n.dual_stack else ("ipv4",)):
+            for fam in ("ipv4", "ipv6") if n.dual_stack else ("ipv4",):
                 out.add((source, kind, n.name, fam))
     return out
 
 
 def up_targets(samples: Samples) -> set[tuple[str, str, str]]:
-    return {(lb["kind"], lb["target_node"], lb["ip_family"])
-            for n, lb, v in samples if n == "pingmesh_target_up" and v == 1.0
-            and "target_node" in lb}
+    return {
+        (lb["kind"], lb["target_node"], lb["ip_family"])
+        for n, lb, v in samples
+        if n == "pingmesh_target_up" and v == 1.0 and "target_node" in lb
+    }
 
 
 def settle(seconds: float) -> None:

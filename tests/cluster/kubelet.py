@@ -99,9 +99,14 @@ CGROUP_FS = Path("/sys/fs/cgroup")
 CGROUP_PARENT = "pingmesh-kubelet"
 KUBELET_HEALTHZ_PORT = 10248
 # The kubelet sets these at start (setupKernelTunables); restored when the last node stops.
-KERNEL_TUNABLES = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic",
-                   "kernel/panic_on_oops", "kernel/keys/root_maxkeys",
-                   "kernel/keys/root_maxbytes")
+KERNEL_TUNABLES = (
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+)
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; containerd adds ".ttrpc"
 CMD_TIMEOUT_S = 60.0
 
@@ -126,8 +131,9 @@ class Images:
 
 def build_images(script: Path = BUILD_IMAGES, timeout: float = 1800.0) -> Images:
     """Run build-images.sh (seconds when its cache is warm) and read its env file."""
-    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    proc = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, timeout=timeout, check=False
+    )
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
         why = next((ln for ln in reversed(lines) if "FAILED" in ln), lines[-1] if lines else "")
@@ -138,10 +144,12 @@ def build_images(script: Path = BUILD_IMAGES, timeout: float = 1800.0) -> Images
         key, sep, value = line.partition("=")
         if sep:
             env[key.strip()] = value.strip()
-    return Images(pause_image=env["PINGMESH_PAUSE_IMAGE"],
-                  pause_archive=Path(env["PINGMESH_PAUSE_ARCHIVE"]),
-                  exporter_image=env["PINGMESH_EXPORTER_IMAGE"],
-                  exporter_archive=Path(env["PINGMESH_EXPORTER_ARCHIVE"]))
+    return Images(
+        pause_image=env["PINGMESH_PAUSE_IMAGE"],
+        pause_archive=Path(env["PINGMESH_PAUSE_ARCHIVE"]),
+        exporter_image=env["PINGMESH_EXPORTER_IMAGE"],
+        exporter_archive=Path(env["PINGMESH_EXPORTER_ARCHIVE"]),
+    )
 
 
 @dataclass(frozen=True)
@@ -160,8 +168,12 @@ class Container:
 # Paths the kubelet and containerd use whatever they are told: the device-plugin socket
 # (/var/lib/kubelet/device-plugins), container log links (/var/log/containers), libcni's
 # result cache (/var/lib/cni), shim sockets (/run/containerd/s).
-HOST_DIRS = (Path("/var/lib/kubelet"), Path("/var/log/containers"), Path("/var/lib/cni"),
-             Path("/run/containerd"))
+HOST_DIRS = (
+    Path("/var/lib/kubelet"),
+    Path("/var/log/containers"),
+    Path("/var/lib/cni"),
+    Path("/run/containerd"),
+)
 _HOST_FILES = ("device-plugins/kubelet.sock", "device-plugins/kubelet_internal_checkpoint")
 
 
@@ -225,8 +237,13 @@ def _mounts() -> list[tuple[str, str]]:
 
 def _cgroup_hierarchies() -> list[Path]:
     """Every cgroup hierarchy mounted under /sys/fs/cgroup (v1 ones and a unified one)."""
-    return sorted({Path(mp) for mp, fstype in _mounts()
-                   if fstype in ("cgroup", "cgroup2") and mp.startswith(f"{CGROUP_FS}/")})
+    return sorted(
+        {
+            Path(mp)
+            for mp, fstype in _mounts()
+            if fstype in ("cgroup", "cgroup2") and mp.startswith(f"{CGROUP_FS}/")
+        }
+    )
 
 
 def _cgroup_pids(top: Path) -> set[int]:
@@ -297,12 +314,24 @@ def _daemon_env() -> dict[str, str]:
 class KubeletNode:
     """containerd and a real kubelet for one node. See the module docstring."""
 
-    def __init__(self, *, name: str, netns: str | Path, node_ips: Sequence[str],
-                 pod_cidrs: Sequence[str], api_server: str | None, kubeconfig: Path,
-                 workdir: Path, bin_dir: Path = BIN, images: Sequence[Path] = (),
-                 sandbox_image: str = PAUSE_IMAGE, cluster_dns: Sequence[str] = (),
-                 cluster_domain: str = "cluster.local", client_ca: Path | None = None,
-                 verbosity: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        netns: str | Path,
+        node_ips: Sequence[str],
+        pod_cidrs: Sequence[str],
+        api_server: str | None,
+        kubeconfig: Path,
+        workdir: Path,
+        bin_dir: Path = BIN,
+        images: Sequence[Path] = (),
+        sandbox_image: str = PAUSE_IMAGE,
+        cluster_dns: Sequence[str] = (),
+        cluster_domain: str = "cluster.local",
+        client_ca: Path | None = None,
+        verbosity: int = 1,
+    ) -> None:
         if not node_ips or not pod_cidrs:
             raise ValueError("a node needs at least one node IP and one pod range")
         self.name = name
@@ -345,8 +374,12 @@ class KubeletNode:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         try:
             self.stop()
         except Exception:
@@ -391,8 +424,9 @@ class KubeletNode:
             if self._healthz() and self._node_ready():
                 break
             if time.monotonic() > deadline:
-                raise KubeletError(f"{self.name}: not Ready after {timeout:.0f}s\n"
-                                   + self.diagnostics())
+                raise KubeletError(
+                    f"{self.name}: not Ready after {timeout:.0f}s\n" + self.diagnostics()
+                )
             time.sleep(0.25)
         waited = time.monotonic() - self._kubelet_started
         self.timings.setdefault("kubelet_to_ready_s", waited)
@@ -441,8 +475,13 @@ class KubeletNode:
 
     def ctr(self, *args: str, timeout: float = CMD_TIMEOUT_S) -> str:
         """``ctr -n k8s.io`` against this node's containerd; returns its output."""
-        proc = subprocess.run(["ctr", "--address", str(self.socket), "-n", "k8s.io", *args],
-                              capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            ["ctr", "--address", str(self.socket), "-n", "k8s.io", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         if proc.returncode != 0:
             raise KubeletError(f"ctr {' '.join(args)}: {proc.stderr.strip()}")
         return proc.stdout
@@ -461,12 +500,17 @@ class KubeletNode:
             except (KubeletError, ValueError):
                 continue
             kind = labels.get("io.cri-containerd.kind", "")
-            out.append(Container(
-                id=cid, pod=labels.get("io.kubernetes.pod.name", ""),
-                namespace=labels.get("io.kubernetes.pod.namespace", ""),
-                name="POD" if kind == "sandbox" else labels.get(
-                    "io.kubernetes.container.name", ""),
-                pid=pids.get(cid)))
+            out.append(
+                Container(
+                    id=cid,
+                    pod=labels.get("io.kubernetes.pod.name", ""),
+                    namespace=labels.get("io.kubernetes.pod.namespace", ""),
+                    name="POD"
+                    if kind == "sandbox"
+                    else labels.get("io.kubernetes.container.name", ""),
+                    pid=pids.get(cid),
+                )
+            )
         return out
 
     def diagnostics(self) -> str:
@@ -482,41 +526,73 @@ class KubeletNode:
     def _check_prerequisites(self) -> None:
         if os.geteuid() != 0:
             raise KubeletError("a real kubelet needs root")
-        missing = [str(p) for p in (self.bin_dir / "kubelet", self.bin_dir / "kubectl",
-                                    CNI_BIN_DIR / "ptp", CNI_BIN_DIR / "host-local",
-                                    CNI_BIN_DIR / "loopback", *self.images)
-                   if not p.exists()]
-        missing += [t for t in ("containerd", "containerd-shim-runc-v2", "runc", "ctr",
-                                "nsenter") if shutil.which(t, path=_SEARCH_PATH) is None]
+        missing = [
+            str(p)
+            for p in (
+                self.bin_dir / "kubelet",
+                self.bin_dir / "kubectl",
+                CNI_BIN_DIR / "ptp",
+                CNI_BIN_DIR / "host-local",
+                CNI_BIN_DIR / "loopback",
+                *self.images,
+            )
+            if not p.exists()
+        ]
+        missing += [
+            t
+            for t in ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "nsenter")
+            if shutil.which(t, path=_SEARCH_PATH) is None
+        ]
         if missing:
-            raise KubeletError(f"missing for a real kubelet: {', '.join(missing)} (Debian: "
-                               "containerd runc containernetworking-plugins; build-components.sh, "
-                               "build-images.sh)")
+            raise KubeletError(
+                f"missing for a real kubelet: {', '.join(missing)} (Debian: "
+                "containerd runc containernetworking-plugins; build-components.sh, "
+                "build-images.sh)"
+            )
         if not self.netns.exists():
             raise KubeletError(f"no network namespace {self.netns}")
         if len(str(self.socket)) + len(".ttrpc") > SOCKET_PATH_MAX:
             raise KubeletError(f"workdir {self.workdir} is too long for a unix socket path")
         if not any(fstype == "cgroup" for _mp, fstype in _mounts()):
-            raise KubeletError("no cgroup v1 hierarchy: this module configures a cgroup v1 "
-                               "(hybrid) machine")
+            raise KubeletError(
+                "no cgroup v1 hierarchy: this module configures a cgroup v1 (hybrid) machine"
+            )
 
     def _write_configs(self) -> None:
         w = self.workdir
-        for d in (w, self.socket.parent, self.containerd_root, self.containerd_state,
-                  self.kubelet_root, self.cni_conf_dir, w / "certs.d" / "_default"):
+        for d in (
+            w,
+            self.socket.parent,
+            self.containerd_root,
+            self.containerd_state,
+            self.kubelet_root,
+            self.cni_conf_dir,
+            w / "certs.d" / "_default",
+        ):
             d.mkdir(parents=True, exist_ok=True)
         # Every registry resolves to a port nothing listens on, inside the node namespace.
         (w / "certs.d" / "_default" / "hosts.toml").write_text(
             'server = "http://127.0.0.1:1"\n\n[host."http://127.0.0.1:1"]\n'
-            '  capabilities = ["pull", "resolve"]\n')
+            '  capabilities = ["pull", "resolve"]\n'
+        )
         (w / "containerd.toml").write_text(self._containerd_config())
         ranges = [[{"subnet": c}] for c in self.pod_cidrs]
         routes = [{"dst": "::/0" if ":" in c else "0.0.0.0/0"} for c in self.pod_cidrs]
         conflist = {
-            "cniVersion": "1.0.0", "name": "pingmesh-ptp",
-            "plugins": [{"type": "ptp", "ipMasq": False,
-                         "ipam": {"type": "host-local", "ranges": ranges, "routes": routes,
-                                  "dataDir": str(w / "cni-ipam")}}],
+            "cniVersion": "1.0.0",
+            "name": "pingmesh-ptp",
+            "plugins": [
+                {
+                    "type": "ptp",
+                    "ipMasq": False,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": ranges,
+                        "routes": routes,
+                        "dataDir": str(w / "cni-ipam"),
+                    },
+                }
+            ],
         }
         (self.cni_conf_dir / "10-pingmesh-ptp.conflist").write_text(json.dumps(conflist, indent=1))
         (w / "resolv.conf").write_text("# test node: no upstream resolver\n")
@@ -573,12 +649,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   runtime_type = "io.containerd.runc.v2"
 
 [{cri}.containerd.runtimes.runc.options]
-  BinaryName = "{shutil.which('runc', path=_SEARCH_PATH) or 'runc'}"
+  BinaryName = "{shutil.which("runc", path=_SEARCH_PATH) or "runc"}"
   Root = "{self.containerd_state}/runc"
   SystemdCgroup = false
 
 [{cri}.registry]
-  config_path = "{self.workdir / 'certs.d'}"
+  config_path = "{self.workdir / "certs.d"}"
 """
 
     def _kubelet_config(self) -> dict[str, Any]:
@@ -613,9 +689,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             # for a full disk that other tests fill.
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
-            "evictionHard": {"memory.available": "50Mi", "nodefs.available": "1%",
-                             "nodefs.inodesFree": "1%", "imagefs.available": "1%",
-                             "imagefs.inodesFree": "1%"},
+            "evictionHard": {
+                "memory.available": "50Mi",
+                "nodefs.available": "1%",
+                "nodefs.inodesFree": "1%",
+                "imagefs.available": "1%",
+                "imagefs.inodesFree": "1%",
+            },
             # Lowering the OOM score needs CAP_SYS_RESOURCE: keep ours.
             "oomScoreAdj": oom,
             "shutdownGracePeriod": "0s",
@@ -637,10 +717,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def _start_containerd(self) -> None:
         t = time.monotonic()
-        self._containerd = Process("containerd", self.netns,
-                                   ["containerd", "--config",
-                                    str(self.workdir / "containerd.toml")],
-                                   self.containerd_log, env=_daemon_env())
+        self._containerd = Process(
+            "containerd",
+            self.netns,
+            ["containerd", "--config", str(self.workdir / "containerd.toml")],
+            self.containerd_log,
+            env=_daemon_env(),
+        )
         self._containerd.start()
         deadline = time.monotonic() + 30
         while True:
@@ -652,21 +735,29 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 except (KubeletError, subprocess.TimeoutExpired):
                     pass
             if time.monotonic() > deadline:
-                raise KubeletError(f"{self.name}: containerd not up after 30s\n"
-                                   + self.diagnostics())
+                raise KubeletError(
+                    f"{self.name}: containerd not up after 30s\n" + self.diagnostics()
+                )
             time.sleep(0.1)
         self.timings["containerd_ready_s"] = time.monotonic() - t
 
     def _start_kubelet(self) -> None:
-        self._kubelet = Process("kubelet", self.netns, [
-            str(self.bin_dir / "kubelet"),
-            f"--config={self.workdir / 'kubelet.json'}",
-            f"--kubeconfig={self.kubelet_kubeconfig}",
-            f"--root-dir={self.kubelet_root}",
-            f"--cert-dir={self.kubelet_root / 'pki'}",
-            f"--hostname-override={self.name}",
-            f"--node-ip={','.join(self.node_ips)}",
-            f"--v={self.verbosity}"], self.kubelet_log, env=_daemon_env())
+        self._kubelet = Process(
+            "kubelet",
+            self.netns,
+            [
+                str(self.bin_dir / "kubelet"),
+                f"--config={self.workdir / 'kubelet.json'}",
+                f"--kubeconfig={self.kubelet_kubeconfig}",
+                f"--root-dir={self.kubelet_root}",
+                f"--cert-dir={self.kubelet_root / 'pki'}",
+                f"--hostname-override={self.name}",
+                f"--node-ip={','.join(self.node_ips)}",
+                f"--v={self.verbosity}",
+            ],
+            self.kubelet_log,
+            env=_daemon_env(),
+        )
         self._kubelet_started = time.monotonic()
         self._kubelet.start()
 
@@ -675,29 +766,50 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     def _check_alive(self) -> None:
         for d in (self._containerd, self._kubelet):
             if d is not None and d.proc is not None and d.proc.poll() is not None:
-                raise KubeletError(f"{self.name}: {d.name} exited ({d.proc.returncode})\n"
-                                   + self.diagnostics())
+                raise KubeletError(
+                    f"{self.name}: {d.name} exited ({d.proc.returncode})\n" + self.diagnostics()
+                )
 
-    def _in_netns(self, argv: Sequence[str],
-                  timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["nsenter", f"--net={self.netns}", *argv], capture_output=True,
-                              text=True, timeout=timeout, check=False)
+    def _in_netns(
+        self, argv: Sequence[str], timeout: float = 10.0
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["nsenter", f"--net={self.netns}", *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def _healthz(self) -> bool:
         try:
-            proc = self._in_netns(["curl", "-s", "--max-time", "2",
-                                   f"http://127.0.0.1:{KUBELET_HEALTHZ_PORT}/healthz"])
+            proc = self._in_netns(
+                [
+                    "curl",
+                    "-s",
+                    "--max-time",
+                    "2",
+                    f"http://127.0.0.1:{KUBELET_HEALTHZ_PORT}/healthz",
+                ]
+            )
         except subprocess.TimeoutExpired:
             return False
         return proc.stdout.strip() == "ok"
 
     def _node_ready(self) -> bool:
         try:
-            proc = self._in_netns([str(self.bin_dir / "kubectl"),
-                                   f"--kubeconfig={self.kubelet_kubeconfig}",
-                                   f"--cache-dir={self.workdir / 'kubectl-cache'}", "get", "node",
-                                   self.name, "-o",
-                                   "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"])
+            proc = self._in_netns(
+                [
+                    str(self.bin_dir / "kubectl"),
+                    f"--kubeconfig={self.kubelet_kubeconfig}",
+                    f"--cache-dir={self.workdir / 'kubectl-cache'}",
+                    "get",
+                    "node",
+                    self.name,
+                    "-o",
+                    'jsonpath={.status.conditions[?(@.type=="Ready")].status}',
+                ]
+            )
         except subprocess.TimeoutExpired:
             return False
         return proc.returncode == 0 and proc.stdout.strip() == "True"
@@ -731,9 +843,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             except OSError:
                 continue
             args = [a.decode(errors="replace") for a in argv]
-            if args and args[0].endswith("containerd-shim-runc-v2") and any(
-                    args[i] == "-address" and args[i + 1] == mine
-                    for i in range(len(args) - 1)):
+            if (
+                args
+                and args[0].endswith("containerd-shim-runc-v2")
+                and any(args[i] == "-address" and args[i + 1] == mine for i in range(len(args) - 1))
+            ):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(entry.name), signal.SIGKILL)
 
@@ -748,11 +862,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             if not mounts:
                 return
             for mp in sorted(mounts, key=lambda p: p.count("/"), reverse=True):
-                proc = subprocess.run(["umount", mp], capture_output=True, timeout=30,
-                                      check=False)
+                proc = subprocess.run(["umount", mp], capture_output=True, timeout=30, check=False)
                 if proc.returncode != 0:
-                    subprocess.run(["umount", "-l", mp], capture_output=True, timeout=30,
-                                   check=False)
+                    subprocess.run(
+                        ["umount", "-l", mp], capture_output=True, timeout=30, check=False
+                    )
         left = self._mounts_under(self.workdir)
         if left:
             raise KubeletError(f"still mounted: {', '.join(left[:5])}")
@@ -772,9 +886,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     def _remove_data(self) -> None:
         """The runtime's data (image content, snapshots, pod directories); logs, the
         containers' ones included (pod-logs), stay."""
-        for d in (self.containerd_root, self.containerd_state.parent, self.kubelet_root,
-                  self.workdir / "cni-ipam", self.workdir / "volume-plugins",
-                  self.workdir / "kubectl-cache"):
+        for d in (
+            self.containerd_root,
+            self.containerd_state.parent,
+            self.kubelet_root,
+            self.workdir / "cni-ipam",
+            self.workdir / "volume-plugins",
+            self.workdir / "kubectl-cache",
+        ):
             if self._mounts_under(d):
                 raise KubeletError(f"{d} still has mounts; not removed")
             shutil.rmtree(d, ignore_errors=True)
@@ -806,8 +925,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                     entry.unlink()
 
 
-_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin",
-                                "/sbin", "/usr/bin", "/bin"])
+_SEARCH_PATH = os.pathsep.join(
+    [os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+)
 
 
 def process_rss_bytes(pid: int) -> int:

@@ -20,8 +20,14 @@ def nsenter(netns: Path, argv: Sequence[str]) -> list[str]:
 class Process:
     """Started in its own session, so stop() reaches everything it started."""
 
-    def __init__(self, name: str, netns: Path, argv: Sequence[str], log: Path,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        netns: Path,
+        argv: Sequence[str],
+        log: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.netns = netns
         self.argv = list(argv)
@@ -31,9 +37,14 @@ class Process:
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(nsenter(self.netns, self.argv), stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                nsenter(self.netns, self.argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
+            )
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

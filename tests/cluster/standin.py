@@ -78,12 +78,16 @@ class Api:
         self.ctx = ssl.create_default_context(cafile=cluster["certificate-authority"])
         self.ctx.load_cert_chain(user["client-certificate"], user["client-key"])
 
-    def call(self, method: str, path: str, body: Any = None,
-             content_type: str = "application/json") -> Any:
+    def call(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.server + path, data=data, method=method,
-                                     headers={"Content-Type": content_type,
-                                              "Accept": "application/json"})
+        req = urllib.request.Request(
+            self.server + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": content_type, "Accept": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, context=self.ctx, timeout=10) as resp:
                 return json.loads(resp.read() or b"null")
@@ -144,33 +148,51 @@ class Standin:
     def heartbeat(self) -> None:
         addresses = [{"type": "InternalIP", "address": ip} for ip in self.ips]
         addresses.append({"type": "Hostname", "address": self.node})
-        cond = {"type": "Ready", "status": "True", "reason": "KubeletReady",
-                "message": "kubelet stand-in is posting ready status",
-                "lastHeartbeatTime": now(), "lastTransitionTime": self.started}
-        status = {"status": {"addresses": addresses, "conditions": [cond],
-                             "nodeInfo": {"kubeletVersion": "v1.34.4", "kubeProxyVersion": "",
-                                          "operatingSystem": "linux", "architecture": "amd64",
-                                          "containerRuntimeVersion": "standin://0",
-                                          "kernelVersion": os.uname().release,
-                                          "osImage": "test", "machineID": "", "systemUUID": "",
-                                          "bootID": ""},
-                             "capacity": {"cpu": "2", "memory": "8Gi", "pods": "110"},
-                             "allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110"}}}
+        cond = {
+            "type": "Ready",
+            "status": "True",
+            "reason": "KubeletReady",
+            "message": "kubelet stand-in is posting ready status",
+            "lastHeartbeatTime": now(),
+            "lastTransitionTime": self.started,
+        }
+        status = {
+            "status": {
+                "addresses": addresses,
+                "conditions": [cond],
+                "nodeInfo": {
+                    "kubeletVersion": "v1.34.4",
+                    "kubeProxyVersion": "",
+                    "operatingSystem": "linux",
+                    "architecture": "amd64",
+                    "containerRuntimeVersion": "standin://0",
+                    "kernelVersion": os.uname().release,
+                    "osImage": "test",
+                    "machineID": "",
+                    "systemUUID": "",
+                    "bootID": "",
+                },
+                "capacity": {"cpu": "2", "memory": "8Gi", "pods": "110"},
+                "allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110"},
+            }
+        }
         # A merge patch replaces the lists: a strategic one merges addresses by type and the
         # server then rejects the duplicate InternalIP of a second family.
-        self.api.call("PATCH", f"/api/v1/nodes/{self.node}/status", status,
-                      "application/merge-patch+json")
+        self.api.call(
+            "PATCH", f"/api/v1/nodes/{self.node}/status", status, "application/merge-patch+json"
+        )
         lease_path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.node}"
-        spec = {"holderIdentity": self.node, "leaseDurationSeconds": 40,
-                "renewTime": now_micro()}
+        spec = {"holderIdentity": self.node, "leaseDurationSeconds": 40, "renewTime": now_micro()}
         try:
             self.api.call("PATCH", lease_path, {"spec": spec}, "application/merge-patch+json")
         except ApiError as exc:
             if exc.code != 404:
                 raise
-            self.api.call("POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
-                          {"metadata": {"name": self.node, "namespace": "kube-node-lease"},
-                           "spec": spec})
+            self.api.call(
+                "POST",
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                {"metadata": {"name": self.node, "namespace": "kube-node-lease"}, "spec": spec},
+            )
 
     # ----- pods -------------------------------------------------------------------------
 
@@ -182,17 +204,26 @@ class Standin:
     def gateway(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
         return str(net.network_address + 1)
 
-    def resolve_env(self, pod: dict[str, Any], container: dict[str, Any],
-                    ips: list[str]) -> dict[str, str]:
-        fields = {"spec.nodeName": self.node, "metadata.name": pod["metadata"]["name"],
-                  "metadata.namespace": pod["metadata"]["namespace"],
-                  "metadata.uid": pod["metadata"]["uid"],
-                  "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
-                  "status.podIP": ips[0], "status.podIPs": ",".join(ips),
-                  "status.hostIP": self.ips[0], "status.hostIPs": ",".join(self.ips)}
-        env = {"KUBERNETES_SERVICE_HOST": self.service_host,
-               "KUBERNETES_SERVICE_PORT": self.service_port,
-               "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/"}
+    def resolve_env(
+        self, pod: dict[str, Any], container: dict[str, Any], ips: list[str]
+    ) -> dict[str, str]:
+        fields = {
+            "spec.nodeName": self.node,
+            "metadata.name": pod["metadata"]["name"],
+            "metadata.namespace": pod["metadata"]["namespace"],
+            "metadata.uid": pod["metadata"]["uid"],
+            "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+            "status.podIP": ips[0],
+            "status.podIPs": ",".join(ips),
+            "status.hostIP": self.ips[0],
+            "status.hostIPs": ",".join(self.ips),
+        }
+        env = {
+            "KUBERNETES_SERVICE_HOST": self.service_host,
+            "KUBERNETES_SERVICE_PORT": self.service_port,
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": "/",
+        }
         for item in container.get("env") or []:
             if "value" in item:
                 env[item["name"]] = str(item["value"])
@@ -213,17 +244,33 @@ class Standin:
             gw = self.gateway(net)
             if net.version == 4:
                 node_cmds += [f"addr add {gw}/32 dev {veth}", f"route add {ip}/32 dev {veth}"]
-                pod_cmds += [f"addr add {ip}/32 dev eth0", f"route add {gw} dev eth0",
-                             f"route add default via {gw} dev eth0"]
+                pod_cmds += [
+                    f"addr add {ip}/32 dev eth0",
+                    f"route add {gw} dev eth0",
+                    f"route add default via {gw} dev eth0",
+                ]
             else:
-                node_cmds += [f"addr add fe80::1/64 dev {veth}",
-                              f"route add {ip}/128 dev {veth}"]
-                pod_cmds += [f"addr add {ip}/128 dev eth0 nodad",
-                             "route add default via fe80::1 dev eth0"]
-        subprocess.run(["ip", "-batch", "-"], input="\n".join(node_cmds) + "\n", text=True,
-                       check=True, capture_output=True, timeout=30)
-        subprocess.run(["ip", "-n", netns, "-batch", "-"], input="\n".join(pod_cmds) + "\n",
-                       text=True, check=True, capture_output=True, timeout=30)
+                node_cmds += [f"addr add fe80::1/64 dev {veth}", f"route add {ip}/128 dev {veth}"]
+                pod_cmds += [
+                    f"addr add {ip}/128 dev eth0 nodad",
+                    "route add default via fe80::1 dev eth0",
+                ]
+        subprocess.run(
+            ["ip", "-batch", "-"],
+            input="\n".join(node_cmds) + "\n",
+            text=True,
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        subprocess.run(
+            ["ip", "-n", netns, "-batch", "-"],
+            input="\n".join(pod_cmds) + "\n",
+            text=True,
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
         psc = spec.get("securityContext") or {}
         for s in psc.get("sysctls") or []:
             sh("ip", "netns", "exec", netns, "sysctl", "-q", "-w", f"{s['name']}={s['value']}")
@@ -233,11 +280,20 @@ class Standin:
         gid = int(csc.get("runAsGroup", psc.get("runAsGroup", 0)))
         secret_dir = self.workdir / meta["uid"]
         secret_dir.mkdir(parents=True, exist_ok=True)
-        pod = Pod(uid=meta["uid"], namespace=meta["namespace"], name=meta["name"],
-                  netns=netns, veth=veth, ips=ips, secret_dir=secret_dir,
-                  argv=[], env=self.resolve_env(obj, container, ips),
-                  grace_s=float(spec.get("terminationGracePeriodSeconds", 30)),
-                  readiness=self.readiness(container), container=container["name"])
+        pod = Pod(
+            uid=meta["uid"],
+            namespace=meta["namespace"],
+            name=meta["name"],
+            netns=netns,
+            veth=veth,
+            ips=ips,
+            secret_dir=secret_dir,
+            argv=[],
+            env=self.resolve_env(obj, container, ips),
+            grace_s=float(spec.get("terminationGracePeriodSeconds", 30)),
+            readiness=self.readiness(container),
+            container=container["name"],
+        )
         self.write_token(pod, spec.get("serviceAccountName", "default"))
         os.chmod(secret_dir, 0o755)
         mounts = self.volumes(pod, spec, container)
@@ -248,16 +304,37 @@ class Standin:
             program = [a.replace(mount_path, str(local)) for a in program]
         caps = [c.lower() for c in (csc.get("capabilities") or {}).get("add") or []]
         keep = "".join(f",+{c}" for c in caps)
-        drop = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
-                f"--inh-caps=-all{keep}", f"--bounding-set=-all{keep}", "--no-new-privs"]
+        drop = [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={gid}",
+            "--clear-groups",
+            f"--inh-caps=-all{keep}",
+            f"--bounding-set=-all{keep}",
+            "--no-new-privs",
+        ]
         if caps:
             drop.append(f"--ambient-caps={keep[1:]}")
         # A private mount namespace gives the process its token at the in-cluster path.
-        script = (f"mount -t tmpfs -o size=1m,mode=755 tmpfs /run && "
-                  f"mkdir -p {TOKEN_PATH} && mount --bind {secret_dir} {TOKEN_PATH} && "
-                  f"cd {ROOT} && exec \"$@\"")
-        pod.argv = ["nsenter", f"--net=/run/netns/{netns}", "unshare", "--mount",
-                    "--propagation", "private", "sh", "-c", script, "sh", *drop, *program]
+        script = (
+            f"mount -t tmpfs -o size=1m,mode=755 tmpfs /run && "
+            f"mkdir -p {TOKEN_PATH} && mount --bind {secret_dir} {TOKEN_PATH} && "
+            f'cd {ROOT} && exec "$@"'
+        )
+        pod.argv = [
+            "nsenter",
+            f"--net=/run/netns/{netns}",
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            *drop,
+            *program,
+        ]
         self.spawn(pod)
         self.pods[pod.uid] = pod
         log.info("started pod %s/%s at %s", pod.namespace, pod.name, ",".join(ips))
@@ -277,8 +354,7 @@ class Standin:
             return [sys.executable, "-m", "tests.cluster.backend"]
         raise RuntimeError(f"the stand-in cannot run image {image!r}")
 
-    def volumes(self, pod: Pod, spec: dict[str, Any],
-                container: dict[str, Any]) -> dict[str, Path]:
+    def volumes(self, pod: Pod, spec: dict[str, Any], container: dict[str, Any]) -> dict[str, Path]:
         """ConfigMap volumes as files in the pod's directory. There is no private root, so a
         mount path in the program's arguments is rewritten to the files' place."""
         by_name = {v["name"]: v for v in spec.get("volumes") or []}
@@ -287,8 +363,9 @@ class Standin:
             vol = by_name.get(m["name"]) or {}
             if "configMap" not in vol:
                 continue
-            cm = self.api.call("GET", f"/api/v1/namespaces/{pod.namespace}/configmaps/"
-                                      f"{vol['configMap']['name']}")
+            cm = self.api.call(
+                "GET", f"/api/v1/namespaces/{pod.namespace}/configmaps/{vol['configMap']['name']}"
+            )
             local = pod.secret_dir.parent / f"{pod.uid}-{m['name']}"
             local.mkdir(parents=True, exist_ok=True)
             for key, text in (cm.get("data") or {}).items():
@@ -303,19 +380,35 @@ class Standin:
             return None
         port = probe["port"]
         if isinstance(port, str):
-            port = next(p["containerPort"] for p in container.get("ports") or []
-                        if p.get("name") == port)
+            port = next(
+                p["containerPort"] for p in container.get("ports") or [] if p.get("name") == port
+            )
         return int(port), str(probe.get("path", "/"))
 
     def write_token(self, pod: Pod, service_account: str) -> None:
-        req = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-               "spec": {"expirationSeconds": 3600,
-                        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
-                                           "name": pod.name, "uid": pod.uid}}}
-        got = self.api.call("POST", f"/api/v1/namespaces/{pod.namespace}/serviceaccounts/"
-                                    f"{service_account}/token", req)
-        for name, text in (("token", got["status"]["token"]),
-                           ("ca.crt", self.ca.read_text()), ("namespace", pod.namespace)):
+        req = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "expirationSeconds": 3600,
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": pod.name,
+                    "uid": pod.uid,
+                },
+            },
+        }
+        got = self.api.call(
+            "POST",
+            f"/api/v1/namespaces/{pod.namespace}/serviceaccounts/{service_account}/token",
+            req,
+        )
+        for name, text in (
+            ("token", got["status"]["token"]),
+            ("ca.crt", self.ca.read_text()),
+            ("namespace", pod.namespace),
+        ):
             tmp = pod.secret_dir / f".{name}"
             tmp.write_text(text)
             os.chmod(tmp, 0o644)
@@ -323,8 +416,14 @@ class Standin:
 
     def spawn(self, pod: Pod) -> None:
         out = open(self.workdir / f"{pod.name}.log", "ab")  # noqa: SIM115 (owned by the child)
-        pod.proc = subprocess.Popen(pod.argv, env=pod.env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        pod.proc = subprocess.Popen(
+            pod.argv,
+            env=pod.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         out.close()
 
     def restart(self, pod: Pod) -> None:
@@ -334,7 +433,7 @@ class Standin:
         if pod.exited_at is None:
             pod.exited_at = time.monotonic()
             log.warning("pod %s exited with %s", pod.name, pod.proc.returncode)
-        if time.monotonic() - pod.exited_at < min(20.0, 0.5 * 2 ** pod.restarts):
+        if time.monotonic() - pod.exited_at < min(20.0, 0.5 * 2**pod.restarts):
             return
         pod.restarts += 1
         pod.exited_at = None
@@ -355,22 +454,38 @@ class Standin:
         t = now()
         running = pod.proc is not None and pod.proc.poll() is None
         status = {
-            "phase": "Running", "podIP": pod.ips[0],
-            "podIPs": [{"ip": ip} for ip in pod.ips], "hostIP": self.ips[0],
-            "hostIPs": [{"ip": ip} for ip in self.ips], "startTime": pod.started_at,
+            "phase": "Running",
+            "podIP": pod.ips[0],
+            "podIPs": [{"ip": ip} for ip in pod.ips],
+            "hostIP": self.ips[0],
+            "hostIPs": [{"ip": ip} for ip in self.ips],
+            "startTime": pod.started_at,
             "conditions": [
                 {"type": "PodScheduled", "status": "True", "lastTransitionTime": t},
                 {"type": "Initialized", "status": "True", "lastTransitionTime": t},
                 {"type": "ContainersReady", "status": ready, "lastTransitionTime": t},
-                {"type": "Ready", "status": ready, "lastTransitionTime": t}],
-            "containerStatuses": [{
-                "name": pod.container, "ready": is_ready, "restartCount": pod.restarts,
-                "image": "standin", "imageID": "", "started": running,
-                "state": {"running": {"startedAt": pod.started_at}} if running
-                else {"waiting": {"reason": "CrashLoopBackOff"}}}],
+                {"type": "Ready", "status": ready, "lastTransitionTime": t},
+            ],
+            "containerStatuses": [
+                {
+                    "name": pod.container,
+                    "ready": is_ready,
+                    "restartCount": pod.restarts,
+                    "image": "standin",
+                    "imageID": "",
+                    "started": running,
+                    "state": {"running": {"startedAt": pod.started_at}}
+                    if running
+                    else {"waiting": {"reason": "CrashLoopBackOff"}},
+                }
+            ],
         }
-        self.api.call("PATCH", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/status",
-                      {"status": status}, "application/merge-patch+json")
+        self.api.call(
+            "PATCH",
+            f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/status",
+            {"status": status},
+            "application/merge-patch+json",
+        )
 
     def stop_pod(self, pod: Pod) -> None:
         if pod.proc is not None and pod.proc.poll() is None:
@@ -386,8 +501,12 @@ class Standin:
         sh("ip", "link", "delete", pod.veth, check=False)
 
     def finish_delete(self, pod: Pod) -> None:
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
-                "preconditions": {"uid": pod.uid}}
+        body = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": pod.uid},
+        }
         with contextlib.suppress(ApiError):
             self.api.call("DELETE", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}", body)
 
@@ -403,8 +522,18 @@ class Standin:
             pod = self.pods.get(uid)
             if obj["metadata"].get("deletionTimestamp"):
                 if pod is None:
-                    pod = Pod(uid, obj["metadata"]["namespace"], obj["metadata"]["name"], "",
-                              "", [], Path(), [], {}, 0)
+                    pod = Pod(
+                        uid,
+                        obj["metadata"]["namespace"],
+                        obj["metadata"]["name"],
+                        "",
+                        "",
+                        [],
+                        Path(),
+                        [],
+                        {},
+                        0,
+                    )
                     self.pods[uid] = pod
                 if not pod.terminating:
                     # In its own thread: a pod's grace period must not hold up the others.

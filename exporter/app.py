@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -18,14 +18,17 @@ from exporter.config import ConfigError, KubernetesSettings, Settings
 from exporter.discovery.api import Api
 from exporter.discovery.kubernetes import KubernetesDiscovery
 from exporter.discovery.reflector import FatalApiError
-from exporter.discovery.services import ServiceDiscovery, make_checker
+from exporter.discovery.services import OnServices, ServiceDiscovery
 from exporter.discovery.static import Resolver, StaticDiscovery, system_resolver
 from exporter.http import Health, HttpServer
 from exporter.metrics import MetricsDocument, build_registry
+from exporter.objects import Service, SliceCounts
 from exporter.probing.engine import Prober
 from exporter.probing.icmpsocket import PrivilegeError, ProbeSocket, open_socket
-from exporter.probing.stats import escape
+from exporter.services.checker import ServiceChecker
+from exporter.services.plan import endpoint_counts, plan_checks
 from exporter.targets import Target, merge
+from exporter.textformat import escape
 
 log = logging.getLogger("exporter.app")
 
@@ -89,6 +92,20 @@ def open_sockets(settings: Settings, opener: SocketOpener) -> dict[int, ProbeSoc
     return sockets
 
 
+def make_checker(settings: Settings, source_node: str | None) -> ServiceChecker:
+    svc = settings.services
+    return ServiceChecker(svc.interval, svc.timeout, svc.concurrency, svc.query_name, source_node)
+
+
+def feed_checker(checker: ServiceChecker, dns_services: tuple[str, ...]) -> OnServices:
+    """Service discovery's result, turned into the checker's plan."""
+
+    def feed(chosen: Sequence[Service], slices: Sequence[SliceCounts]) -> None:
+        checker.set_plan(plan_checks(chosen, dns_services), endpoint_counts(slices, chosen))
+
+    return feed
+
+
 class App:
     def __init__(self, settings: Settings, seams: Seams | None = None) -> None:
         self.settings = settings
@@ -123,14 +140,16 @@ class App:
         table = TargetTable(prober)
         kube: KubernetesDiscovery | None = None
         services: ServiceDiscovery | None = None
+        checker: ServiceChecker | None = None
         try:
             table.publish("static", await static.initial())
             if kubernetes:
                 api = self.seams.kube_api(s.kubernetes)
                 kube = KubernetesDiscovery(s, api, lambda t: table.publish("kubernetes", t))
                 if s.services.enabled:
+                    checker = make_checker(s, node)
                     services = ServiceDiscovery(
-                        s.services, s.kubernetes, api, make_checker(s.services, node)
+                        s.services, s.kubernetes, api, feed_checker(checker, s.services.dns)
                     )
         except ConfigError as exc:
             log.error("%s", exc)
@@ -147,8 +166,8 @@ class App:
             yield fam
             if kube is not None:
                 yield from kube.collect(services.reflectors if services else ())
-            if services is not None:
-                yield from services.checker.collect()
+            if checker is not None:
+                yield from checker.collect()
 
         registry = build_registry(prober, discovery_metrics)
         document = MetricsDocument(prober, registry)
@@ -206,7 +225,8 @@ class App:
             tasks.append(asyncio.create_task(kube.run(), name="discovery.kubernetes"))
         if services is not None:
             tasks.append(asyncio.create_task(services.run(), name="discovery.services"))
-            tasks.append(asyncio.create_task(services.checker.run(), name="services.checks"))
+        if checker is not None:
+            tasks.append(asyncio.create_task(checker.run(), name="services.checks"))
         stopper = asyncio.create_task(self.stop.wait(), name="app.stop")
         code = EXIT_OK
         try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
 from exporter import __version__
+from exporter.selectors import LabelSelector
 
 DEFAULT_LISTEN = ":9871"
 
@@ -140,7 +141,7 @@ class ServicesSettings:
     enabled: bool = True
     always: tuple[str, ...] = ("default/kubernetes",)
     dns: tuple[str, ...] = ("kube-system/kube-dns",)
-    selector: str | None = None
+    selector: LabelSelector | None = None
     interval: float = 10.0
     timeout: float = 2.0
     concurrency: int = 16
@@ -244,11 +245,8 @@ def _service_keys(text: str) -> tuple[str, ...]:
     return keys
 
 
-def _selector(text: str) -> str:
-    from exporter.services.plan import LabelSelector
-
-    LabelSelector(text)
-    return text
+def _selector(text: str) -> LabelSelector:
+    return LabelSelector(text)  # parsed once, here
 
 
 def _listen(text: str) -> str:

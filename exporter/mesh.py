@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from exporter.config import MeshSettings
-from exporter.discovery.objects import Peer
+from exporter.objects import Peer
 from exporter.selection import NodeInfo, SelectionSettings, Selector
 from exporter.targets import Target
 

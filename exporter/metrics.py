@@ -23,8 +23,9 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.probing.engine import Prober
-from exporter.probing.stats import TargetState, format_le
+from exporter.probing.stats import TargetState
 from exporter.targets import family_label
+from exporter.textformat import format_le
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

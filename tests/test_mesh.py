@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from exporter.config import MeshSettings
-from exporter.discovery.objects import Peer, Skip, parse_node_meta, parse_pod
+from exporter.discovery.objects import parse_node_meta, parse_pod
 from exporter.mesh import Identity, plan
+from exporter.objects import Peer, Skip
 from tests.kubefake_fixtures import make_node, make_pod
 
 ME = Identity("node-0", "pm-0")

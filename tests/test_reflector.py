@@ -21,19 +21,14 @@ from exporter.discovery.kubeapi import (
     accept_header,
     load_configuration,
 )
-from exporter.discovery.objects import (
-    NodeMeta,
-    Peer,
-    parse_endpoint_slice,
-    parse_node_meta,
-    parse_pod,
-)
+from exporter.discovery.objects import parse_endpoint_slice, parse_node_meta, parse_pod
 from exporter.discovery.reflector import (
     EARLY_END_LIMIT,
     FatalApiError,
     Reflector,
     ended_early,
 )
+from exporter.objects import NodeMeta, Peer
 from tests import kubefake_fixtures
 from tests.kubefake import KubeFake
 from tests.kubefake_fixtures import make_node, make_pod

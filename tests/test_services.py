@@ -8,17 +8,13 @@ import struct
 import pytest
 from prometheus_client.core import Metric
 
-from exporter.discovery.objects import (
-    Service,
-    ServicePort,
-    Skip,
-    SliceCounts,
-    parse_endpoint_slice,
-    parse_service,
-)
+from exporter.discovery.objects import parse_endpoint_slice, parse_service
+from exporter.discovery.services import selected
+from exporter.objects import Service, ServicePort, Skip, SliceCounts
+from exporter.selectors import LabelSelector
 from exporter.services import dns
 from exporter.services.checker import ServiceChecker
-from exporter.services.plan import Check, LabelSelector, endpoint_counts, plan_checks, selected
+from exporter.services.plan import Check, endpoint_counts, plan_checks
 from tests.kubefake_fixtures import make_endpointslice, make_service
 
 

@@ -13,9 +13,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from exporter.config import MeshSettings, Settings
 from exporter.discovery.api import Api, Resource
-from exporter.discovery.objects import NodeMeta, Peer, Skip, parse_node_meta, parse_pod
+from exporter.discovery.objects import parse_node_meta, parse_pod
 from exporter.discovery.reflector import Reflector, ReflectorStats
 from exporter.mesh import Identity, MeshPlan, plan
+from exporter.objects import NodeMeta, Peer, Skip
 from exporter.targets import Target
 
 COALESCE_SECONDS = 0.05  # a rollout's burst of events makes one recomputation, not hundreds

@@ -1,4 +1,5 @@
-"""Kubernetes objects as the API sends them (JSON dicts) into frozen values. Pure functions.
+"""Kubernetes objects as the API sends them (JSON dicts) into the frozen values of
+exporter.objects. Pure functions.
 
 Parsing is defensive: one malformed object is skipped with a reason and never takes the rest
 of a list or a watch down. Only the fields the exporter uses are read.
@@ -7,39 +8,12 @@ of a list or a watch down. Only the fields the exporter uses are read.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 from typing import Any
+
+from exporter.objects import NodeMeta, Peer, Service, ServicePort, Skip, SliceCounts
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
 REGION_LABEL = "topology.kubernetes.io/region"
-
-
-@dataclass(frozen=True)
-class Skip:
-    reason: str  # "malformed", "invalid_ip"
-
-
-@dataclass(frozen=True)
-class Peer:
-    """An exporter pod of the DaemonSet, as far as probing cares."""
-
-    key: str  # namespace/name
-    name: str
-    node: str
-    pod_ips: tuple[str, ...]
-    host_ips: tuple[str, ...]
-    phase: str
-    ready: bool
-    terminating: bool
-    created: str
-    bad_ips: int = 0  # IP strings that did not parse, counted and left out
-
-
-@dataclass(frozen=True)
-class NodeMeta:
-    name: str
-    zone: str | None
-    region: str | None
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -127,40 +101,6 @@ def parse_node_meta(obj: Any) -> NodeMeta | Skip:
 
 PROBE_ANNOTATION = "pingmesh.io/probe"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-
-
-@dataclass(frozen=True)
-class ServicePort:
-    name: str
-    port: int
-    protocol: str  # TCP, UDP, SCTP
-
-
-@dataclass(frozen=True)
-class Service:
-    namespace: str
-    name: str
-    type: str
-    cluster_ips: tuple[str, ...]  # empty for headless and ExternalName Services
-    headless: bool
-    ports: tuple[ServicePort, ...]
-    labels: tuple[tuple[str, str], ...]
-    annotated: bool  # pingmesh.io/probe: "true"
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-@dataclass(frozen=True)
-class SliceCounts:
-    """Endpoint counts of one EndpointSlice, by condition."""
-
-    service: str  # namespace/name of the owning Service
-    address_type: str  # IPv4, IPv6, FQDN
-    ready: int
-    serving: int
-    terminating: int
 
 
 def parse_service(obj: Any) -> Service | Skip:

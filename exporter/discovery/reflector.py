@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from exporter.discovery.api import Api, ApiError, ConnectionFailed, Gone, Resource
-from exporter.discovery.objects import Skip, object_key
+from exporter.discovery.objects import object_key
+from exporter.objects import Skip
 
 log = logging.getLogger("exporter.discovery.kubernetes")
 

@@ -9,23 +9,35 @@ watch is replaced. Never all EndpointSlices of the cluster.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from exporter.config import KubernetesSettings, ServicesSettings
 from exporter.discovery.api import Api, Resource
-from exporter.discovery.objects import (
-    SERVICE_NAME_LABEL,
-    Service,
-    SliceCounts,
-    parse_endpoint_slice,
-    parse_service,
-)
+from exporter.discovery.objects import SERVICE_NAME_LABEL, parse_endpoint_slice, parse_service
 from exporter.discovery.reflector import Reflector
-from exporter.services.checker import ServiceChecker
-from exporter.services.plan import LabelSelector, endpoint_counts, plan_checks, selected
+from exporter.objects import Service, SliceCounts
+from exporter.selectors import LabelSelector
 
 COALESCE_SECONDS = 0.05
+
+# The selected Services and the EndpointSlices of those, each time either changes.
+OnServices = Callable[[Sequence[Service], Sequence[SliceCounts]], None]
+
+
+def selected(
+    services: Iterable[Service], always: Iterable[str], selector: LabelSelector | None
+) -> list[Service]:
+    keep = set(always)
+    out = []
+    for svc in services:
+        if (
+            svc.key in keep
+            or svc.annotated
+            or (selector is not None and selector.matches(dict(svc.labels)))
+        ):
+            out.append(svc)
+    return sorted(out, key=lambda s: s.key)
 
 
 class ServiceDiscovery:
@@ -34,12 +46,11 @@ class ServiceDiscovery:
         settings: ServicesSettings,
         kube: KubernetesSettings,
         api: Api,
-        checker: ServiceChecker,
+        on_change: OnServices,
     ) -> None:
         self.settings = settings
         self.api = api
-        self.checker = checker
-        self.selector = LabelSelector(settings.selector) if settings.selector else None
+        self.on_change = on_change
         self._timing = {
             "request_timeout": kube.request_timeout,
             "watch_timeout": kube.watch_timeout,
@@ -90,15 +101,13 @@ class ServiceDiscovery:
             chosen = selected(
                 self.services.store.values(),
                 (*self.settings.always, *self.settings.dns),
-                self.selector,
+                self.settings.selector,
             )
             names = tuple(sorted({s.name for s in chosen}))
             if names != self._slice_names:
                 await self._replace_slice_watch(names, group)
-            slices = self.slices.store.values() if self.slices is not None else ()
-            self.checker.set_plan(
-                plan_checks(chosen, self.settings.dns), endpoint_counts(slices, chosen)
-            )
+            slices = list(self.slices.store.values()) if self.slices is not None else []
+            self.on_change(chosen, slices)
 
     async def _replace_slice_watch(self, names: tuple[str, ...], group: asyncio.TaskGroup) -> None:
         if self._slice_task is not None:
@@ -111,16 +120,3 @@ class ServiceDiscovery:
             self._slice_task = group.create_task(
                 self.slices.run(), name="discovery.kubernetes.endpointslices"
             )
-
-
-def make_checker(
-    settings: ServicesSettings, source_node: str | None, **probes: Callable[..., Any]
-) -> ServiceChecker:
-    return ServiceChecker(
-        settings.interval,
-        settings.timeout,
-        settings.concurrency,
-        settings.query_name,
-        source_node,
-        **probes,
-    )

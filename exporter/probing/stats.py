@@ -10,10 +10,7 @@ from __future__ import annotations
 from bisect import bisect_left
 
 from exporter.targets import Target, family_label
-
-
-def format_le(bound: float) -> str:
-    return repr(float(round(bound, 9)))
+from exporter.textformat import escape
 
 
 class TargetState:
@@ -78,7 +75,3 @@ class TargetState:
     @property
     def up(self) -> int:
         return 1 if self.history else 0
-
-
-def escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

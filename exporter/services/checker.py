@@ -23,10 +23,10 @@ from prometheus_client.core import (
     Metric,
 )
 
-from exporter.probing.stats import format_le
 from exporter.services import dns
 from exporter.services.plan import Check, ServicePlan
 from exporter.targets import Target, family_label
+from exporter.textformat import format_le
 
 log = logging.getLogger("exporter.services")
 

@@ -1,0 +1,93 @@
+"""The layer contract of exporter/: who may import whom, lazy imports included.
+
+Ground floor: settings, targets, the Kubernetes objects as values, selectors, the text
+format's pieces and logging. Above it the feature packages: probing, selection, mesh,
+discovery (which may use mesh and selection to plan), services; discovery and services
+never import each other. Above those metrics and HTTP; only app (and cli) wire everything."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent / "exporter"
+
+GROUND = {
+    "exporter",
+    "exporter.config",
+    "exporter.targets",
+    "exporter.objects",
+    "exporter.selectors",
+    "exporter.textformat",
+    "exporter.logs",
+}
+ALLOWED = {
+    "ground": {"ground"},
+    "probing": {"ground", "probing"},
+    "selection": {"ground", "selection"},
+    "mesh": {"ground", "mesh", "selection"},
+    "services": {"ground", "services"},
+    "discovery": {"ground", "discovery", "mesh", "selection"},
+    "metrics": {"ground", "metrics", "probing"},
+    "http": {"ground", "http", "metrics"},
+    "app": {
+        "ground",
+        "probing",
+        "selection",
+        "mesh",
+        "services",
+        "discovery",
+        "metrics",
+        "http",
+        "app",
+    },
+}
+
+
+def group(module: str) -> str:
+    if module in GROUND:
+        return "ground"
+    part = module.split(".")[1]
+    return {"cli": "app", "__main__": "app"}.get(part, part)
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT.parent).with_suffix("")
+        name = ".".join(rel.parts)
+        out[name.removesuffix(".__init__")] = path
+    return out
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            # `from exporter import x`: x may be a module of its own.
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
+def test_every_import_goes_down_or_sideways_within_a_package() -> None:
+    mods = modules()
+    assert set(ALLOWED) >= {group(m) for m in mods}, "a module outside every layer"
+    wrong = []
+    for name, path in sorted(mods.items()):
+        for target in sorted(imports(path)):
+            if target not in mods or target == name:
+                continue
+            if group(target) not in ALLOWED[group(name)]:
+                wrong.append(f"{name} ({group(name)}) imports {target} ({group(target)})")
+    assert wrong == []
+
+
+def test_the_contract_catches_a_wrong_import(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("from exporter.discovery.objects import parse_pod\n")
+    assert group("exporter.services.plan") == "services"
+    assert "exporter.discovery.objects" in imports(bad)
+    assert "discovery" not in ALLOWED["services"]

@@ -199,12 +199,22 @@ class IcmpSocket:
         and clears: such a refusal belongs to another target (its details wait on the error
         queue, where the reader finds them), so the send is tried again. A failure of this
         send itself repeats."""
-        for attempt in range(1 + PENDING_ERROR_RETRIES):
+        try:
+            self.sock.sendto(packet, destination)
+        except OSError as exc:
+            if exc.errno not in ASYNC_ERRORS:
+                raise
+            self._send_again(packet, destination)
+
+    def _send_again(
+        self, packet: bytes, destination: tuple[str, int] | tuple[str, int, int, int]
+    ) -> None:
+        for attempt in range(PENDING_ERROR_RETRIES):
             try:
                 self.sock.sendto(packet, destination)
                 return
             except OSError as exc:
-                if exc.errno not in ASYNC_ERRORS or attempt == PENDING_ERROR_RETRIES:
+                if exc.errno not in ASYNC_ERRORS or attempt == PENDING_ERROR_RETRIES - 1:
                     raise
 
     def recv_many(self, limit: int) -> tuple[list[Received], bool]:

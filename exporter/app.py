@@ -11,6 +11,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
@@ -106,6 +107,43 @@ def feed_checker(checker: ServiceChecker, dns_services: tuple[str, ...]) -> OnSe
     return feed
 
 
+@dataclass
+class Parts:
+    """The running exporter's components, as build() wires them."""
+
+    prober: Prober
+    static: StaticDiscovery
+    table: TargetTable | None = None
+    kube: KubernetesDiscovery | None = None
+    services: ServiceDiscovery | None = None
+    checker: ServiceChecker | None = None
+
+    def discovery_metrics(self) -> Iterator[Metric]:
+        fam = CounterMetricFamily(
+            "pingmesh_discovery_errors",
+            "Discovery problems: unresolvable names, bad lines, unreadable files, API errors.",
+            labels=["source", "reason"],
+        )
+        for reason, n in sorted(self.static.errors.items()):
+            fam.add_metric(["static", reason], n)
+        yield fam
+        if self.kube is not None:
+            yield from self.kube.collect(self.services.reflectors if self.services else ())
+        if self.checker is not None:
+            yield from self.checker.collect()
+
+    def live(self, stall_limit: float) -> tuple[bool, str]:
+        age = time.monotonic() - self.prober.last_tick_monotonic
+        return (age < stall_limit, f"probe loop last ran {age:.1f}s ago")
+
+    def ready(self) -> tuple[bool, str]:
+        if (self.kube is not None and not self.kube.ready) or (
+            self.services is not None and not self.services.services.synced.is_set()
+        ):
+            return False, "waiting for the first complete sync with the Kubernetes API"
+        return True, "ready"
+
+
 class App:
     def __init__(self, settings: Settings, seams: Seams | None = None) -> None:
         self.settings = settings
@@ -129,6 +167,31 @@ class App:
                 sock.close()
 
     async def _run_with(self, sockets: dict[int, ProbeSocket]) -> int:
+        try:
+            parts = await self.build(sockets)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return EXIT_CONFIG
+        try:
+            server = self.serve(parts)
+        except OSError as exc:
+            log.error(
+                "flag --web.listen-address %s: cannot listen: %s",
+                self.settings.web.listen_address,
+                exc.strerror or exc,
+            )
+            return EXIT_FATAL
+        loop = asyncio.get_running_loop()
+        tasks = self.start(parts, loop)
+        try:
+            return await self.supervise(tasks)
+        finally:
+            log.info("stopping")
+            await self.stop_all(parts, tasks, loop, server)
+
+    async def build(self, sockets: dict[int, ProbeSocket]) -> Parts:
+        """Every component, wired; the first static targets are loaded. ConfigError when
+        the Kubernetes credentials are unusable."""
         s = self.settings
         node = s.kubernetes.node_name
         prober = Prober(
@@ -136,67 +199,30 @@ class App:
         )
         kubernetes = s.discovery == "kubernetes"
         defaults = [] if kubernetes else self.seams.defaults()
-        static = StaticDiscovery(s.static, defaults, self.seams.resolver)
-        table = TargetTable(prober)
-        kube: KubernetesDiscovery | None = None
-        services: ServiceDiscovery | None = None
-        checker: ServiceChecker | None = None
-        try:
-            table.publish("static", await static.initial())
-            if kubernetes:
-                api = self.seams.kube_api(s.kubernetes)
-                kube = KubernetesDiscovery(s, api, lambda t: table.publish("kubernetes", t))
-                if s.services.enabled:
-                    checker = make_checker(s, node)
-                    services = ServiceDiscovery(
-                        s.services, s.kubernetes, api, feed_checker(checker, s.services.dns)
-                    )
-        except ConfigError as exc:
-            log.error("%s", exc)
-            return EXIT_CONFIG
+        parts = Parts(prober, StaticDiscovery(s.static, defaults, self.seams.resolver))
+        table = parts.table = TargetTable(prober)
+        table.publish("static", await parts.static.initial())
+        if kubernetes:
+            api = self.seams.kube_api(s.kubernetes)
+            parts.kube = KubernetesDiscovery(s, api, lambda t: table.publish("kubernetes", t))
+            if s.services.enabled:
+                parts.checker = make_checker(s, node)
+                parts.services = ServiceDiscovery(
+                    s.services, s.kubernetes, api, feed_checker(parts.checker, s.services.dns)
+                )
+        return parts
 
-        def discovery_metrics() -> Iterator[Metric]:
-            fam = CounterMetricFamily(
-                "pingmesh_discovery_errors",
-                "Discovery problems: unresolvable names, bad lines, unreadable files, API errors.",
-                labels=["source", "reason"],
-            )
-            for reason, n in sorted(static.errors.items()):
-                fam.add_metric(["static", reason], n)
-            yield fam
-            if kube is not None:
-                yield from kube.collect(services.reflectors if services else ())
-            if checker is not None:
-                yield from checker.collect()
-
-        registry = build_registry(prober, discovery_metrics)
-        document = MetricsDocument(prober, registry)
-        health = Health()
+    def serve(self, parts: Parts) -> HttpServer:
+        """The HTTP server, started in its own threads. OSError when it cannot listen."""
+        s = self.settings
+        registry = build_registry(parts.prober, parts.discovery_metrics)
+        document = MetricsDocument(parts.prober, registry)
         stall_limit = max(10.0, 3 * s.probe.interval)
-
-        def live() -> tuple[bool, str]:
-            age = time.monotonic() - prober.last_tick_monotonic
-            return (age < stall_limit, f"probe loop last ran {age:.1f}s ago")
-
-        def ready() -> tuple[bool, str]:
-            if (kube is not None and not kube.ready) or (
-                services is not None and not services.services.synced.is_set()
-            ):
-                return False, "waiting for the first complete sync with the Kubernetes API"
-            return True, "ready"
-
-        health.live = live
-        health.ready = ready
+        health = Health()
+        health.live = lambda: parts.live(stall_limit)
+        health.ready = parts.ready
         host, port = s.web.host_port
-        try:
-            server = HttpServer(host, port, s.web.telemetry_path, document.chunks, health)
-        except OSError as exc:
-            log.error(
-                "flag --web.listen-address %s: cannot listen: %s",
-                s.web.listen_address,
-                exc.strerror or exc,
-            )
-            return EXIT_FATAL
+        server = HttpServer(host, port, s.web.telemetry_path, document.chunks, health)
         server.start()
         shown = host if host and host not in ("::", "0.0.0.0") else "localhost"
         if ":" in shown:
@@ -207,57 +233,68 @@ class App:
             server.port,
             s.web.telemetry_path,
             os.getpid(),
-            len(prober.states),
+            len(parts.prober.states),
         )
+        return server
 
-        loop = asyncio.get_running_loop()
+    def start(self, parts: Parts, loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
+        """The named long-running tasks, and the signals that stop them."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        prober, table = parts.prober, parts.table
+        assert table is not None
         prober.attach(loop)
-        tasks = [
+        tasks: list[asyncio.Task[Any]] = [
             asyncio.create_task(prober.send_loop(), name="probe.send"),
             asyncio.create_task(prober.sweep_loop(), name="probe.sweep"),
             asyncio.create_task(
-                static.run(lambda t: table.publish("static", t)), name="discovery.static"
+                parts.static.run(lambda t: table.publish("static", t)), name="discovery.static"
             ),
         ]
-        if kube is not None:
-            tasks.append(asyncio.create_task(kube.run(), name="discovery.kubernetes"))
-        if services is not None:
-            tasks.append(asyncio.create_task(services.run(), name="discovery.services"))
-        if checker is not None:
-            tasks.append(asyncio.create_task(checker.run(), name="services.checks"))
-        stopper = asyncio.create_task(self.stop.wait(), name="app.stop")
+        if parts.kube is not None:
+            tasks.append(asyncio.create_task(parts.kube.run(), name="discovery.kubernetes"))
+        if parts.services is not None:
+            tasks.append(asyncio.create_task(parts.services.run(), name="discovery.services"))
+        if parts.checker is not None:
+            tasks.append(asyncio.create_task(parts.checker.run(), name="services.checks"))
+        tasks.append(asyncio.create_task(self.stop.wait(), name="app.stop"))
+        return tasks
+
+    async def supervise(self, tasks: list[asyncio.Task[Any]]) -> int:
+        """Until a stop is requested or a task ends: a task that fails or returns is fatal."""
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         code = EXIT_OK
-        try:
-            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if t is stopper or t.cancelled():
-                    continue
-                failure = t.exception()
-                if failure is None:
-                    # Every task runs until it is cancelled: one that returns has stopped
-                    # doing its job, and the process must not go on without it.
-                    log.error("task %s ended; it should run until the exporter stops", t.get_name())
-                    code = EXIT_FATAL
-                    continue
-                fatal = [
-                    e
-                    for e in getattr(failure, "exceptions", [failure])
-                    if isinstance(e, FatalApiError)
-                ]
-                if fatal:
-                    log.error("%s", fatal[0])
-                else:
-                    log.error("task %s failed", t.get_name(), exc_info=failure)
+        for t in done:
+            if t.get_name() == "app.stop" or t.cancelled():
+                continue
+            failure = t.exception()
+            if failure is None:
+                # Every task runs until it is cancelled: one that returns has stopped
+                # doing its job, and the process must not go on without it.
+                log.error("task %s ended; it should run until the exporter stops", t.get_name())
                 code = EXIT_FATAL
-        finally:
-            log.info("stopping")
-            for t in [*tasks, stopper]:
-                t.cancel()
-            await asyncio.wait([*tasks, stopper], timeout=0.5)
-            prober.detach(loop)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            server.stop()
+                continue
+            fatal = [
+                e for e in getattr(failure, "exceptions", [failure]) if isinstance(e, FatalApiError)
+            ]
+            if fatal:
+                log.error("%s", fatal[0])
+            else:
+                log.error("task %s failed", t.get_name(), exc_info=failure)
+            code = EXIT_FATAL
         return code
+
+    async def stop_all(
+        self,
+        parts: Parts,
+        tasks: list[asyncio.Task[Any]],
+        loop: asyncio.AbstractEventLoop,
+        server: HttpServer,
+    ) -> None:
+        for t in tasks:
+            t.cancel()
+        await asyncio.wait(tasks, timeout=0.5)
+        parts.prober.detach(loop)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        server.stop()

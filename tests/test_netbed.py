@@ -242,8 +242,11 @@ def test_responder_jitter_spreads_delay(bed: Bed, fping_path: str) -> None:
     results, _ = fping_c(bed, fping_path, dst.targets_v4, count=20)
     got = answered(results[dst.targets_v4[0]])
     assert len(got) == 20
-    # Uniform in [1.5, 4.5] ms plus a little path latency.
-    assert min(got) >= 1.4 and max(got) <= 5.0, got
+    # Uniform in [1.5, 4.5] ms plus a little path latency. A reply is never early; one can be
+    # late when the machine is busy (the responder's timer wakes late), so the upper bound
+    # holds for most replies, not for every one.
+    assert min(got) >= 1.4, got
+    assert sum(rtt <= 5.0 for rtt in got) >= 15, got
     assert max(got) - min(got) > 0.8, got
 
 

@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from exporter.config import MeshSettings, Settings
 from exporter.discovery.api import Api, Resource
 from exporter.discovery.objects import parse_node_meta, parse_pod
-from exporter.discovery.reflector import Reflector, ReflectorStats
+from exporter.discovery.reflector import Reflector
 from exporter.mesh import Identity, MeshPlan, plan
 from exporter.objects import NodeMeta, Peer, Skip
 from exporter.targets import Target
@@ -60,7 +60,7 @@ class KubernetesDiscovery:
     def _parse_pod(self, obj: Any) -> Peer | Skip:
         peer = parse_pod(obj)
         if isinstance(peer, Peer) and peer.bad_ips:
-            ReflectorStats.add(self.pods.stats.skipped, "invalid_ip", peer.bad_ips)
+            self.pods.stats.skipped["invalid_ip"] += peer.bad_ips
         return peer
 
     def _changed(self) -> None:

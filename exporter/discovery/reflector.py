@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -71,16 +72,12 @@ def rbac_remedy(res: Resource) -> str:
 
 @dataclass
 class ReflectorStats:
-    requests: dict[str, int] = field(default_factory=dict)  # verb -> n
-    errors: dict[str, int] = field(default_factory=dict)  # code -> n
-    restarts: dict[str, int] = field(default_factory=dict)  # reason -> n
-    skipped: dict[str, int] = field(default_factory=dict)  # reason -> n
+    requests: Counter[str] = field(default_factory=Counter)  # verb -> n
+    errors: Counter[str] = field(default_factory=Counter)  # code -> n
+    restarts: Counter[str] = field(default_factory=Counter)  # reason -> n
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> n
     last_sync: float = 0.0  # unix time the store was last known current
     healthy: bool = False
-
-    @staticmethod
-    def add(table: dict[str, int], key: str, n: int = 1) -> None:
-        table[key] = table.get(key, 0) + n
 
 
 class Backoff:
@@ -173,7 +170,7 @@ class Reflector(Generic[T]):
     def _counted(self, item: tuple[str | None, T | Skip]) -> tuple[str | None, T | None]:
         key, parsed = item
         if isinstance(parsed, Skip):
-            ReflectorStats.add(self.stats.skipped, parsed.reason)
+            self.stats.skipped[parsed.reason] += 1
             return key, None
         return key, parsed
 
@@ -198,7 +195,7 @@ class Reflector(Generic[T]):
             self._note_version(obj)
             return
         if etype == "MALFORMED":
-            ReflectorStats.add(self.stats.skipped, "malformed_event")
+            self.stats.skipped["malformed_event"] += 1
             return
         self._note_version(obj)
         if etype == "DELETED":
@@ -233,7 +230,7 @@ class Reflector(Generic[T]):
                 backoff.reset()
             except Gone:
                 # Too old to resume: list again now (a 410 is not a failure of the server).
-                ReflectorStats.add(self.stats.restarts, "gone")
+                self.stats.restarts["gone"] += 1
                 self._resource_version = ""
             except WatchEndedEarly:
                 self._ended_early()
@@ -253,7 +250,7 @@ class Reflector(Generic[T]):
                 await asyncio.sleep(backoff.next())
 
     def _failed(self, code: str, exc: BaseException) -> None:
-        ReflectorStats.add(self.stats.errors, code)
+        self.stats.errors[code] += 1
         self.stats.healthy = False
         if code in ("401", "403"):
             return  # _denied decides whether and how loudly
@@ -321,7 +318,7 @@ class Reflector(Generic[T]):
         )
 
     def _ended_early(self) -> None:
-        ReflectorStats.add(self.stats.restarts, "early_end")
+        self.stats.restarts["early_end"] += 1
         self._early_ends += 1
         if self._early_ends < EARLY_END_LIMIT:
             return
@@ -336,7 +333,7 @@ class Reflector(Generic[T]):
             )
 
     async def _list(self) -> None:
-        ReflectorStats.add(self.stats.requests, "list")
+        self.stats.requests["list"] += 1
         items, rv = await in_thread(
             lambda: self.api.list(self.resource, self.request_timeout, self._parse_item),
             name=f"list-{self.resource.name}",
@@ -350,7 +347,7 @@ class Reflector(Generic[T]):
 
     async def _watch(self) -> None:
         """One watch from the current resourceVersion until the server ends it."""
-        ReflectorStats.add(self.stats.requests, "watch")
+        self.stats.requests["watch"] += 1
         # Spread the server-side timeouts (as client-go does) so watches do not end in step.
         timeout_seconds = int(self.watch_timeout * random.uniform(1.0, 2.0))
         read_timeout = self.request_timeout
@@ -387,7 +384,7 @@ class Reflector(Generic[T]):
                 if got is None:
                     if ended_early(time.monotonic() - opened, timeout_seconds, delivered):
                         raise WatchEndedEarly
-                    ReflectorStats.add(self.stats.restarts, "timeout")
+                    self.stats.restarts["timeout"] += 1
                     return
                 if isinstance(got, BaseException):
                     raise got

@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import re
 import socket
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -83,13 +84,13 @@ class StaticDiscovery:
         self.settings = settings
         self.defaults = tuple(defaults)
         self.resolver = resolver
-        self.errors: dict[str, int] = {}
+        self.errors: Counter[str] = Counter()
         self._known: dict[str, list[str]] = {}
         self._failing: set[str] = set()
         self._bad_lines_logged: set[tuple[int, str]] = set()
 
     def _count(self, reason: str, n: int = 1) -> None:
-        self.errors[reason] = self.errors.get(reason, 0) + n
+        self.errors[reason] += n
 
     def read_hosts(self, first: bool) -> list[str]:
         """Hosts from flags and the targets file. An unreadable file is fatal at start

@@ -15,7 +15,7 @@ import os
 import random
 import struct
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -62,11 +62,11 @@ class Channel:
     seq: int = 0
     packets_sent: int = 0
     reply_type: int = 0
-    unmatched: dict[str, int] = field(default_factory=dict)
+    unmatched: Counter[str] = field(default_factory=Counter)
     seq_reuse: int = 0
 
     def unmatched_add(self, reason: str) -> None:
-        self.unmatched[reason] = self.unmatched.get(reason, 0) + 1
+        self.unmatched[reason] += 1
 
 
 class Prober:

@@ -8,6 +8,7 @@ never sees a histogram whose count disagrees with its buckets.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter
 
 from exporter.targets import Target, family_label
 from exporter.textformat import escape
@@ -44,7 +45,7 @@ class TargetState:
         self.rtt_sum_ns = 0
         self.sent = 0
         self.received = 0
-        self.errors: dict[str, int] = {}
+        self.errors: Counter[str] = Counter()
         self.history = 0
         self.resolved = 0
         self.up_mask = (1 << up_window) - 1
@@ -70,7 +71,7 @@ class TargetState:
         self.history = (self.history << 1) & self.up_mask
 
     def error(self, reason: str) -> None:
-        self.errors[reason] = self.errors.get(reason, 0) + 1
+        self.errors[reason] += 1
 
     @property
     def up(self) -> int:

@@ -13,6 +13,7 @@ import os
 import socket
 import time
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -113,14 +114,14 @@ def dns_prober(name: str) -> Probe:
 class CheckState:
     check: Check
     phase: float
-    results: dict[str, int] = field(default_factory=dict)
+    results: Counter[str] = field(default_factory=Counter)
     buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
     seconds_sum: float = 0.0
     last: str = ""
     removed: bool = False
 
     def record(self, result: str, seconds: float | None) -> None:
-        self.results[result] = self.results.get(result, 0) + 1
+        self.results[result] += 1
         self.last = result
         if seconds is not None:
             self.buckets[bisect_left(BUCKETS, seconds)] += 1

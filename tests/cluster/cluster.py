@@ -162,42 +162,7 @@ class Pki:
         )
         ext = d / "apiserver.ext"
         ext.write_text(f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n")
-        csr = d / "apiserver.csr"
-        _run(
-            [
-                *ossl,
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=kube-apiserver",
-                "-keyout",
-                str(self.apiserver_key),
-                "-out",
-                str(csr),
-            ]
-        )
-        _run(
-            [
-                *ossl,
-                "x509",
-                "-req",
-                "-in",
-                str(csr),
-                "-CA",
-                str(self.ca),
-                "-CAkey",
-                str(self.ca_key),
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                str(ext),
-                "-out",
-                str(self.apiserver),
-            ]
-        )
+        self.issue("/CN=kube-apiserver", self.apiserver_key, self.apiserver, ext)
         _run([*ossl, "genrsa", "-out", str(self.sa_key), "2048"])
         _run([*ossl, "rsa", "-in", str(self.sa_key), "-pubout", "-out", str(self.sa_pub)])
         for user, groups in (
@@ -215,44 +180,21 @@ class Pki:
             f.write(f'{token},{user},{user},"{groups}"\n')
         return token
 
+    def issue(self, subject: str, key: Path, crt: Path, extfile: Path | None = None) -> None:
+        """A new key and its certificate for subject, signed by the cluster CA."""
+        csr = crt.with_suffix(".csr")
+        _run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
+              "-keyout", str(key), "-out", str(csr)])  # fmt: skip
+        _run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(self.ca),
+              "-CAkey", str(self.ca_key), "-CAcreateserial", "-days", "2",
+              *(["-extfile", str(extfile)] if extfile else []), "-out", str(crt)])  # fmt: skip
+
     def client_cert(self, user: str, group: str) -> tuple[Path, Path]:
         """A client certificate for user in group: the API server trusts the CA, so new
         identities (nodes) need no restart, unlike the token file."""
         base = self.dir / user.replace(":", "-")
-        key, crt, csr = (base.with_suffix(s) for s in (".key", ".crt", ".csr"))
-        _run(
-            [
-                "openssl",
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                f"/O={group}/CN={user}",
-                "-keyout",
-                str(key),
-                "-out",
-                str(csr),
-            ]
-        )
-        _run(
-            [
-                "openssl",
-                "x509",
-                "-req",
-                "-in",
-                str(csr),
-                "-CA",
-                str(self.ca),
-                "-CAkey",
-                str(self.ca_key),
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                str(crt),
-            ]
-        )
+        key, crt = base.with_suffix(".key"), base.with_suffix(".crt")
+        self.issue(f"/O={group}/CN={user}", key, crt)
         return crt, key
 
     def kubeconfig(self, user: str, server: str, cert: tuple[Path, Path] | None = None) -> Path:

@@ -81,13 +81,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import yaml
 
 from tests.cluster.process import Process
-from tests.netbed import _pid_alive
+from tests.netbed import Closing, _pid_alive
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("PINGMESH_CACHE", "/var/cache/pingmesh-exporter"))
@@ -311,7 +310,7 @@ def _daemon_env() -> dict[str, str]:
     return env
 
 
-class KubeletNode:
+class KubeletNode(Closing):
     """containerd and a real kubelet for one node. See the module docstring."""
 
     def __init__(
@@ -374,17 +373,8 @@ class KubeletNode:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            self.stop()
-        except Exception:
-            if exc_type is None:  # a cleanup failure must not hide the error that got here
-                raise
+    def close(self) -> None:
+        self.stop()
 
     def start(self) -> None:
         """Start containerd, import the images, start the kubelet. Does not wait for the

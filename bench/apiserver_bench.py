@@ -81,7 +81,6 @@ import ipaddress  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
 import select  # noqa: E402
@@ -95,7 +94,7 @@ import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from typing import IO, Any  # noqa: E402
 
-from bench.machine import cpu_model, memory_gib  # noqa: E402
+from bench.machine import machine_facts  # noqa: E402
 
 OUT_DIR = ROOT / "bench" / "out"
 NAMESPACE = "pingmesh"
@@ -1502,28 +1501,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def machine_facts() -> dict[str, Any]:
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "memory_gib": memory_gib(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "exporter_tree_modified": git("status", "--porcelain", "--", "exporter"),
-        "versions": versions(),
-        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
 # --------------------------------------------------------------------------------------------
 # Report
 
@@ -1984,7 +1961,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "concurrency": args.concurrency,
             "extrapolate_to": args.extrapolate_to,
         },
-        "machine": machine_facts(),
+        "machine": machine_facts(versions=versions()),
         "runs": [],
     }
     started = time.monotonic()

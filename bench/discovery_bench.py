@@ -71,7 +71,6 @@ import gzip  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
@@ -85,7 +84,7 @@ from typing import IO, Any  # noqa: E402
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from bench.machine import cpu_model, memory_gib  # noqa: E402
+from bench.machine import machine_facts  # noqa: E402
 from tests.exporter_proc import http_get, in_namespace  # noqa: E402
 from tests.kubefake import KubeFake, RequestRecord  # noqa: E402
 from tests.kubefake_fixtures import make_pod  # noqa: E402
@@ -1001,28 +1000,6 @@ def spread_trials(
 # --------------------------------------------------------------------------------------------
 # --------------------------------------------------------------------------------------------
 # Report
-
-
-def machine_facts() -> dict[str, Any]:
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "memory_gib": memory_gib(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "exporter_tree_modified": git("status", "--porcelain", "--", "exporter"),
-        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
 
 
 def _ms(x: float | None) -> str:

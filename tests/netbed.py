@@ -725,51 +725,7 @@ class Bed(Closing):
             ]
         )
         self.dsts.append(dst)
-        self._wait_link_ready(dst)
         return dst
-
-    def _wait_link_ready(self, dst: Dst, timeout_s: float = 10.0) -> None:
-        """Return once the link carries traffic: both ends operationally up and src's
-        neighbour entries for dst's link addresses resolved. Until then the kernel refuses
-        sends ("No route to host"), which a test would read as the program's failures."""
-        deadline = time.monotonic() + timeout_s
-        wanted = {dst.dst_v4, dst.dst_v6}
-        while True:
-            up = all(
-                "state UP"
-                in str(
-                    _run(
-                        ["ip", "-n", ns.name, "-o", "link", "show", "dev", ifname], check=False
-                    ).stdout
-                )
-                for ns, ifname in ((self.src, dst.src_if), (dst.ns, dst.dst_if))
-            )
-            if up:
-                for addr in wanted:
-                    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-                    sock = self.src.socket(family, socket.SOCK_DGRAM)
-                    # One datagram to the discard port makes the kernel resolve the
-                    # neighbour; whether it is refused does not matter here.
-                    with contextlib.closing(sock), contextlib.suppress(OSError):
-                        sock.sendto(b"", (addr, 9))
-                neigh = json.loads(
-                    str(
-                        _run(
-                            ["ip", "-n", self.src.name, "-j", "neigh", "show", "dev", dst.src_if]
-                        ).stdout
-                    )
-                    or "[]"
-                )
-                resolved = {
-                    n.get("dst")
-                    for n in neigh
-                    if set(n.get("state", [])) & {"REACHABLE", "STALE", "DELAY", "PROBE"}
-                }
-                if wanted <= resolved:
-                    return
-            if time.monotonic() > deadline:
-                raise NetbedError(f"link to {dst.name} not ready after {timeout_s:.0f}s")
-            time.sleep(0.02)
 
     # -- impairments ---------------------------------------------------------
 

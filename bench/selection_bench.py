@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from exporter.selection import NodeInfo, SelectionSettings, Selector  # noqa: E402
+from exporter.config import MeshSettings  # noqa: E402
+from exporter.selection import NodeInfo, Selector  # noqa: E402
 
 REPEATS = 5
 
@@ -50,7 +51,7 @@ def _best_ms(action: Callable[[], object]) -> float:
     return best * 1e3
 
 
-def _graph(nodes: list[NodeInfo], settings: SelectionSettings) -> dict[str, tuple[str, ...]]:
+def _graph(nodes: list[NodeInfo], settings: MeshSettings) -> dict[str, tuple[str, ...]]:
     selector = Selector(nodes, settings)
     return {node.name: selector.peers_of(node.name) for node in nodes}
 
@@ -60,7 +61,7 @@ def _changed(before: dict[str, tuple[str, ...]], after: dict[str, tuple[str, ...
 
 
 def measure(n: int, zones: int, peers: int) -> dict[str, str]:
-    settings = SelectionSettings(peers=peers, zones=zones > 0)
+    settings = MeshSettings(peers=peers, zones=zones > 0)
     nodes = _nodes(n, zones, seed=n * 10 + zones)
     me = nodes[n // 2].name
     build = _best_ms(lambda: Selector(nodes, settings).peers_of(me))
@@ -96,10 +97,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1,000 nodes only")
     args = parser.parse_args()
     sizes = [1_000] if args.quick else [1_000, 2_000, 5_000]
-    peers = SelectionSettings().peers
+    peers = MeshSettings().peers
     rows = [measure(n, zones, peers) for n in sizes for zones in (0, 3, 6)]
     header = list(rows[0])
-    print(f"peers = {peers}, full_mesh_max = {SelectionSettings().full_mesh_max}")
+    print(f"peers = {peers}, full_mesh_max = {MeshSettings().full_mesh_max}")
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     for row in rows:

@@ -9,27 +9,30 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from exporter.config import ConfigError, KubernetesSettings, Settings
 from exporter.discovery.api import Api
 from exporter.discovery.kubernetes import KubernetesDiscovery
-from exporter.discovery.reflector import FatalApiError
+from exporter.discovery.reflector import FatalApiError, Reflector
 from exporter.discovery.services import OnServices, ServiceDiscovery
 from exporter.discovery.static import Resolver, StaticDiscovery, system_resolver
 from exporter.http import Health, HttpServer
-from exporter.metrics import MetricsDocument, build_registry
+from exporter.metrics.discovery import DiscoveryCollector, MeshCollector
+from exporter.metrics.document import MetricsDocument, build_registry
+from exporter.metrics.probe import ProbeCollector
+from exporter.metrics.services import ServicesCollector
+from exporter.metrics.targets import TargetLabels
 from exporter.objects import Service, SliceCounts
 from exporter.probing.engine import Prober
 from exporter.probing.icmpsocket import PrivilegeError, ProbeSocket, open_socket
 from exporter.services.checker import ServiceChecker
 from exporter.services.plan import endpoint_counts, plan_checks
 from exporter.targets import Target, merge
-from exporter.textformat import escape
 
 log = logging.getLogger("exporter.app")
 
@@ -93,11 +96,6 @@ def open_sockets(settings: Settings, opener: SocketOpener) -> dict[int, ProbeSoc
     return sockets
 
 
-def make_checker(settings: Settings, source_node: str | None) -> ServiceChecker:
-    svc = settings.services
-    return ServiceChecker(svc.interval, svc.timeout, svc.concurrency, svc.query_name, source_node)
-
-
 def feed_checker(checker: ServiceChecker, dns_services: tuple[str, ...]) -> OnServices:
     """Service discovery's result, turned into the checker's plan."""
 
@@ -118,19 +116,24 @@ class Parts:
     services: ServiceDiscovery | None = None
     checker: ServiceChecker | None = None
 
-    def discovery_metrics(self) -> Iterator[Metric]:
-        fam = CounterMetricFamily(
-            "pingmesh_discovery_errors",
-            "Discovery problems: unresolvable names, bad lines, unreadable files, API errors.",
-            labels=["source", "reason"],
-        )
-        for reason, n in sorted(self.static.errors.items()):
-            fam.add_metric(["static", reason], n)
-        yield fam
+    def reflectors(self) -> list[Reflector[Any]]:
+        return [
+            *(self.kube.reflectors if self.kube else ()),
+            *(self.services.reflectors if self.services else ()),
+        ]
+
+    def collectors(self, source_node: str | None) -> list[Collector]:
+        """One collector per component that has something to say: every family of the
+        exporter's own metrics is registered here."""
+        found: list[Collector] = [
+            ProbeCollector(self.prober),
+            DiscoveryCollector(self.static, self.reflectors if self.kube else None),
+        ]
         if self.kube is not None:
-            yield from self.kube.collect(self.services.reflectors if self.services else ())
+            found.append(MeshCollector(self.kube))
         if self.checker is not None:
-            yield from self.checker.collect()
+            found.append(ServicesCollector(self.checker, source_node))
+        return found
 
     def live(self, stall_limit: float) -> tuple[bool, str]:
         age = time.monotonic() - self.prober.last_tick_monotonic
@@ -193,10 +196,7 @@ class App:
         """Every component, wired; the first static targets are loaded. ConfigError when
         the Kubernetes credentials are unusable."""
         s = self.settings
-        node = s.kubernetes.node_name
-        prober = Prober(
-            s.probe, sockets, const_labels=f'source_node="{escape(node)}"' if node else ""
-        )
+        prober = Prober(s.probe, sockets)
         kubernetes = s.discovery == "kubernetes"
         defaults = [] if kubernetes else self.seams.defaults()
         parts = Parts(prober, StaticDiscovery(s.static, defaults, self.seams.resolver))
@@ -204,9 +204,11 @@ class App:
         table.publish("static", await parts.static.initial())
         if kubernetes:
             api = self.seams.kube_api(s.kubernetes)
-            parts.kube = KubernetesDiscovery(s, api, lambda t: table.publish("kubernetes", t))
+            parts.kube = KubernetesDiscovery(
+                s.kubernetes, s.mesh, api, lambda t: table.publish("kubernetes", t)
+            )
             if s.services.enabled:
-                parts.checker = make_checker(s, node)
+                parts.checker = ServiceChecker(s.services)
                 parts.services = ServiceDiscovery(
                     s.services, s.kubernetes, api, feed_checker(parts.checker, s.services.dns)
                 )
@@ -215,8 +217,9 @@ class App:
     def serve(self, parts: Parts) -> HttpServer:
         """The HTTP server, started in its own threads. OSError when it cannot listen."""
         s = self.settings
-        registry = build_registry(parts.prober, parts.discovery_metrics)
-        document = MetricsDocument(parts.prober, registry)
+        node = s.kubernetes.node_name
+        registry = build_registry(parts.collectors(node))
+        document = MetricsDocument(parts.prober, registry, TargetLabels(node))
         stall_limit = max(10.0, 3 * s.probe.interval)
         health = Health()
         health.live = lambda: parts.live(stall_limit)

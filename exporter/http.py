@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from exporter import __version__
-from exporter.metrics import CONTENT_TYPE
+from exporter.metrics.document import CONTENT_TYPE
 
 log = logging.getLogger("exporter.http")
 

@@ -10,11 +10,11 @@ rollout moves addresses without creating series.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from exporter.config import MeshSettings
 from exporter.objects import Peer
-from exporter.selection import NodeInfo, SelectionSettings, Selector
+from exporter.selection import NodeInfo, Selector
 from exporter.targets import Target
 
 
@@ -72,9 +72,7 @@ def plan(
     zone_of = (lambda n: zones.get(n) or "") if zones is not None else (lambda n: None)
     nodes = [NodeInfo(n, zone_of(n) or None) for n in sorted(by_node)]
     nodes.append(NodeInfo(me.node, zone_of(me.node) or None))
-    selector = Selector(
-        nodes, SelectionSettings(settings.full_mesh_max, settings.peers, zones is not None)
-    )
+    selector = Selector(nodes, replace(settings, zones=zones is not None))
     chosen = selector.peers_of(me.node)
     targets: list[Target] = []
     for node in chosen:

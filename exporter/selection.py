@@ -58,6 +58,8 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from exporter.config import MeshSettings
+
 # The personalisation keeps these positions unrelated to any other BLAKE2b of the same names.
 _PERSON = b"pingmesh-peers"
 # Two extras per node rather than one: with one, a zone's extras would fill every slot as
@@ -74,19 +76,6 @@ _HASHED_CHOICES = 32
 class NodeInfo:
     name: str
     zone: str | None = None
-
-
-@dataclass(frozen=True)
-class SelectionSettings:
-    full_mesh_max: int = 100
-    peers: int = 20
-    zones: bool = False
-
-    def __post_init__(self) -> None:
-        if self.full_mesh_max < 0:
-            raise ValueError(f"full_mesh_max must be >= 0, got {self.full_mesh_max}")
-        if self.peers < 1:
-            raise ValueError(f"peers must be >= 1, got {self.peers}")
 
 
 def _encode(name: str) -> bytes:
@@ -138,7 +127,7 @@ class Selector:
 
     __slots__ = ("_arrivals", "_extra", "_full", "_index", "_k", "_order", "_sorted")
 
-    def __init__(self, nodes: Iterable[NodeInfo], settings: SelectionSettings) -> None:
+    def __init__(self, nodes: Iterable[NodeInfo], settings: MeshSettings) -> None:
         zone_of = _merge(nodes, settings.zones)
         ranked = sorted((_ring_keys(name), name) for name in zone_of)
         self._order: tuple[str, ...] = tuple(name for _, name in ranked)
@@ -227,7 +216,7 @@ def _with_self(self_name: str, nodes: Iterable[NodeInfo]) -> list[NodeInfo]:
 
 
 def select_peers(
-    self_name: str, nodes: Iterable[NodeInfo], settings: SelectionSettings
+    self_name: str, nodes: Iterable[NodeInfo], settings: MeshSettings
 ) -> tuple[str, ...]:
     """Sorted names of the nodes self probes (self excluded). self_name may be absent from
     nodes (then treat as if present).
@@ -239,6 +228,6 @@ def select_peers(
     return Selector(_with_self(self_name, nodes), settings).peers_of(self_name)
 
 
-def expected_probers(self_name: str, nodes: Iterable[NodeInfo], settings: SelectionSettings) -> int:
+def expected_probers(self_name: str, nodes: Iterable[NodeInfo], settings: MeshSettings) -> int:
     """How many other nodes select self_name (for the receiving side's coverage gauge)."""
     return Selector(_with_self(self_name, nodes), settings).probers_of(self_name)

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from exporter.config import (
+    README_TABLES,
     ConfigError,
+    ProbeSettings,
+    Settings,
     parse_duration,
     parse_listen_address,
     parse_settings,
+    readme_table,
 )
+from exporter.options import flags
 
 
 @pytest.mark.parametrize(
@@ -124,3 +132,45 @@ def test_version_and_help() -> None:
         [sys.executable, "-m", "exporter", "--help"], capture_output=True, text=True, timeout=30
     )
     assert "PINGMESH_PROBE_INTERVAL" in out.stdout
+
+
+def test_readme_flag_tables_are_the_generated_ones() -> None:
+    """README's flag tables come from the settings declarations; with
+    PINGMESH_UPDATE_README=1 this test rewrites them instead of failing."""
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    text = readme.read_text()
+    pattern = re.compile(r"(<!-- flags:(\w+):[^\n]*-->\n)(.*?)(<!-- /flags -->)", re.S)
+    found = {m.group(2) for m in pattern.finditer(text)}
+    assert found == set(README_TABLES)
+    fresh = pattern.sub(lambda m: m.group(1) + readme_table(m.group(2)) + m.group(4), text)
+    if os.environ.get("PINGMESH_UPDATE_README") == "1":
+        readme.write_text(fresh)
+    assert text == fresh, "README's flag tables are stale: PINGMESH_UPDATE_README=1 rewrites them"
+
+
+def test_every_field_is_declared_once_with_its_flag() -> None:
+    seen = [f.name for f in flags(Settings)]
+    assert len(seen) == len(set(seen))
+    by_name = {f.name: f for f in flags(Settings)}
+    assert by_name["--probe.socket"].dest == "probe.socket_mode"
+    assert by_name["--probe.interval"].env == "PINGMESH_PROBE_INTERVAL"
+    assert by_name["--probe.interval"].kind.unit == "seconds"
+    assert by_name["--log.level"].kind.check("warn") is None
+    # Every duration is in seconds; every number says what it counts.
+    for f in flags(Settings):
+        if isinstance(f.default, float):
+            assert f.kind.unit == "seconds", f.name
+
+
+def test_groups_check_values_built_in_code() -> None:
+    with pytest.raises(ValueError, match="interval"):
+        ProbeSettings(interval=0.001)
+    with pytest.raises(ValueError, match="socket_mode"):
+        ProbeSettings(socket_mode="tcp")  # type: ignore[arg-type]
+
+
+def test_lists_take_commas_and_repetition() -> None:
+    s = parse_settings(["--target", "198.18.0.1,198.18.0.2", "--target", "198.18.0.3"], {})
+    assert s.static.targets == ("198.18.0.1", "198.18.0.2", "198.18.0.3")
+    s = parse_settings([], {"POD_IPS": "198.18.0.1 2001:db8::1"})
+    assert s.kubernetes.pod_ips == ("198.18.0.1", "2001:db8::1")

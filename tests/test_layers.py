@@ -1,9 +1,10 @@
 """The layer contract of exporter/: who may import whom, lazy imports included.
 
-Ground floor: settings, targets, the Kubernetes objects as values, selectors, the text
-format's pieces and logging. Above it the feature packages: probing, selection, mesh,
-discovery (which may use mesh and selection to plan), services; discovery and services
-never import each other. Above those metrics and HTTP; only app (and cli) wire everything."""
+Ground floor: settings and how they are declared, targets, the Kubernetes objects as values,
+selectors and logging. Above it the feature packages: probing, selection, mesh, discovery
+(which may use mesh and selection to plan), services; discovery and services never import
+each other, and none of them renders metrics. Above those the metrics layer, which turns
+each component's plain state into families; then HTTP; only app (and cli) wire everything."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent / "exporter"
 GROUND = {
     "exporter",
     "exporter.config",
+    "exporter.options",
     "exporter.targets",
     "exporter.objects",
     "exporter.selectors",
-    "exporter.textformat",
     "exporter.logs",
 }
 ALLOWED = {
@@ -28,7 +29,7 @@ ALLOWED = {
     "mesh": {"ground", "mesh", "selection"},
     "services": {"ground", "services"},
     "discovery": {"ground", "discovery", "mesh", "selection"},
-    "metrics": {"ground", "metrics", "probing"},
+    "metrics": {"ground", "metrics", "probing", "discovery", "services"},
     "http": {"ground", "http", "metrics"},
     "app": {
         "ground",
@@ -83,6 +84,15 @@ def test_every_import_goes_down_or_sideways_within_a_package() -> None:
             if group(target) not in ALLOWED[group(name)]:
                 wrong.append(f"{name} ({group(name)}) imports {target} ({group(target)})")
     assert wrong == []
+
+
+def test_only_the_metrics_layer_and_app_speak_prometheus_client() -> None:
+    speakers = sorted(
+        name
+        for name, path in modules().items()
+        if any(t.split(".")[0] == "prometheus_client" for t in imports(path))
+    )
+    assert {group(m) for m in speakers} <= {"metrics", "app"}, speakers
 
 
 def test_the_contract_catches_a_wrong_import(tmp_path: Path) -> None:

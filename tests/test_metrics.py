@@ -10,7 +10,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import ProbeSettings
-from exporter.metrics import MetricsDocument, build_registry
+from exporter.metrics.document import MetricsDocument, build_registry
+from exporter.metrics.probe import ProbeCollector
+from exporter.metrics.targets import TargetLabels
 from exporter.probing.engine import Prober
 from exporter.targets import Target, index, static_target
 from tests.test_engine import ScriptedSocket
@@ -23,7 +25,8 @@ def _prober(targets: list[Target]) -> Prober:
 
 
 def _doc(prober: Prober) -> str:
-    return MetricsDocument(prober, build_registry(prober)).render().decode()
+    registry = build_registry([ProbeCollector(prober)])
+    return MetricsDocument(prober, registry, TargetLabels(None)).render().decode()
 
 
 def test_exposition_parses_and_histograms_are_consistent() -> None:
@@ -50,7 +53,7 @@ def test_exposition_parses_and_histograms_are_consistent() -> None:
     up = {s.labels["ip_family"]: s.value for s in fams["pingmesh_target_up"].samples}
     assert up == {"ipv4": 1, "ipv6": 0}
     assert "pingmesh_build_info" in fams and "pingmesh_targets" in fams
-    assert b.label_text.endswith('ip_family="ipv6"')
+    assert TargetLabels(None).render(b).endswith('ip_family="ipv6"')
 
 
 def test_removed_target_series_disappear() -> None:

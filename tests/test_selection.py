@@ -18,9 +18,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from exporter.config import MeshSettings
 from exporter.selection import (
     NodeInfo,
-    SelectionSettings,
     Selector,
     expected_probers,
     select_peers,
@@ -35,7 +35,7 @@ Graph = dict[str, tuple[str, ...]]
 # and on small clusters one long gap can push it much higher. The tests therefore check
 # each promise against the demand counted by brute force: +-2 needs demand <= 2 * size,
 # the churn bound demand <= size / 2.
-ZONE_PEERS = SelectionSettings().peers
+ZONE_PEERS = MeshSettings().peers
 MAX_UNZONED = 0.2
 
 
@@ -68,7 +68,7 @@ def _weighted(n: int, weights: Sequence[int], unzoned: float, seed: int) -> list
     ]
 
 
-def _graph(nodes: Sequence[NodeInfo], cfg: SelectionSettings) -> Graph:
+def _graph(nodes: Sequence[NodeInfo], cfg: MeshSettings) -> Graph:
     selector = Selector(nodes, cfg)
     return {node.name: selector.peers_of(node.name) for node in nodes}
 
@@ -80,7 +80,7 @@ def _in_degree(graph: Graph) -> Counter[str]:
 
 
 def _ring(names: Sequence[str]) -> list[str]:
-    successor = Selector([NodeInfo(name) for name in names], SelectionSettings(0, 1))
+    successor = Selector([NodeInfo(name) for name in names], MeshSettings(0, 1))
     ring = [min(names)]
     while len(ring) < len(names):
         (nxt,) = successor.peers_of(ring[-1])
@@ -107,7 +107,7 @@ def _demand_ratio(nodes: Sequence[NodeInfo], k: int) -> float:
     return max((u / size[zone] for zone, u in _demand(nodes, k).items()), default=0.0)
 
 
-def _check_basic(graph: Graph, cfg: SelectionSettings) -> None:
+def _check_basic(graph: Graph, cfg: MeshSettings) -> None:
     n = len(graph)
     for name, chosen in graph.items():
         assert name not in chosen
@@ -120,7 +120,7 @@ def _check_basic(graph: Graph, cfg: SelectionSettings) -> None:
             assert len(chosen) >= cfg.peers
 
 
-def _check_probers(nodes: Sequence[NodeInfo], cfg: SelectionSettings, graph: Graph) -> None:
+def _check_probers(nodes: Sequence[NodeInfo], cfg: MeshSettings, graph: Graph) -> None:
     selector = Selector(nodes, cfg)
     indeg = _in_degree(graph)
     for name in graph:
@@ -147,7 +147,7 @@ def _check_within_two(graph: Graph) -> None:
 
 @pytest.mark.parametrize("n,full_mesh_max", [(2, 1), (10, 9), (50, 100), (101, 100)])
 def test_full_mesh_up_to_full_mesh_max(n: int, full_mesh_max: int) -> None:
-    cfg = SelectionSettings(full_mesh_max=full_mesh_max, peers=5, zones=True)
+    cfg = MeshSettings(full_mesh_max=full_mesh_max, peers=5, zones=True)
     nodes = _zoned(n, 3, 0.0, seed=n)
     graph = _graph(nodes, cfg)
     names = sorted(graph)
@@ -158,7 +158,7 @@ def test_full_mesh_up_to_full_mesh_max(n: int, full_mesh_max: int) -> None:
 
 @pytest.mark.parametrize("zones", [False, True])
 def test_sampled_just_above_full_mesh_max(zones: bool) -> None:
-    cfg = SelectionSettings(full_mesh_max=100, peers=20, zones=zones)
+    cfg = MeshSettings(full_mesh_max=100, peers=20, zones=zones)
     nodes = _zoned(102, 3 if zones else 0, 0.0, seed=102)
     graph = _graph(nodes, cfg)
     _check_basic(graph, cfg)
@@ -170,13 +170,13 @@ def test_sampled_just_above_full_mesh_max(zones: bool) -> None:
 @pytest.mark.parametrize("peers", [9, 10, 50])
 def test_budget_covering_everyone_is_a_full_mesh(peers: int) -> None:
     names = _names(10, 3)
-    graph = _graph([NodeInfo(name) for name in names], SelectionSettings(0, peers))
+    graph = _graph([NodeInfo(name) for name in names], MeshSettings(0, peers))
     for name, chosen in graph.items():
         assert chosen == tuple(sorted(set(names) - {name}))
 
 
 def test_tiny_node_sets() -> None:
-    cfg = SelectionSettings(full_mesh_max=0, peers=3, zones=True)
+    cfg = MeshSettings(full_mesh_max=0, peers=3, zones=True)
     assert select_peers("a", [], cfg) == ()
     assert expected_probers("a", [], cfg) == 0
     assert select_peers("a", [NodeInfo("b", "z")], cfg) == ("b",)
@@ -186,16 +186,16 @@ def test_tiny_node_sets() -> None:
 
 def test_settings_are_validated() -> None:
     with pytest.raises(ValueError, match="peers"):
-        SelectionSettings(peers=0)
+        MeshSettings(peers=0)
     with pytest.raises(ValueError, match="full_mesh_max"):
-        SelectionSettings(full_mesh_max=-1)
+        MeshSettings(full_mesh_max=-1)
 
 
 # --- determinism and the API ---------------------------------------------------------------
 
 
 def test_input_order_and_repetition_do_not_matter() -> None:
-    cfg = SelectionSettings(full_mesh_max=10, peers=6, zones=True)
+    cfg = MeshSettings(full_mesh_max=10, peers=6, zones=True)
     nodes = _zoned(300, 4, 0.1, seed=7)
     reference = _graph(nodes, cfg)
     rng = random.Random(1)
@@ -208,7 +208,7 @@ def test_input_order_and_repetition_do_not_matter() -> None:
 
 
 def test_conflicting_zones_for_one_name_resolve_the_same_everywhere() -> None:
-    cfg = SelectionSettings(full_mesh_max=0, peers=3, zones=True)
+    cfg = MeshSettings(full_mesh_max=0, peers=3, zones=True)
     base = [NodeInfo(f"n{i}", f"z{i % 3}") for i in range(30)]
     variants = [NodeInfo("n0", None), NodeInfo("n0", "z2"), NodeInfo("n0", "z1")]
     graphs = {
@@ -223,12 +223,12 @@ def test_conflicting_zones_for_one_name_resolve_the_same_everywhere() -> None:
 def test_names_are_not_hashed_with_python_hash() -> None:
     # Fixed expectation: the same on every process, interpreter and platform.
     names = [f"node-{i}" for i in range(12)]
-    cfg = SelectionSettings(full_mesh_max=0, peers=2)
+    cfg = MeshSettings(full_mesh_max=0, peers=2)
     assert select_peers("node-0", [NodeInfo(name) for name in names], cfg) == ("node-1", "node-5")
 
 
 def test_absent_self_is_treated_as_present() -> None:
-    cfg = SelectionSettings(full_mesh_max=5, peers=4, zones=True)
+    cfg = MeshSettings(full_mesh_max=5, peers=4, zones=True)
     nodes = _zoned(60, 3, 0.0, seed=11)
     with_self = Selector([*nodes, NodeInfo("me")], cfg)
     chosen = select_peers("me", nodes, cfg)
@@ -240,7 +240,7 @@ def test_absent_self_is_treated_as_present() -> None:
 
 @pytest.mark.parametrize("zones", [False, True])
 def test_module_functions_agree_with_selector(zones: bool) -> None:
-    cfg = SelectionSettings(full_mesh_max=20, peers=7, zones=zones)
+    cfg = MeshSettings(full_mesh_max=20, peers=7, zones=zones)
     nodes = _zoned(200, 5, 0.2, seed=5)
     selector = Selector(nodes, cfg)
     for node in nodes[::7]:
@@ -249,7 +249,7 @@ def test_module_functions_agree_with_selector(zones: bool) -> None:
 
 
 def test_unknown_name_raises_key_error() -> None:
-    selector = Selector(_zoned(50, 2, 0.0, seed=2), SelectionSettings(0, 5, True))
+    selector = Selector(_zoned(50, 2, 0.0, seed=2), MeshSettings(0, 5, True))
     with pytest.raises(KeyError):
         selector.peers_of("nope")
     with pytest.raises(KeyError):
@@ -276,7 +276,7 @@ seeds = st.integers(0, 2**32)
 @settings(max_examples=100, deadline=None)
 @given(n=sizes, peers=budgets, seed=seeds)
 def test_without_zones_every_in_degree_is_exactly_peers(n: int, peers: int, seed: int) -> None:
-    cfg = SelectionSettings(full_mesh_max=0, peers=peers)
+    cfg = MeshSettings(full_mesh_max=0, peers=peers)
     nodes = [NodeInfo(name) for name in _names(n, seed)]
     graph = _graph(nodes, cfg)
     _check_basic(graph, cfg)
@@ -292,7 +292,7 @@ def test_without_zones_a_change_moves_exactly_the_ring_predecessors(
     n: int, peers: int, seed: int, data: st.DataObject
 ) -> None:
     peers = min(peers, n - 3)  # stay sampled after the removal
-    cfg = SelectionSettings(full_mesh_max=0, peers=peers)
+    cfg = MeshSettings(full_mesh_max=0, peers=peers)
     nodes = [NodeInfo(name) for name in _names(n, seed)]
     before = _graph(nodes, cfg)
     ring = _ring(list(before))
@@ -336,7 +336,7 @@ def _check_zone_in_degrees(nodes: Sequence[NodeInfo], k: int, graph: Graph) -> N
 def test_zone_promises_on_realistic_layouts(
     n: int, zones: int, unzoned: float, full_mesh_max: int, seed: int
 ) -> None:
-    cfg = SelectionSettings(full_mesh_max=full_mesh_max, peers=ZONE_PEERS, zones=True)
+    cfg = MeshSettings(full_mesh_max=full_mesh_max, peers=ZONE_PEERS, zones=True)
     nodes = _zoned(n, zones, unzoned, seed)
     graph = _graph(nodes, cfg)
     _check_basic(graph, cfg)
@@ -351,7 +351,7 @@ def test_zone_promises_on_realistic_layouts(
 @pytest.mark.parametrize("n", [1_000, 2_000, 5_000])
 @pytest.mark.parametrize("zones,unzoned", [(0, 0.0), (3, 0.0), (6, 0.2)])
 def test_zone_promises_on_large_clusters(n: int, zones: int, unzoned: float) -> None:
-    cfg = SelectionSettings(peers=ZONE_PEERS, zones=True)
+    cfg = MeshSettings(peers=ZONE_PEERS, zones=True)
     nodes = _zoned(n, zones, unzoned, seed=n + zones)
     assert _demand_ratio(nodes, ZONE_PEERS) <= 2  # the balance regime, by a wide margin
     graph = _graph(nodes, cfg)
@@ -374,7 +374,7 @@ def test_zone_bounds_for_any_zone_sizes(
     n: int, weights: list[int], unzoned: float, peers: int, seed: int
 ) -> None:
     """Coverage always; the in-degree bound of the module docstring, whatever the sizes."""
-    cfg = SelectionSettings(full_mesh_max=0, peers=peers, zones=True)
+    cfg = MeshSettings(full_mesh_max=0, peers=peers, zones=True)
     nodes = _weighted(n, weights, unzoned, seed)
     graph = _graph(nodes, cfg)
     _check_basic(graph, cfg)
@@ -385,7 +385,7 @@ def test_zone_bounds_for_any_zone_sizes(
 
 
 def test_a_tiny_zone_is_covered_by_everyone_and_takes_the_excess() -> None:
-    cfg = SelectionSettings(full_mesh_max=0, peers=20, zones=True)
+    cfg = MeshSettings(full_mesh_max=0, peers=20, zones=True)
     nodes = [*_zoned(500, 3, 0.0, seed=3), NodeInfo("lonely", "zone-tiny")]
     graph = _graph(nodes, cfg)
     _check_coverage(nodes, graph)
@@ -401,7 +401,7 @@ def _changed(before: Graph, after: Graph) -> set[str]:
     return {name for name in after if name in before and after[name] != before[name]}
 
 
-def _check_churn(nodes: list[NodeInfo], cfg: SelectionSettings, gone: NodeInfo) -> None:
+def _check_churn(nodes: list[NodeInfo], cfg: MeshSettings, gone: NodeInfo) -> None:
     zones = {node.zone for node in nodes if node.zone is not None}
     bound = cfg.peers + len(zones) + 2
     before = _graph(nodes, cfg)
@@ -421,7 +421,7 @@ def test_one_node_changes_few_choices(
     """At most peers + zones + 2 other nodes change while every zone's demand is at most
     half its size (measured: at most peers + zones). Closer to saturation a change can
     reshuffle a zone's extras (n=121, six zones, a demand of twice the size: 33 changes)."""
-    cfg = SelectionSettings(full_mesh_max=0, peers=ZONE_PEERS, zones=True)
+    cfg = MeshSettings(full_mesh_max=0, peers=ZONE_PEERS, zones=True)
     nodes = _zoned(n, zones, unzoned, seed)
     assume(_demand_ratio(nodes, ZONE_PEERS) <= 0.5)
     size = Counter(node.zone for node in nodes)
@@ -433,7 +433,7 @@ def test_one_node_changes_few_choices(
 @pytest.mark.parametrize("n", [1_000, 2_000, 5_000])
 @pytest.mark.parametrize("zones", [0, 3, 6])
 def test_one_node_changes_few_choices_on_large_clusters(n: int, zones: int) -> None:
-    cfg = SelectionSettings(peers=ZONE_PEERS, zones=zones > 0)
+    cfg = MeshSettings(peers=ZONE_PEERS, zones=zones > 0)
     nodes = _zoned(n, zones, 0.1, seed=n * 7 + zones)
     assert _demand_ratio(nodes, ZONE_PEERS) <= 0.5
     gone = nodes[random.Random(n).randrange(n)]

@@ -8,14 +8,18 @@ import struct
 import pytest
 from prometheus_client.core import Metric
 
+from exporter.config import ServicesSettings
 from exporter.discovery.objects import parse_endpoint_slice, parse_service
 from exporter.discovery.services import selected
+from exporter.metrics.services import ServicesCollector
 from exporter.objects import Service, ServicePort, Skip, SliceCounts
 from exporter.selectors import LabelSelector
 from exporter.services import dns
 from exporter.services.checker import ServiceChecker
 from exporter.services.plan import Check, endpoint_counts, plan_checks
 from tests.kubefake_fixtures import make_endpointslice, make_service
+
+CHECKS = ServicesSettings(interval=0.2, timeout=0.1, concurrency=4, dns_name="x")
 
 
 def svc(
@@ -197,7 +201,7 @@ def test_checker_spreads_records_and_forgets_removed() -> None:
     async def fake_dns(check: Check, timeout: float) -> tuple[str, float | None]:
         return "nxdomain", 0.001
 
-    checker = ServiceChecker(0.2, 0.1, 4, "x", "node-0", tcp=fake_tcp, dns_probe=fake_dns)
+    checker = ServiceChecker(CHECKS, tcp=fake_tcp, dns_probe=fake_dns)
     web = svc("web")
     empty = svc("empty", ips=("198.19.128.3",))
     kdns = svc("kube-dns", "kube-system", ports=(ServicePort("dns", 53, "UDP"),))
@@ -211,7 +215,7 @@ def test_checker_spreads_records_and_forgets_removed() -> None:
             await task
 
     asyncio.run(go())
-    metrics = list(checker.collect())
+    metrics = list(ServicesCollector(checker, "node-0").collect())
     totals = _samples(metrics, "pingmesh_service_probe_total")
     by = {(dict(k)["service"], dict(k)["result"]): v for k, v in totals.items()}
     assert by[("web", "ok")] >= 2 and by[("empty", "refused")] >= 2
@@ -227,7 +231,9 @@ def test_checker_spreads_records_and_forgets_removed() -> None:
     checker.set_plan(plan_checks([web], []), {})
     names = {
         dict(k)["service"]
-        for k in _samples(list(checker.collect()), "pingmesh_service_probe_total")
+        for k in _samples(
+            list(ServicesCollector(checker, "node-0").collect()), "pingmesh_service_probe_total"
+        )
     }
     assert names == {"web"}
 
@@ -240,7 +246,7 @@ def _run_checker(dns_results: dict[int, str]) -> list[Metric]:
     async def fake_tcp(check: Check, timeout: float) -> tuple[str, float | None]:
         return "ok", 0.0003
 
-    checker = ServiceChecker(0.2, 0.1, 4, "x", "node-0", tcp=fake_tcp, dns_probe=fake_dns)
+    checker = ServiceChecker(CHECKS, tcp=fake_tcp, dns_probe=fake_dns)
     kdns = svc(
         "kube-dns",
         "kube-system",
@@ -257,7 +263,7 @@ def _run_checker(dns_results: dict[int, str]) -> list[Metric]:
             await task
 
     asyncio.run(go())
-    return list(checker.collect())
+    return list(ServicesCollector(checker, "node-0").collect())
 
 
 def test_dns_nodata_is_up_and_keeps_its_label() -> None:

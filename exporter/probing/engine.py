@@ -70,14 +70,11 @@ class Channel:
 
 
 class Prober:
-    def __init__(
-        self, settings: ProbeSettings, sockets: Mapping[int, ProbeSocket], const_labels: str = ""
-    ) -> None:
+    def __init__(self, settings: ProbeSettings, sockets: Mapping[int, ProbeSocket]) -> None:
         self.settings = settings
         self.channels = {
             f: Channel(f, sockets.get(f), reply_type=wire.ECHO_REPLY[f]) for f in (4, 6)
         }
-        self.const_labels = const_labels
         self.buckets = settings.rtt_buckets
         self._bounds_ns = [round(b * 1e9) for b in self.buckets]
         self._interval_ns = round(settings.interval * 1e9)
@@ -110,9 +107,7 @@ class Prober:
             st.removed = True
             self._logged_send_errors = {e for e in self._logged_send_errors if e[0] != t.key}
         for t in change.added:
-            st = self._states[t.key] = TargetState(
-                t, self._bounds_ns, self.settings.up_window, self.const_labels
-            )
+            st = self._states[t.key] = TargetState(t, self._bounds_ns, self.settings.up_window)
             self._set_destination(st)
         for t in change.moved:
             st = self._states[t.key]

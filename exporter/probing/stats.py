@@ -10,8 +10,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import Counter
 
-from exporter.targets import Target, family_label
-from exporter.textformat import escape
+from exporter.targets import Target
 
 
 class TargetState:
@@ -22,7 +21,6 @@ class TargetState:
         "dest",
         "errors",
         "history",
-        "label_text",
         "phase",
         "received",
         "removed",
@@ -33,9 +31,7 @@ class TargetState:
         "up_mask",
     )
 
-    def __init__(
-        self, target: Target, bounds_ns: list[int], up_window: int, const_labels: str
-    ) -> None:
+    def __init__(self, target: Target, bounds_ns: list[int], up_window: int) -> None:
         self.target = target
         self.address = target.address
         self.dest: tuple[str, int] | tuple[str, int, int, int] | None = None
@@ -50,10 +46,6 @@ class TargetState:
         self.resolved = 0
         self.up_mask = (1 << up_window) - 1
         self.removed = False
-        parts = [const_labels] if const_labels else []
-        parts += [f'{k}="{escape(v)}"' for k, v in target.labels]
-        parts.append(f'ip_family="{family_label(target.family)}"')
-        self.label_text = ",".join(parts)
 
     def reply(self, rtt_ns: int | None) -> None:
         """A valid reply within the timeout; rtt_ns None when it could not be trusted."""

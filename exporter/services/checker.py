@@ -14,20 +14,13 @@ import socket
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-
+from exporter.config import ServicesSettings
 from exporter.services import dns
 from exporter.services.plan import Check, ServicePlan
-from exporter.targets import Target, family_label
-from exporter.textformat import format_le
+from exporter.targets import Target
 
 log = logging.getLogger("exporter.services")
 
@@ -131,19 +124,15 @@ class CheckState:
 class ServiceChecker:
     def __init__(
         self,
-        interval: float,
-        timeout: float,
-        concurrency: int,
-        dns_name: str,
-        source_node: str | None,
+        settings: ServicesSettings,
         tcp: Probe = tcp_connect,
         dns_probe: Probe | None = None,
     ) -> None:
-        self.interval = interval
-        self.timeout = timeout
-        self.source_node = source_node
-        self._probes: dict[str, Probe] = {"tcp": tcp, "dns": dns_probe or dns_prober(dns_name)}
-        self._limit = asyncio.Semaphore(concurrency)
+        self.interval = settings.interval
+        self.timeout = settings.timeout
+        query = dns_probe or dns_prober(settings.query_name)
+        self._probes: dict[str, Probe] = {"tcp": tcp, "dns": query}
+        self._limit = asyncio.Semaphore(settings.concurrency)
         self.states: dict[tuple[str, str, int, int, str], CheckState] = {}
         self.plan = ServicePlan((), (), ())
         self.endpoints: dict[tuple[str, str], dict[str, int]] = {}
@@ -196,78 +185,3 @@ class ServiceChecker:
         finally:
             for task in running:
                 task.cancel()
-
-    # ----- metrics ----------------------------------------------------------------------
-
-    def collect(self) -> Iterator[Metric]:
-        src = ["source_node"] if self.source_node else []
-        srcv = [self.source_node] if self.source_node else []
-        base = [*src, "namespace", "service", "ip_family", "port", "protocol"]
-        total = CounterMetricFamily(
-            "pingmesh_service_probe",
-            "Service checks through the ClusterIP, by result.",
-            labels=[*base, "result"],
-        )
-        up = GaugeMetricFamily(
-            "pingmesh_service_up",
-            "1 when the last check of this ClusterIP and port succeeded.",
-            labels=base,
-        )
-        connect = HistogramMetricFamily(
-            "pingmesh_service_connect_seconds",
-            "TCP connect time through the ClusterIP (successes).",
-            labels=base,
-        )
-        query = HistogramMetricFamily(
-            "pingmesh_service_dns_query_seconds",
-            "DNS query time through the ClusterIP (answers).",
-            labels=base,
-        )
-        les = [format_le(b) for b in BUCKETS] + ["+Inf"]
-        for st in sorted(self.states.values(), key=lambda s: s.check.key):
-            c = st.check
-            values = [
-                *srcv,
-                c.namespace,
-                c.service,
-                family_label(c.family),
-                str(c.port),
-                c.protocol,
-            ]
-            for result, n in sorted(st.results.items()):
-                total.add_metric([*values, result], n)
-            if st.last:
-                up.add_metric(values, 1 if st.last in GOOD else 0)
-            acc, cumulative = 0, []
-            for le, n in zip(les, st.buckets[:], strict=True):
-                acc += n
-                cumulative.append((le, acc))
-            (connect if c.protocol == "tcp" else query).add_metric(
-                values, cumulative, st.seconds_sum
-            )
-        yield from (total, up, connect, query)
-
-        endpoints = GaugeMetricFamily(
-            "pingmesh_service_endpoints",
-            "Endpoints of the Service by condition, summed over its EndpointSlices.",
-            labels=["namespace", "service", "condition", "ip_family"],
-        )
-        for (key, fam), counts in sorted(self.endpoints.items()):
-            ns, name = key.split("/", 1)
-            for cond, n in sorted(counts.items()):
-                endpoints.add_metric([ns, name, cond, fam], n)
-        yield endpoints
-        unc = GaugeMetricFamily(
-            "pingmesh_service_uncheckable",
-            "Selected Services that cannot be checked through a ClusterIP "
-            "(headless, external_name, no_ports, no_tcp_ports).",
-            labels=["namespace", "service", "reason"],
-        )
-        for ns, name, reason in self.plan.uncheckable:
-            unc.add_metric([ns, name, reason], 1)
-        yield unc
-        yield GaugeMetricFamily(
-            "pingmesh_services_selected",
-            "Services selected for checks.",
-            value=len(self.plan.selected),
-        )

@@ -1,0 +1,123 @@
+"""The per-target probe families, written straight from the prober's current target table.
+
+Rendering from the live table means a target that leaves takes its series with it, and
+writing the per-target lines directly keeps a scrape of thousands of targets cheap enough not
+to starve the probing loop (prometheus_client's generic path is several times slower).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from itertools import accumulate
+from typing import NamedTuple
+
+from exporter.metrics.text import format_le, label_text, source_labels
+from exporter.probing.stats import TargetState
+from exporter.targets import family_label
+
+RTT = "pingmesh_probe_rtt_seconds"
+SENT = "pingmesh_probe_sent_total"
+RECEIVED = "pingmesh_probe_received_total"
+ERRORS = "pingmesh_probe_errors_total"
+UP = "pingmesh_target_up"
+
+CHUNK_TARGETS = 250  # targets per chunk of a streamed /metrics response
+
+
+class TargetLabels:
+    """Each target's label text: rendered once, when a scrape first sees the target, and kept
+    while the target is probed. Keyed by the prober's state object, which lives exactly as
+    long as the target's series."""
+
+    def __init__(self, source_node: str | None) -> None:
+        self.source = source_labels(source_node)
+        self._text: dict[TargetState, str] = {}
+
+    def render(self, st: TargetState) -> str:
+        t = st.target
+        return label_text((*self.source, *t.labels, ("ip_family", family_label(t.family))))
+
+    def of(self, states: Sequence[TargetState]) -> list[str]:
+        """The label texts of states, in order; forgets targets that have left."""
+        known = self._text
+        out = []
+        for st in states:
+            text = known.get(st)
+            if text is None:
+                text = known[st] = self.render(st)
+            out.append(text)
+        if len(known) > len(states):
+            self._text = dict(zip(states, out, strict=True))
+        return out
+
+
+class _Snapshot(NamedTuple):
+    labels: str
+    buckets: list[int]
+    rtt_sum_ns: int
+    received: int
+    sent: int
+    up: int
+    errors: dict[str, int]
+
+
+def snapshot(st: TargetState, labels: str) -> _Snapshot:
+    """One target's figures, read in the order that keeps them consistent while the probing
+    loop keeps counting: every counter only grows and histogram count <= received <= sent
+    holds at every instant, so reading the histogram, then received, then sent can never
+    show more replies than requests."""
+    buckets = st.buckets[:]
+    rtt_sum = st.rtt_sum_ns
+    received = st.received
+    sent = st.sent
+    return _Snapshot(labels, buckets, rtt_sum, received, sent, st.up, dict(st.errors))
+
+
+def render_target_chunks(
+    states: Sequence[TargetState], buckets: tuple[float, ...], labels: TargetLabels
+) -> Iterator[str]:
+    """Exposition text of every per-target family, in chunks of a few hundred targets, so a
+    scrape of thousands of targets never holds the whole document in memory. All families
+    come from one snapshot per target, so they agree with each other."""
+    snaps = [snapshot(st, text) for st, text in zip(states, labels.of(states), strict=True)]
+    chunks = [snaps[i : i + CHUNK_TARGETS] for i in range(0, len(snaps), CHUNK_TARGETS)]
+    suffixes = [f',le="{format_le(b)}"}} ' for b in buckets] + [',le="+Inf"} ']
+    yield (
+        f"# HELP {RTT} Round-trip time of echo replies received within the timeout, from "
+        f"kernel timestamps.\n# TYPE {RTT} histogram\n"
+    )
+    for chunk in chunks:
+        lines: list[str] = []
+        for sn in chunk:
+            head = f"{RTT}_bucket{{{sn.labels}"
+            cumulative = list(accumulate(sn.buckets))
+            lines += [
+                f"{head}{suffix}{v}\n" for suffix, v in zip(suffixes, cumulative, strict=True)
+            ]
+            lines.append(
+                f"{RTT}_sum{{{sn.labels}}} {sn.rtt_sum_ns / 1e9!r}\n"
+                f"{RTT}_count{{{sn.labels}}} {cumulative[-1]}\n"
+            )
+        yield "".join(lines)
+    for name, help_text, field in (
+        (SENT, "Echo requests whose outcome is known (reply, error or timeout).", 4),
+        (RECEIVED, "Echo requests answered by a valid reply within the timeout.", 3),
+        (UP, "1 when one of the last probes (--probe.up-window) got a reply.", 5),
+    ):
+        kind = "gauge" if name == UP else "counter"
+        yield f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
+        for chunk in chunks:
+            yield "".join([f"{name}{{{sn.labels}}} {sn[field]}\n" for sn in chunk])
+    yield (
+        f"# HELP {ERRORS} ICMP errors, send failures and invalid replies, by reason.\n"
+        f"# TYPE {ERRORS} counter\n"
+    )
+    for chunk in chunks:
+        yield "".join(
+            [
+                f'{ERRORS}{{{sn.labels},reason="{reason}"}} {sn.errors[reason]}\n'
+                for sn in chunk
+                if sn.errors
+                for reason in sorted(sn.errors)
+            ]
+        )

@@ -9,6 +9,7 @@ each component's plain state into families; then HTTP; only app (and cli) wire e
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "exporter"
@@ -101,3 +102,25 @@ def test_the_contract_catches_a_wrong_import(tmp_path: Path) -> None:
     assert group("exporter.services.plan") == "services"
     assert "exporter.discovery.objects" in imports(bad)
     assert "discovery" not in ALLOWED["services"]
+
+
+def test_readme_layout_table_matches_the_tree() -> None:
+    """Every path README's layout table names exists, and every module of exporter/ is in a
+    row (by its own path or its package's)."""
+    readme = (ROOT.parent / "README.md").read_text()
+    section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    named = {p for row in rows for p in re.findall(r"`([\w./*-]+)`", row.split(" | ")[0])}
+    missing = sorted(p for p in named if not list(ROOT.parent.glob(p.rstrip("/"))))
+    assert missing == []
+    uncovered = sorted(
+        str(path.relative_to(ROOT.parent))
+        for path in ROOT.rglob("*.py")
+        if path.name not in ("__init__.py", "__main__.py")
+        and not any(
+            str(path.relative_to(ROOT.parent)) == p
+            or (p.endswith("/") and str(path.relative_to(ROOT.parent)).startswith(p))
+            for p in named
+        )
+    )
+    assert uncovered == []

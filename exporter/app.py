@@ -148,6 +148,8 @@ class Parts:
 
 
 class App:
+    """The exporter's lifetime: open the sockets, build and serve, run the tasks, stop."""
+
     def __init__(self, settings: Settings, seams: Seams | None = None) -> None:
         self.settings = settings
         self.seams = seams or Seams()

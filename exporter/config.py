@@ -62,6 +62,8 @@ LogFormat = Literal["logfmt", "json"]
 
 @dataclass(frozen=True)
 class WebSettings(Group):
+    """The HTTP server: where it listens and where the metrics are."""
+
     listen_address: str = option(
         ":9871", ListenAddress(), "where to serve HTTP (`host:port`, `:port`, `[v6]:port`)"
     )
@@ -74,6 +76,8 @@ class WebSettings(Group):
 
 @dataclass(frozen=True)
 class ProbeSettings(Group):
+    """ICMP probing: pace, timeout, packet shape, socket kind and histogram buckets."""
+
     interval: float = option(
         1.0, Duration(0.01), "time between two probes of one target (at least 10ms)"
     )
@@ -112,6 +116,8 @@ class ProbeSettings(Group):
 
 @dataclass(frozen=True)
 class StaticSettings(Group):
+    """Targets given by flag or file, outside Kubernetes."""
+
     targets: tuple[str, ...] = option(
         (), ListOf(Text()), "a static target: IP address or host name", flag="--target"
     )
@@ -130,12 +136,16 @@ class StaticSettings(Group):
 
 @dataclass(frozen=True)
 class LogSettings(Group):
+    """Log level and line format."""
+
     level: LogLevel = option("info", Choice(LogLevel), "`debug`, `info`, `warn`, `error`")
     format: LogFormat = option("logfmt", Choice(LogFormat), "`logfmt` or `json`")
 
 
 @dataclass(frozen=True)
 class KubernetesSettings(Group):
+    """This pod's identity, the peer selector and the timing of API requests."""
+
     kubeconfig: str | None = option(
         None,
         Text(),
@@ -183,6 +193,8 @@ class KubernetesSettings(Group):
 
 @dataclass(frozen=True)
 class MeshSettings(Group):
+    """How many peers each exporter probes, and whether zones count."""
+
     full_mesh_max: int = option(
         100, Integer(0, 1_000_000, unit="peers"), "up to this many peers, probe them all"
     )
@@ -199,6 +211,8 @@ class MeshSettings(Group):
 
 @dataclass(frozen=True)
 class ServicesSettings(Group):
+    """Which Services are checked through their ClusterIPs, and how often."""
+
     enabled: bool = option(
         True, Boolean(), "check Services (with Kubernetes discovery)", flag="--services"
     )
@@ -240,6 +254,8 @@ class ServicesSettings(Group):
 
 @dataclass(frozen=True)
 class Settings(Group):
+    """The whole tree: one group per component, plus the discovery mode."""
+
     web: WebSettings = field(default_factory=WebSettings)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     static: StaticSettings = field(default_factory=StaticSettings)

@@ -31,6 +31,8 @@ class Health:
 
 
 class _Server(ThreadingHTTPServer):
+    """A threading HTTP server whose threads never hold up the exit."""
+
     daemon_threads = True
     allow_reuse_address = True
     render: Callable[[], Iterable[bytes]]
@@ -39,6 +41,8 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """The exporter's few paths; everything else is 404."""
+
     server: _Server
     server_version = f"pingmesh-exporter/{__version__}"
     protocol_version = "HTTP/1.1"
@@ -124,6 +128,8 @@ def _landing(telemetry_path: str) -> bytes:
 
 
 class HttpServer:
+    """The HTTP server, in threads of its own so a slow client never stalls probing."""
+
     def __init__(
         self,
         host: str,

@@ -25,6 +25,8 @@ def _level(record: logging.LogRecord) -> str:
 
 
 class LogfmtFormatter(logging.Formatter):
+    """key=value lines, as Prometheus components write them."""
+
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
         if record.exc_info:
@@ -40,6 +42,8 @@ def _quote(value: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
     def format(self, record: logging.LogRecord) -> str:
         out = {
             "ts": _ts(record),

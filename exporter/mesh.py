@@ -20,12 +20,16 @@ from exporter.targets import Target
 
 @dataclass(frozen=True)
 class Identity:
+    """This exporter's node and pod."""
+
     node: str
     pod_name: str | None = None
 
 
 @dataclass(frozen=True)
 class MeshPlan:
+    """What this exporter probes, and the coverage figures beside it."""
+
     targets: tuple[Target, ...]
     peers_total: int  # other nodes with a peer that counts
     selected: tuple[str, ...]  # nodes this exporter probes

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Skip:
+    """A malformed object or field, with the reason it is counted under."""
+
     reason: str  # "malformed", "invalid_ip"
 
 
@@ -29,6 +31,8 @@ class Peer:
 
 @dataclass(frozen=True)
 class NodeMeta:
+    """A Node as discovery needs it: name and zone."""
+
     name: str
     zone: str | None
     region: str | None
@@ -36,6 +40,8 @@ class NodeMeta:
 
 @dataclass(frozen=True)
 class ServicePort:
+    """One port of a Service."""
+
     name: str
     port: int
     protocol: str  # TCP, UDP, SCTP
@@ -43,6 +49,8 @@ class ServicePort:
 
 @dataclass(frozen=True)
 class Service:
+    """A Service as the checks need it."""
+
     namespace: str
     name: str
     type: str

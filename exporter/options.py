@@ -113,6 +113,8 @@ class Kind:
 
 
 class Text(Kind):
+    """A non-empty string, optionally of a given shape."""
+
     def __init__(self, pattern: str | None = None, example: str = "") -> None:
         self.pattern = re.compile(pattern) if pattern else None
         self.example = example
@@ -128,6 +130,8 @@ class Text(Kind):
 
 
 class Duration(Kind):
+    """A Prometheus-style duration, in seconds, with a lower bound."""
+
     unit = "seconds"
 
     def __init__(self, minimum: float = 0.0) -> None:
@@ -147,6 +151,8 @@ class Duration(Kind):
 
 
 class Integer(Kind):
+    """An integer within bounds, with what it counts."""
+
     def __init__(self, lo: int, hi: int, unit: str | None = None) -> None:
         self.lo, self.hi, self.unit = lo, hi, unit
 
@@ -162,6 +168,8 @@ class Integer(Kind):
 
 
 class Boolean(Kind):
+    """true or false, and the usual spellings of them."""
+
     def read(self, text: str) -> bool:
         value = text.strip().lower()
         if value in ("1", "true", "yes", "on"):
@@ -207,27 +215,37 @@ class ListOf(Kind):
 
 
 class IpAddress(Kind):
+    """One IP address, in canonical form."""
+
     def read(self, text: str) -> str:
         return str(ipaddress.ip_address(text))
 
 
 class ServiceKey(Text):
+    """A Service's namespace/name."""
+
     def __init__(self) -> None:
         super().__init__(r"[^/\s]+/[^/\s]+", "namespace/name")
 
 
 class ListenAddress(Kind):
+    """host:port, :port or [v6]:port."""
+
     def check(self, value: Any) -> None:
         parse_listen_address(value)
 
 
 class UrlPath(Kind):
+    """An absolute URL path other than /."""
+
     def check(self, value: Any) -> None:
         if not value.startswith("/") or value == "/":
             raise ValueError(f"must be a path such as /metrics, got {value!r}")
 
 
 class Buckets(Kind):
+    """Increasing histogram bounds as durations, or `default`."""
+
     unit = "seconds"
 
     def __init__(self, default: tuple[float, ...]) -> None:
@@ -367,6 +385,8 @@ def flags(tree: type[Any], path: tuple[str, ...] = ()) -> Iterator[Flag]:
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse, exiting with status 2 and the program's name on an error."""
+
     def error(self, message: str) -> NoReturn:
         self.print_usage()
         self.exit(2, f"pingmesh-exporter: error: {message}\n")

@@ -74,6 +74,8 @@ _HASHED_CHOICES = 32
 
 @dataclass(frozen=True)
 class NodeInfo:
+    """A node as the selection sees it: name and zone."""
+
     name: str
     zone: str | None = None
 

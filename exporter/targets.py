@@ -31,6 +31,8 @@ def family_label(family: int) -> str:
 
 @dataclass(frozen=True)
 class Target:
+    """What is probed and the labels its series carry; the key is the labels and family."""
+
     labels: Labels
     family: int
     address: str
@@ -68,6 +70,8 @@ def static_target(name: str, address: str) -> Target:
 
 @dataclass(frozen=True)
 class TargetDiff:
+    """How one target table differs from the next."""
+
     added: tuple[Target, ...]
     removed: tuple[Target, ...]
     moved: tuple[Target, ...]  # same identity, new address

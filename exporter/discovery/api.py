@@ -28,6 +28,8 @@ class ConnectionFailed(Exception):
 
 @dataclass(frozen=True)
 class Resource:
+    """One kind of object to list and watch, with its scope and selectors."""
+
     name: str  # "pods", "nodes", "services", "endpointslices"
     namespace: str | None = None
     label_selector: str | None = None
@@ -36,11 +38,15 @@ class Resource:
 
 
 class WatchStream(Protocol):
+    """An open watch: its events, as (type, object), until the server ends it."""
+
     def events(self) -> Iterator[tuple[str, Any]]: ...
     def close(self) -> None: ...
 
 
 class Api(Protocol):
+    """The two requests discovery makes; tests provide their own."""
+
     def list(
         self, res: Resource, timeout: float, transform: Callable[[Any], Any] = ...
     ) -> tuple[list[Any], str]: ...

@@ -81,6 +81,8 @@ def load_configuration(settings: KubernetesSettings) -> client.Configuration:
 
 
 class KubeApi:
+    """The Api protocol over the official client, with its retries off and timeouts on."""
+
     def __init__(self, configuration: client.Configuration) -> None:
         # Also here, for configurations not made by load_configuration: the REST client reads
         # retries once, when the ApiClient is built.

@@ -21,6 +21,8 @@ COALESCE_SECONDS = 0.05  # a rollout's burst of events makes one recomputation, 
 
 
 class KubernetesDiscovery:
+    """Peer pods (and node metadata with zones) watched, turned into the mesh plan's targets."""
+
     def __init__(
         self,
         k: KubernetesSettings,

@@ -72,6 +72,8 @@ def rbac_remedy(res: Resource) -> str:
 
 @dataclass
 class ReflectorStats:
+    """What one reflector did, by reason, for its metrics."""
+
     requests: Counter[str] = field(default_factory=Counter)  # verb -> n
     errors: Counter[str] = field(default_factory=Counter)  # code -> n
     restarts: Counter[str] = field(default_factory=Counter)  # reason -> n
@@ -81,6 +83,8 @@ class ReflectorStats:
 
 
 class Backoff:
+    """Capped exponential delays with full jitter."""
+
     def __init__(self, base: float, cap: float) -> None:
         self.base = min(base, cap)
         self.cap = cap
@@ -126,6 +130,8 @@ async def in_thread(fn: Callable[[], R], name: str) -> R:
 
 
 class Reflector(Generic[T]):
+    """A local copy of one resource: list once, then watch from the list's resourceVersion."""
+
     def __init__(
         self,
         api: Api,

@@ -41,6 +41,9 @@ def selected(
 
 
 class ServiceDiscovery:
+    """Services watched cluster-wide, EndpointSlices only for the selected ones; the result goes to
+    a callback."""
+
     def __init__(
         self,
         settings: ServicesSettings,

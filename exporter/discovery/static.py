@@ -36,6 +36,8 @@ def is_host(text: str) -> bool:
 
 @dataclass(frozen=True)
 class BadLine:
+    """A targets-file line that is not a target."""
+
     lineno: int
     text: str
 
@@ -75,6 +77,8 @@ def pick_addresses(addresses: Iterable[str]) -> list[str]:
 
 
 class StaticDiscovery:
+    """Targets from flags and a file, host names resolved again on each refresh."""
+
     def __init__(
         self,
         settings: StaticSettings,

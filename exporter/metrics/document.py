@@ -30,6 +30,8 @@ def _icmplib_version() -> str:
 
 
 class BuildInfo(Collector):
+    """pingmesh_build_info, the versions as labels."""
+
     def collect(self) -> Iterator[Metric]:
         info = GaugeMetricFamily(
             "pingmesh_build_info",
@@ -83,6 +85,8 @@ class MetricsDocument:
 
 
 class _RenderCollector(Collector):
+    """How long the previous render took, read by the next scrape."""
+
     def __init__(self, doc: MetricsDocument) -> None:
         self.doc = doc
 

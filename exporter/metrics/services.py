@@ -19,6 +19,8 @@ from exporter.targets import family_label
 
 
 class ServicesCollector(Collector):
+    """The checker's results and the endpoint counts, told this exporter's node."""
+
     def __init__(self, checker: ServiceChecker, source_node: str | None) -> None:
         self.checker = checker
         self.source_node = source_node

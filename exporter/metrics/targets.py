@@ -52,6 +52,8 @@ class TargetLabels:
 
 
 class _Snapshot(NamedTuple):
+    """One target's figures, read once for every family of one scrape."""
+
     labels: str
     buckets: list[int]
     rtt_sum_ns: int

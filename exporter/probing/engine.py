@@ -43,6 +43,8 @@ CLOCK_SLACK_NS = 2_000_000
 
 @dataclass
 class RoundStats:
+    """How the last probe round went against its schedule."""
+
     rounds: int = 0
     skipped: int = 0
     last_duration_s: float = 0.0
@@ -70,6 +72,8 @@ class Channel:
 
 
 class Prober:
+    """Sends every target's echo requests on schedule and matches what comes back."""
+
     def __init__(self, settings: ProbeSettings, sockets: Mapping[int, ProbeSocket]) -> None:
         self.settings = settings
         self.channels = {

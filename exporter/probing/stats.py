@@ -14,6 +14,8 @@ from exporter.targets import Target
 
 
 class TargetState:
+    """One target's counters and RTT histogram."""
+
     __slots__ = (
         "address",
         "bounds_ns",

@@ -45,6 +45,8 @@ def echo_request(
 
 @dataclass(frozen=True)
 class EchoReply:
+    """An echo reply as parsed off the wire."""
+
     ident: int
     seq: int
     payload: bytes
@@ -52,6 +54,8 @@ class EchoReply:
 
 @dataclass(frozen=True)
 class IcmpError:
+    """An ICMP error quoting one of our requests."""
+
     reason: str
     icmp_type: int
     code: int
@@ -62,6 +66,8 @@ class IcmpError:
 
 @dataclass(frozen=True)
 class Ignored:
+    """An ICMP message that is neither, with why."""
+
     why: str  # "malformed", "other_type"
 
 

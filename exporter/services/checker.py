@@ -105,6 +105,8 @@ def dns_prober(name: str) -> Probe:
 
 @dataclass
 class CheckState:
+    """One ClusterIP and port's results and latency histogram."""
+
     check: Check
     phase: float
     results: Counter[str] = field(default_factory=Counter)
@@ -122,6 +124,8 @@ class CheckState:
 
 
 class ServiceChecker:
+    """Runs the planned checks, spread over the interval, a bounded number at once."""
+
     def __init__(
         self,
         settings: ServicesSettings,

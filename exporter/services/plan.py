@@ -17,6 +17,8 @@ from exporter.targets import ip_family
 
 @dataclass(frozen=True)
 class Check:
+    """One check: a ClusterIP, port and protocol of one Service."""
+
     namespace: str
     service: str
     cluster_ip: str
@@ -32,6 +34,8 @@ class Check:
 
 @dataclass(frozen=True)
 class ServicePlan:
+    """What is checked, and what cannot be and why."""
+
     checks: tuple[Check, ...]
     uncheckable: tuple[tuple[str, str, str], ...]  # (namespace, service, reason)
     selected: tuple[str, ...]  # namespace/name keys

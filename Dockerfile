@@ -10,7 +10,9 @@
 #   VERSION         the image's version label
 # BUILD_BASE and RUNTIME_BASE must carry the same Python at the same path (the virtual
 # environment links to it), and BUILD_BASE must have the venv module (Debian: python3-venv).
-# tests/cluster/build-images.sh builds this file over a Debian bookworm base of its own.
+# tests/cluster/build-images.sh builds this file over a Debian bookworm base of its own. The
+# protobuf exposition's messages (exporter/metrics/proto/metrics_pb2.py) are generated before
+# the build (`make`); the build fails without them.
 #
 # Bytecode is compiled at build time: the pod's root file system is read-only, and without
 # it every start would compile each module (the kubernetes client is large) in memory.
@@ -32,6 +34,7 @@ FROM deps AS build
 COPY README.md ./
 COPY exporter ./exporter
 RUN /opt/pingmesh/bin/python -m pip install --disable-pip-version-check --no-deps . \
+ && /opt/pingmesh/bin/python -c 'import exporter.metrics.protobuf' \
  && /opt/pingmesh/bin/python -m pip uninstall --disable-pip-version-check -q -y pip setuptools
 
 FROM ${RUNTIME_BASE}

@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+PROTO  := exporter/metrics/proto/metrics_pb2.py
 APT_PACKAGES := fping dnsmasq-base iptables iproute2 prometheus prometheus-smokeping-prober \
 		nftables conntrack openssl curl util-linux containerd runc containernetworking-plugins \
 		buildah debootstrap gcc libc6-dev
@@ -12,11 +13,15 @@ APT_PACKAGES := fping dnsmasq-base iptables iproute2 prometheus prometheus-smoke
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,build]'
 	touch $(STAMP)
 
+## the protobuf exposition's messages, generated from Prometheus' pinned schema
+$(PROTO): exporter/metrics/proto/generate.sh $(STAMP)
+	PYTHON=$(PY) bash exporter/metrics/proto/generate.sh
+
 ## run: the exporter on its embedded default (probes this machine's loopback), Ctrl-C stops it
-run: $(STAMP)
+run: $(STAMP) $(PROTO)
 	$(PY) -m exporter --web.listen-address 127.0.0.1:9871
 
 ## system-deps: Debian packages the tests and benchmarks use (fping, Prometheus, ...)
@@ -45,10 +50,10 @@ cluster-components: system-deps
 
 ## test: the whole suite (unit, real-network, real cluster, lint and types); root runs the
 ## network and cluster tests
-test: $(STAMP) system-deps cluster-components
+test: $(STAMP) $(PROTO) system-deps cluster-components
 	$(PY) -m pytest -q
 
-lint: $(STAMP)
+lint: $(STAMP) $(PROTO)
 	$(PY) -m ruff check exporter tests bench deploy grafana
 	$(PY) -m ruff format --check exporter tests bench deploy grafana
 	$(PY) -m mypy exporter

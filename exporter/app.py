@@ -221,13 +221,15 @@ class App:
         s = self.settings
         node = s.kubernetes.node_name
         registry = build_registry(parts.collectors(node))
-        document = MetricsDocument(parts.prober, registry, TargetLabels(node))
+        document = MetricsDocument(
+            parts.prober, registry, TargetLabels(node), s.web.protobuf_classic_buckets
+        )
         stall_limit = max(10.0, 3 * s.probe.interval)
         health = Health()
         health.live = lambda: parts.live(stall_limit)
         health.ready = parts.ready
         host, port = s.web.host_port
-        server = HttpServer(host, port, s.web.telemetry_path, document.chunks, health)
+        server = HttpServer(host, port, s.web.telemetry_path, document.negotiate, health)
         server.start()
         shown = host if host and host not in ("::", "0.0.0.0") else "localhost"
         if ":" in shown:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from exporter import __version__
+from exporter.histogram import MAX_SCHEMA, MIN_SCHEMA
 from exporter.options import (
     Boolean,
     Buckets,
@@ -68,6 +69,12 @@ class WebSettings(Group):
         ":9871", ListenAddress(), "where to serve HTTP (`host:port`, `:port`, `[v6]:port`)"
     )
     telemetry_path: str = option("/metrics", UrlPath(), "path of the metrics")
+    protobuf_classic_buckets: bool = option(
+        True,
+        Boolean(),
+        "send the classic buckets beside the native ones when a scraper asks for the "
+        "protobuf format (the text format always has only the classic ones)",
+    )
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -105,6 +112,12 @@ class ProbeSettings(Group):
         3,
         Integer(1, 64, unit="probes"),
         "`pingmesh_target_up` is 1 when one of the last N probes got a reply",
+    )
+    rtt_native_schema: int = option(
+        3,
+        Integer(MIN_SCHEMA, MAX_SCHEMA),
+        "resolution of the native RTT histogram: each bucket is 2^(2^-schema) times the one "
+        "below (3: about 9 % wide)",
     )
     rtt_buckets: tuple[float, ...] = option(
         DEFAULT_RTT_BUCKETS,

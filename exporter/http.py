@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from exporter import __version__
-from exporter.metrics.document import CONTENT_TYPE
 
 log = logging.getLogger("exporter.http")
+
+# The Accept header in; the content type and the document's pieces out.
+Render = Callable[[str], tuple[str, Iterable[bytes]]]
 
 
 class Health:
@@ -35,7 +37,7 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
-    render: Callable[[], Iterable[bytes]]
+    render: Render
     telemetry_path: str
     health: Health
 
@@ -58,13 +60,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _stream(self, chunks: Iterable[bytes]) -> None:
+    def _stream(self, content_type: str, chunks: Iterable[bytes]) -> None:
         """The metrics document as it is rendered, chunk by chunk (HTTP/1.1 chunked
         encoding), gzip-compressed on the fly when the client accepts it: thousands of targets
         never sit in memory as one document."""
         compress = "gzip" in self.headers.get("Accept-Encoding", "")
         self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPE)
+        self.send_header("Content-Type", content_type)
         if compress:
             self.send_header("Content-Encoding", "gzip")
         chunked = self.request_version == "HTTP/1.1"
@@ -101,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.server
         try:
             if path == srv.telemetry_path:
-                self._stream(srv.render())
+                self._stream(*srv.render(self.headers.get("Accept", "")))
             elif path in ("/healthz", "/readyz"):
                 ok, why = (srv.health.live if path == "/healthz" else srv.health.ready)()
                 self._send(200 if ok else 503, (why + "\n").encode(), "text/plain; charset=utf-8")
@@ -135,7 +137,7 @@ class HttpServer:
         host: str,
         port: int,
         telemetry_path: str,
-        render: Callable[[], Iterable[bytes]],
+        render: Render,
         health: Health,
     ) -> None:
         family = socket.AF_INET6 if ":" in host or host == "" else socket.AF_INET

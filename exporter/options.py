@@ -424,7 +424,8 @@ def build_parser(tree: type[Any], description: str, version: str) -> argparse.Ar
             type=_argument_type(flag),
             default=None,
             metavar=flag.metavar,
-            help=f"{flag.option.help.replace('`', '')}{shown} [env {flag.env}]",
+            # argparse formats help with %: a literal one is written twice.
+            help=f"{flag.option.help.replace('`', '')}{shown} [env {flag.env}]".replace("%", "%%"),
             **extra,
         )
     parser.add_argument("--version", action="version", version=f"pingmesh-exporter {version}")

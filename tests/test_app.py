@@ -17,6 +17,7 @@ from exporter.config import parse_settings
 from exporter.discovery.static import StaticDiscovery
 from tests.exporter_proc import parse, value
 from tests.test_engine import ScriptedSocket
+from tests.test_metrics import PROTOBUF_ACCEPT
 
 
 class FdSocket(ScriptedSocket):
@@ -58,9 +59,14 @@ def app(sockets: dict[int, FdSocket], *args: str) -> App:
     )
 
 
-def get(port: int, path: str) -> tuple[int, bytes]:
+def get(port: int, path: str, accept: str = "") -> tuple[int, bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if accept:
+        request.add_header("Accept", accept)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            if accept:
+                return resp.status, resp.headers["Content-Type"].encode()
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -91,9 +97,11 @@ def test_serves_probes_and_stops_cleanly(
         live = await asyncio.to_thread(get, port, "/healthz")
         status, body = await asyncio.to_thread(get, port, "/metrics")
         missing = await asyncio.to_thread(get, port, "/nothing")
+        proto = await asyncio.to_thread(get, port, "/metrics", PROTOBUF_ACCEPT)
         a.request_stop()
         code = await asyncio.wait_for(task, 2)
-        assert (ready[0], live[0], status, missing[0]) == (200, 200, 200, 404)
+        assert (ready[0], live[0], status, missing[0], proto[0]) == (200, 200, 200, 404, 200)
+        assert proto[1].startswith(b"application/vnd.google.protobuf; proto=")
         s = parse(body.decode())
         assert value(s, "pingmesh_targets", kind="static") == 2
         assert value(s, "pingmesh_probe_sent_total", target="127.0.0.1") >= 2

@@ -18,6 +18,7 @@ GROUND = {
     "exporter",
     "exporter.config",
     "exporter.options",
+    "exporter.histogram",
     "exporter.targets",
     "exporter.objects",
     "exporter.selectors",

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import ProbeSettings
-from exporter.metrics.document import MetricsDocument, build_registry
+from exporter.metrics.document import MetricsDocument, build_registry, wants_protobuf
 from exporter.metrics.probe import ProbeCollector
 from exporter.metrics.targets import TargetLabels
 from exporter.probing.engine import Prober
@@ -117,3 +119,96 @@ def test_one_scrape_never_shows_more_replies_than_requests() -> None:
         stop.set()
         worker.join()
         sys.setswitchinterval(switch)
+
+
+PROTOBUF_ACCEPT = (
+    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;"
+    "encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;q=0.5,"
+    "text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
+
+
+def _families(data: bytes) -> dict[str, Any]:
+    """The delimited MetricFamily messages of a protobuf document, by name."""
+    from exporter.metrics.proto import metrics_pb2 as pb
+
+    out, pos = {}, 0
+    while pos < len(data):
+        size = shift = 0
+        while True:
+            byte = data[pos]
+            pos += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        mf = pb.MetricFamily()
+        mf.ParseFromString(data[pos : pos + size])
+        pos += size
+        out[mf.name] = mf
+    return out
+
+
+@pytest.mark.parametrize(
+    "accept,protobuf",
+    [
+        (PROTOBUF_ACCEPT, True),
+        ("", False),
+        ("*/*", False),
+        ("text/plain;version=0.0.4", False),
+        # Prometheus without native histograms: OpenMetrics first, which is not served.
+        ("application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4", False),
+        ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily", False),
+        (
+            "text/plain;q=0.9,application/vnd.google.protobuf;"
+            "proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5",
+            False,
+        ),
+        (
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;"
+            "encoding=delimited;q=0",
+            False,
+        ),
+    ],
+)
+def test_negotiation(accept: str, protobuf: bool) -> None:
+    assert wants_protobuf(accept) is protobuf
+
+
+@pytest.mark.parametrize("classic", [True, False])
+def test_protobuf_document_has_native_histograms(classic: bool) -> None:
+    prober = _prober([static_target("a", "198.18.0.1"), static_target("b", "2001:db8::1")])
+    a, _ = prober.states
+    for rtt in (300_000, 310_000, 3_000_000):
+        a.reply(rtt)
+    a.lost()
+    a.error("late")
+    registry = build_registry([ProbeCollector(prober)])
+    doc = MetricsDocument(prober, registry, TargetLabels("node-1"), classic)
+    content_type, pieces = doc.negotiate(PROTOBUF_ACCEPT)
+    assert content_type.startswith("application/vnd.google.protobuf")
+    fams = _families(b"".join(pieces))
+    rtt = fams["pingmesh_probe_rtt_seconds"]
+    series = {tuple((lp.name, lp.value) for lp in m.label): m.histogram for m in rtt.metric}
+    h = series[
+        (("source_node", "node-1"), ("kind", "static"), ("target", "a"), ("ip_family", "ipv4"))
+    ]
+    assert h.schema == 3 and h.sample_count == 3
+    assert h.sample_sum == pytest.approx(3.61e-3)
+    assert sum(s.length for s in h.positive_span) == len(h.positive_delta)
+    assert sum(itertools.accumulate(h.positive_delta)) == 3
+    assert (len(h.bucket) > 0) is classic
+    if classic:
+        assert [b.cumulative_count for b in h.bucket if b.upper_bound == 0.0032] == [3]
+    empty = series[
+        (("source_node", "node-1"), ("kind", "static"), ("target", "b"), ("ip_family", "ipv6"))
+    ]
+    assert empty.sample_count == 0 and len(empty.positive_span) == 1  # still native
+    assert fams["pingmesh_probe_sent_total"].metric[0].counter.value == 4
+    last = fams["pingmesh_probe_errors_total"].metric[0].label[-1]
+    assert (last.name, last.value) == ("reason", "late")
+    assert fams["pingmesh_targets"].metric[0].gauge.value == 1
+    assert "process_cpu_seconds_total" in fams or sys.platform != "linux"
+    # The text format of the same document keeps the classic buckets only.
+    text = doc.render().decode()
+    assert 'pingmesh_probe_rtt_seconds_bucket{source_node="node-1"' in text

@@ -1,12 +1,16 @@
-"""The /metrics document: the per-target probe families, then every registered collector,
-and the registry they are registered in."""
+"""The /metrics document, in the format the scraper asks for: the text format, or the
+protobuf exposition with native histograms. Every registered collector's families, then the
+per-target probe families; and the registry the collectors are registered in."""
 
 from __future__ import annotations
 
+import logging
 import platform
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from types import ModuleType
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -18,6 +22,36 @@ from exporter.metrics.targets import TargetLabels, render_target_chunks
 from exporter.probing.engine import Prober
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PROTOBUF = "application/vnd.google.protobuf"
+PROTOBUF_PROTO = "io.prometheus.client.MetricFamily"
+
+log = logging.getLogger("exporter.metrics")
+
+
+def wants_protobuf(accept: str) -> bool:
+    """Whether the Accept header prefers the delimited protobuf exposition to the text
+    format: the first, by quality, of the media types this exporter can serve. OpenMetrics
+    text is not served, so asking for it counts for nothing."""
+    ranked: list[tuple[float, int, bool]] = []
+    for position, item in enumerate(accept.split(",")):
+        media, *params = (part.strip() for part in item.split(";"))
+        options = {}
+        for param in params:
+            key, _, value = param.partition("=")
+            options[key.strip().lower()] = value.strip().strip('"')
+        try:
+            q = float(options.get("q", "1"))
+        except ValueError:
+            continue
+        media = media.lower()
+        if q <= 0:
+            continue
+        if media == PROTOBUF:
+            if options.get("proto") == PROTOBUF_PROTO and options.get("encoding") == "delimited":
+                ranked.append((-q, position, True))
+        elif media in ("text/plain", "text/*", "*/*"):
+            ranked.append((-q, position, False))
+    return bool(ranked) and min(ranked)[2]
 
 
 def _icmplib_version() -> str:
@@ -54,34 +88,74 @@ def build_registry(collectors: Iterable[Collector]) -> CollectorRegistry:
     return registry
 
 
-class MetricsDocument:
-    """Builds the whole /metrics text; called from HTTP server threads."""
+def _protobuf() -> ModuleType | None:
+    try:
+        from exporter.metrics import protobuf
+    except ImportError as exc:  # a build that skipped generate.sh
+        log.warning("protobuf exposition unavailable, serving the text format: %s", exc)
+        return None
+    return protobuf
 
-    def __init__(self, prober: Prober, registry: CollectorRegistry, labels: TargetLabels) -> None:
+
+class MetricsDocument:
+    """Builds the whole /metrics document; called from HTTP server threads."""
+
+    def __init__(
+        self,
+        prober: Prober,
+        registry: CollectorRegistry,
+        labels: TargetLabels,
+        protobuf_classic_buckets: bool = True,
+    ) -> None:
         self.prober = prober
         self.registry = registry
         self.labels = labels
+        self.classic = protobuf_classic_buckets
         self.last_render_seconds = 0.0
+        self._protobuf: ModuleType | bool | None = False  # False: not imported yet
+        self._label_bytes: Any = None  # protobuf.LabelBytes, once the module is imported
         registry.register(_RenderCollector(self))
 
-    def chunks(self) -> Iterator[bytes]:
-        """The document in pieces, for a streamed response. The render time counts only the
-        time spent here, not compressing or writing to the client in between."""
-        busy = 0.0
-        started = time.perf_counter()
-        data = generate_latest(self.registry)
+    def negotiate(self, accept: str) -> tuple[str, Iterator[bytes]]:
+        """The content type and the document in pieces, for a streamed response."""
+        if wants_protobuf(accept):
+            if self._protobuf is False:
+                self._protobuf = _protobuf()
+            if isinstance(self._protobuf, ModuleType):
+                return self._protobuf.CONTENT_TYPE, self._timed(self._proto(self._protobuf))
+        return CONTENT_TYPE, self._timed(self._text())
+
+    def _text(self) -> Iterator[bytes]:
+        yield generate_latest(self.registry)
         p = self.prober
         for chunk in render_target_chunks(p.states, p.buckets, self.labels):
-            busy += time.perf_counter() - started
-            yield data
-            started = time.perf_counter()
-            data = chunk.encode()
-        busy += time.perf_counter() - started
-        self.last_render_seconds = busy
-        yield data
+            yield chunk.encode()
 
-    def render(self) -> bytes:
-        return b"".join(self.chunks())
+    def _proto(self, protobuf: ModuleType) -> Iterator[bytes]:
+        yield protobuf.encode(self.registry.collect(), self.classic)
+        p = self.prober
+        if self._label_bytes is None:
+            self._label_bytes = protobuf.LabelBytes(self.labels)
+        yield from protobuf.target_chunks(p.states, p.buckets, self._label_bytes, self.classic)
+
+    def _timed(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
+        """The render time counts only the time spent making pieces, not compressing or
+        writing them to the client in between."""
+        busy = 0.0
+        while True:
+            started = time.perf_counter()
+            piece = next(pieces, None)
+            busy += time.perf_counter() - started
+            if piece is None:
+                break
+            yield piece
+        self.last_render_seconds = busy
+
+    def chunks(self) -> Iterator[bytes]:
+        return self.negotiate("")[1]
+
+    def render(self, accept: str = "") -> bytes:
+        return b"".join(self.negotiate(accept)[1])
 
 
 class _RenderCollector(Collector):

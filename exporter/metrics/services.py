@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
 
+from exporter.metrics.families import DualHistogramFamily, Native
 from exporter.metrics.text import format_le
 from exporter.services.checker import BUCKETS, GOOD, ServiceChecker
 from exporter.targets import family_label
@@ -39,12 +39,12 @@ class ServicesCollector(Collector):
             "1 when the last check of this ClusterIP and port succeeded.",
             labels=base,
         )
-        connect = HistogramMetricFamily(
+        connect = DualHistogramFamily(
             "pingmesh_service_connect_seconds",
             "TCP connect time through the ClusterIP (successes).",
             labels=base,
         )
-        query = HistogramMetricFamily(
+        query = DualHistogramFamily(
             "pingmesh_service_dns_query_seconds",
             "DNS query time through the ClusterIP (answers).",
             labels=base,
@@ -64,12 +64,16 @@ class ServicesCollector(Collector):
                 total.add_metric([*values, result], n)
             if st.last:
                 up.add_metric(values, 1 if st.last in GOOD else 0)
+            native_counts, zero_count = st.native.copy()
             acc, cumulative = 0, []
             for le, n in zip(les, st.buckets[:], strict=True):
                 acc += n
                 cumulative.append((le, acc))
-            (connect if c.protocol == "tcp" else query).add_metric(
-                values, cumulative, st.seconds_sum
+            (connect if c.protocol == "tcp" else query).add_dual(
+                values,
+                cumulative,
+                st.seconds_sum,
+                Native(st.native.schema, native_counts, zero_count),
             )
         yield from (total, up, connect, query)
 

@@ -33,9 +33,12 @@ class TargetLabels:
         self.source = source_labels(source_node)
         self._text: dict[TargetState, str] = {}
 
-    def render(self, st: TargetState) -> str:
+    def pairs(self, st: TargetState) -> tuple[tuple[str, str], ...]:
         t = st.target
-        return label_text((*self.source, *t.labels, ("ip_family", family_label(t.family))))
+        return (*self.source, *t.labels, ("ip_family", family_label(t.family)))
+
+    def render(self, st: TargetState) -> str:
+        return label_text(self.pairs(st))
 
     def of(self, states: Sequence[TargetState]) -> list[str]:
         """The label texts of states, in order; forgets targets that have left."""

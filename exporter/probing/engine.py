@@ -111,7 +111,9 @@ class Prober:
             st.removed = True
             self._logged_send_errors = {e for e in self._logged_send_errors if e[0] != t.key}
         for t in change.added:
-            st = self._states[t.key] = TargetState(t, self._bounds_ns, self.settings.up_window)
+            st = self._states[t.key] = TargetState(
+                t, self._bounds_ns, self.settings.up_window, self.settings.rtt_native_schema
+            )
             self._set_destination(st)
         for t in change.moved:
             st = self._states[t.key]

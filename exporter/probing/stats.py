@@ -10,6 +10,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import Counter
 
+from exporter.histogram import Exponential
 from exporter.targets import Target
 
 
@@ -23,6 +24,7 @@ class TargetState:
         "dest",
         "errors",
         "history",
+        "native",
         "phase",
         "received",
         "removed",
@@ -33,7 +35,9 @@ class TargetState:
         "up_mask",
     )
 
-    def __init__(self, target: Target, bounds_ns: list[int], up_window: int) -> None:
+    def __init__(
+        self, target: Target, bounds_ns: list[int], up_window: int, native_schema: int
+    ) -> None:
         self.target = target
         self.address = target.address
         self.dest: tuple[str, int] | tuple[str, int, int, int] | None = None
@@ -41,6 +45,7 @@ class TargetState:
         self.bounds_ns = bounds_ns
         self.buckets = [0] * (len(bounds_ns) + 1)
         self.rtt_sum_ns = 0
+        self.native = Exponential(native_schema)
         self.sent = 0
         self.received = 0
         self.errors: Counter[str] = Counter()
@@ -56,6 +61,9 @@ class TargetState:
         self.resolved += 1
         self.history = ((self.history << 1) | 1) & self.up_mask
         if rtt_ns is not None:
+            # Native first: a scrape reads the classic buckets first, so it never sees an
+            # observation in them that the native buckets lack.
+            self.native.observe(rtt_ns / 1e9)
             self.buckets[bisect_left(self.bounds_ns, rtt_ns)] += 1
             self.rtt_sum_ns += rtt_ns
 

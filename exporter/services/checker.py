@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from exporter.config import ServicesSettings
+from exporter.histogram import Exponential
 from exporter.services import dns
 from exporter.services.plan import Check, ServicePlan
 from exporter.targets import Target
@@ -43,6 +44,8 @@ BUCKETS = (
     2.5,
     5.0,
 )
+# The native histograms' resolution: buckets about 9 % wide, like the RTT's default.
+NATIVE_SCHEMA = 3
 # nodata is an answer too: NOERROR proves the resolver works and the name exists. AAAA for
 # kubernetes.default on a dual-stack cluster is nodata, the Service being single-stack.
 GOOD = ("ok", "noerror", "nodata")
@@ -112,6 +115,7 @@ class CheckState:
     results: Counter[str] = field(default_factory=Counter)
     buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
     seconds_sum: float = 0.0
+    native: Exponential = field(default_factory=lambda: Exponential(NATIVE_SCHEMA))
     last: str = ""
     removed: bool = False
 
@@ -119,6 +123,7 @@ class CheckState:
         self.results[result] += 1
         self.last = result
         if seconds is not None:
+            self.native.observe(seconds)
             self.buckets[bisect_left(BUCKETS, seconds)] += 1
             self.seconds_sum += seconds
 

@@ -1,0 +1,2 @@
+"""Prometheus' exposition messages (io.prometheus.client), generated from the upstream schema
+by generate.sh at build time."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -212,3 +214,11 @@ def test_protobuf_document_has_native_histograms(classic: bool) -> None:
     # The text format of the same document keeps the classic buckets only.
     text = doc.render().decode()
     assert 'pingmesh_probe_rtt_seconds_bucket{source_node="node-1"' in text
+
+
+def test_generated_messages_match_the_pinned_schema() -> None:
+    """make regenerates metrics_pb2 when generate.sh changes; this catches a stale copy."""
+    proto = Path(__file__).resolve().parent.parent / "exporter" / "metrics" / "proto"
+    pinned = re.search(r"^CLIENT_MODEL_VERSION=(\S+)", (proto / "generate.sh").read_text(), re.M)
+    assert pinned is not None
+    assert (proto / "metrics_pb2.version").read_text().strip() == pinned.group(1)

@@ -86,7 +86,12 @@ def render_target_chunks(
     come from one snapshot per target, so they agree with each other."""
     snaps = [snapshot(st, text) for st, text in zip(states, labels.of(states), strict=True)]
     chunks = [snaps[i : i + CHUNK_TARGETS] for i in range(0, len(snaps), CHUNK_TARGETS)]
-    suffixes = [f',le="{format_le(b)}"}} ' for b in buckets] + [',le="+Inf"} ']
+    # One %-format per target: the bucket lines' fixed text is laid out once per scrape, and
+    # one call formatting twenty-two values costs about half of twenty-two f-strings.
+    les = [format_le(b) for b in buckets] + ["+Inf"]
+    template = "".join(f'%s,le="{le}"}} %d\n' for le in les) + (
+        f"{RTT}_sum{{%s}} %r\n{RTT}_count{{%s}} %d\n"
+    )
     yield (
         f"# HELP {RTT} Round-trip time of echo replies received within the timeout, from "
         f"kernel timestamps.\n# TYPE {RTT} histogram\n"
@@ -96,13 +101,9 @@ def render_target_chunks(
         for sn in chunk:
             head = f"{RTT}_bucket{{{sn.labels}"
             cumulative = list(accumulate(sn.buckets))
-            lines += [
-                f"{head}{suffix}{v}\n" for suffix, v in zip(suffixes, cumulative, strict=True)
-            ]
-            lines.append(
-                f"{RTT}_sum{{{sn.labels}}} {sn.rtt_sum_ns / 1e9!r}\n"
-                f"{RTT}_count{{{sn.labels}}} {cumulative[-1]}\n"
-            )
+            args: list[object] = [x for v in cumulative for x in (head, v)]
+            args += (sn.labels, sn.rtt_sum_ns / 1e9, sn.labels, cumulative[-1])
+            lines.append(template % tuple(args))
         yield "".join(lines)
     for name, help_text, field in (
         (SENT, "Echo requests whose outcome is known (reply, error or timeout).", 4),

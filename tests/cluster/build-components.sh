@@ -11,7 +11,7 @@ KUBERNETES_VERSION=v1.34.4   # kube-apiserver, controller-manager, scheduler, pr
 STAGING_VERSION=v0.34.4      # k8s.io staging modules released with it
 ETCD_VERSION=v3.6.4          # the version kubernetes v1.34.4 pins
 COREDNS_VERSION=v1.12.4      # cluster DNS with its kubernetes plugin
-PROMETHEUS_VERSION=v0.316.0  # Prometheus 3.16.0 (Debian's 2.42 lacks Kubernetes discovery)
+PROMETHEUS_VERSION=v0.316.0  # Prometheus 3.16.0 and its promtool (Debian's 2.42 lacks Kubernetes discovery)
 
 CACHE=${PINGMESH_CACHE:-/var/cache/pingmesh-exporter}
 BIN=$CACHE/bin
@@ -87,5 +87,10 @@ build_one coredns github.com/coredns/coredns "$COREDNS_VERSION" github.com/cored
 prom_version=3.${PROMETHEUS_VERSION#v0.3}  # v0.316.0 is Prometheus 3.16.0
 build_one prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION" \
   github.com/prometheus/prometheus/cmd/prometheus \
+  "-X github.com/prometheus/common/version.Version=$prom_version"
+# promtool of the same release: `promtool test rules` over the shipped rules, native-histogram
+# input notation included (Debian's 2.42 promtool lacks it).
+build_one promtool github.com/prometheus/prometheus "$PROMETHEUS_VERSION" \
+  github.com/prometheus/prometheus/cmd/promtool \
   "-X github.com/prometheus/common/version.Version=$prom_version"
 echo "$BIN"

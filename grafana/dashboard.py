@@ -64,6 +64,17 @@ def target(expr: str, legend: str = "", *, table: bool = False) -> dict[str, Any
     return t
 
 
+def quantile(q: str, histogram: str, by: str, sel: str = SVC) -> str:
+    """A quantile of a histogram over the rate interval, from its native form where Prometheus
+    keeps one and from its classic buckets where it does not (as the shipped rules do); where
+    it keeps both, `or` drops the classic answer for the same labels."""
+    window = "[$__rate_interval]"
+    return (
+        f"histogram_quantile({q}, sum by ({by}) (rate({histogram}{{{sel}}}{window}))) or "
+        f"histogram_quantile({q}, sum by (le, {by}) (rate({histogram}_bucket{{{sel}}}{window})))"
+    )
+
+
 def timeseries(
     title: str,
     targets: list[dict[str, Any]],
@@ -639,8 +650,7 @@ def _services(lay: Layout) -> None:
             "TCP connect time p99",
             [
                 target(
-                    "histogram_quantile(0.99, sum by (le, namespace, service) "
-                    f"(rate(pingmesh_service_connect_seconds_bucket{{{SVC}}}[$__rate_interval])))",
+                    quantile("0.99", "pingmesh_service_connect_seconds", "namespace, service"),
                     "{{namespace}}/{{service}}",
                 )
             ],
@@ -656,15 +666,11 @@ def _services(lay: Layout) -> None:
             "DNS query time p50 and p99",
             [
                 target(
-                    "histogram_quantile(0.5, sum by (le, namespace, service) "
-                    "(rate(pingmesh_service_dns_query_seconds_bucket"
-                    f"{{{SVC}}}[$__rate_interval])))",
+                    quantile("0.5", "pingmesh_service_dns_query_seconds", "namespace, service"),
                     "p50 {{namespace}}/{{service}}",
                 ),
                 target(
-                    "histogram_quantile(0.99, sum by (le, namespace, service) "
-                    "(rate(pingmesh_service_dns_query_seconds_bucket"
-                    f"{{{SVC}}}[$__rate_interval])))",
+                    quantile("0.99", "pingmesh_service_dns_query_seconds", "namespace, service"),
                     "p99 {{namespace}}/{{service}}",
                 ),
             ],

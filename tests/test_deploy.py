@@ -3,12 +3,14 @@ pass the restricted Pod Security profile, and the derived files are current."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from deploy import generate
@@ -84,6 +86,37 @@ def test_prometheus_rule_carries_the_plain_rules() -> None:
     plain = yaml.safe_load((DEPLOY / "rules" / "pingmesh.rules.yml").read_text())
     operator = yaml.safe_load((DEPLOY / "prometheus-operator" / "prometheusrule.yaml").read_text())
     assert operator["spec"] == plain
+
+
+CACHE_BIN = Path(os.environ.get("PINGMESH_CACHE", "/var/cache/pingmesh-exporter")) / "bin"
+# Debian's promtool (2.42) and the one built with Prometheus 3 by
+# tests/cluster/build-components.sh; native-histogram input needs the latter.
+PROMTOOLS = {"2.42": Path("/usr/bin/promtool"), "3.16": CACHE_BIN / "promtool"}
+RULE_TESTS = {
+    "2.42": ["pingmesh.rules.test.yml"],
+    "3.16": ["pingmesh.rules.test.yml", "pingmesh.rules.native.test.yml"],
+}
+
+
+@pytest.mark.parametrize("version", list(PROMTOOLS))
+def test_rules_unit_tests_pass(version: str) -> None:
+    promtool = PROMTOOLS[version]
+    if not promtool.exists():
+        pytest.skip(f"{promtool} is not installed (Debian prometheus, build-components.sh)")
+    proc = subprocess.run(
+        [str(promtool), "test", "rules", *RULE_TESTS[version]],
+        cwd=DEPLOY / "rules",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("SUCCESS") == len(RULE_TESTS[version]), proc.stdout
+
+
+def test_every_rules_test_file_is_run() -> None:
+    shipped = {p.name for p in (DEPLOY / "rules").glob("*.test.yml")}
+    assert shipped == set().union(*map(set, RULE_TESTS.values()))
 
 
 def test_daemonset_passes_restricted_pod_security() -> None:

@@ -1,4 +1,6 @@
-"""From the peer pods the API reports to the targets this exporter probes. Pure functions.
+"""From the peer pods the API reports to the targets this exporter probes: ``plan()``, a pure
+function of the pods and nodes, and ``Planner``, which gives the same plan across a stream
+of events at the cost of what each event changes.
 
 Which peers count: other nodes' exporter pods that are Running, not terminating, and have a
 pod IP. A peer that is not Ready is still probed (a readiness probe failing says nothing about
@@ -13,8 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from exporter.config import MeshSettings
-from exporter.objects import Peer
-from exporter.selection import NodeInfo, Selector
+from exporter.objects import NodeMeta, Peer
+from exporter.selection import NodeInfo, Ring, Selector
 from exporter.targets import Target
 
 
@@ -61,6 +63,19 @@ def _labels(kind: str, node: str, zone: str | None) -> tuple[tuple[str, str], ..
     return base if zone is None else (*base, ("target_zone", zone))
 
 
+def _targets(node: str, peer: Peer, zone: str | None) -> tuple[Target, ...]:
+    targets: list[Target] = []
+    for kind, ips in (("pod", peer.pod_ips), ("node", peer.host_ips)):
+        seen: set[int] = set()
+        for ip in ips:
+            fam = 6 if ":" in ip else 4  # already validated and canonical
+            if fam in seen:
+                continue  # one target per family: the first IP, as the API orders them
+            seen.add(fam)
+            targets.append(Target(_labels(kind, node, zone), fam, ip))
+    return tuple(targets)
+
+
 def plan(
     me: Identity,
     peers: Iterable[Peer],
@@ -78,18 +93,7 @@ def plan(
     nodes.append(NodeInfo(me.node, zone_of(me.node) or None))
     selector = Selector(nodes, replace(settings, zones=zones is not None))
     chosen = selector.peers_of(me.node)
-    targets: list[Target] = []
-    for node in chosen:
-        peer = by_node[node]
-        zone = zone_of(node)
-        for kind, ips in (("pod", peer.pod_ips), ("node", peer.host_ips)):
-            seen: set[int] = set()
-            for ip in ips:
-                fam = 6 if ":" in ip else 4  # already validated and canonical
-                if fam in seen:
-                    continue  # one target per family: the first IP, as the API orders them
-                seen.add(fam)
-                targets.append(Target(_labels(kind, node, zone), fam, ip))
+    targets = [t for node in chosen for t in _targets(node, by_node[node], zone_of(node))]
     return MeshPlan(
         targets=tuple(targets),
         peers_total=len(by_node),
@@ -97,3 +101,119 @@ def plan(
         expected_probers=selector.probers_of(me.node),
         readiness=tuple((n, by_node[n].ready) for n in chosen),
     )
+
+
+_ABSENT = object()
+
+
+class Planner:
+    """The mesh plan kept across pod and node events: ``plan()`` always equals
+    ``plan(me, pods, zones, settings)`` of the pods and nodes set so far, but an event costs
+    what it changes, not the cluster. Only a change of the node set (or of a node's zone)
+    touches the selection, through a ``Ring``; a peer's readiness or IPs only rebuild its
+    own targets, and only if this node probes it. Deterministic and free of I/O."""
+
+    def __init__(self, me: Identity, settings: MeshSettings) -> None:
+        self.me = me
+        self.zoned = settings.zones
+        self._ring = Ring(settings)
+        self._pods: dict[str, Peer] = {}  # every pod set, by key, counted or not
+        self._on_node: dict[str, dict[str, Peer]] = {}  # the counted pods, by node
+        self._best: dict[str, Peer] = {}  # one_per_node of the counted pods
+        self._node_zone: dict[str, str | None] = {}  # with zones: every node the API knows
+        self._node_key: dict[str, str] = {}  # node store key -> node name
+        self._dirty: set[str] = {me.node}  # nodes whose place in the ring may have changed
+        self._built: dict[str, tuple[Peer, str | None, tuple[Target, ...]]] = {}
+        self._chosen: tuple[tuple[str, ...], int] | None = None  # while the ring stays
+
+    # ----- events ---------------------------------------------------------------------------
+
+    def set_pod(self, key: str, pod: Peer | None) -> None:
+        """A pod added, changed (``pod``) or deleted (None)."""
+        old = self._pods.pop(key, None)
+        if pod is not None:
+            self._pods[key] = pod
+        for node in {p.node for p in (old, pod) if p is not None}:
+            on_node = self._on_node.get(node, {})
+            on_node.pop(key, None)
+            if pod is not None and pod.node == node and counts(pod, self.me):
+                on_node[key] = pod
+            if on_node:
+                self._on_node[node] = on_node
+                best = max(on_node.values(), key=lambda p: (p.ready, p.created, p.name))
+                if self._best.get(node) is not best:
+                    self._best[node] = best
+                    self._dirty.add(node)
+            else:
+                self._on_node.pop(node, None)
+                if self._best.pop(node, None) is not None:
+                    self._dirty.add(node)
+
+    def set_node(self, key: str, meta: NodeMeta | None) -> None:
+        """With zones: a Node added, relabelled (``meta``) or deleted (None)."""
+        old = self._node_key.pop(key, None)
+        if old is not None:
+            self._node_zone.pop(old, None)
+            self._dirty.add(old)
+        if meta is not None:
+            self._node_key[key] = meta.name
+            self._node_zone[meta.name] = meta.zone
+            self._dirty.add(meta.name)
+
+    def sync_pods(self, store: Mapping[str, Peer], keys: Iterable[str] | None) -> None:
+        """Take the pods of ``keys`` from ``store``: the keys a watch touched, or None after
+        a new list (then every key, and those gone from the store)."""
+        for key in set(store) | set(self._pods) if keys is None else keys:
+            pod = store.get(key)
+            if self._pods.get(key, _ABSENT) != pod:
+                self.set_pod(key, pod)
+
+    def sync_nodes(self, store: Mapping[str, NodeMeta], keys: Iterable[str] | None) -> None:
+        """As ``sync_pods``, for the Node metadata."""
+        for key in set(store) | set(self._node_key) if keys is None else keys:
+            meta, known = store.get(key), self._node_key.get(key)
+            if meta is None:
+                if known is not None:
+                    self.set_node(key, None)
+            elif known != meta.name or self._node_zone.get(known, _ABSENT) != meta.zone:
+                self.set_node(key, meta)
+
+    # ----- the plan -------------------------------------------------------------------------
+
+    def _zone(self, node: str) -> str | None:
+        """The zone label value: "" for a node without one, None with zones off."""
+        return (self._node_zone.get(node) or "") if self.zoned else None
+
+    def plan(self) -> MeshPlan:
+        added: list[NodeInfo] = []
+        removed: list[str] = []
+        for node in sorted(self._dirty):
+            member = node == self.me.node or (
+                node in self._best and (not self.zoned or node in self._node_zone)
+            )
+            if member:
+                added.append(NodeInfo(node, self._zone(node) or None))
+            else:
+                removed.append(node)
+                self._built.pop(node, None)
+        self._dirty.clear()
+        if self._ring.update(added, removed) or self._chosen is None:
+            self._chosen = self._ring.peers_of(self.me.node), self._ring.probers_of(self.me.node)
+        chosen, probers = self._chosen
+        targets: list[Target] = []
+        for node in chosen:
+            peer, zone = self._best[node], self._zone(node)
+            built = self._built.get(node)
+            if built is None or built[0] is not peer or built[1] != zone:
+                built = self._built[node] = (peer, zone, _targets(node, peer, zone))
+            targets.extend(built[2])
+        # Only what is probed stays built: a full mesh of 5,000 is the most it can hold.
+        if len(self._built) > len(chosen):
+            self._built = {node: self._built[node] for node in chosen}
+        return MeshPlan(
+            targets=tuple(targets),
+            peers_total=len(self._ring) - 1,
+            selected=chosen,
+            expected_probers=probers,
+            readiness=tuple((n, self._best[n].ready) for n in chosen),
+        )

@@ -49,6 +49,10 @@ Promises in the sampled mode (n nodes, n - 1 > ``full_mesh_max``, k < n - 1):
    back restores every choice exactly.
 
 Outside the sampled mode every node probes all others and has in-degree n - 1.
+
+``Selector`` computes the choices of one node set; ``Ring`` keeps them across changes of
+the node set, one node at a time, and answers exactly as a Selector of the nodes it holds:
+an exporter that has followed a thousand events and one that just started must agree.
 """
 
 from __future__ import annotations
@@ -208,6 +212,319 @@ class Selector:
         if self._full:
             return self._k
         return self._k + self._arrivals.get(self._index[name], 0)
+
+
+# (ring position, first zone choice, name): sorting these is the ring order, and the
+# priority order of a zone's seekers.
+_Entry = tuple[int, int, str]
+
+
+class _Cover:
+    """One zone's extras handed out so far, in priority order: resumable, and cut back to
+    the first seeker a change touches, since earlier seekers never see later ones."""
+
+    __slots__ = ("cap", "load", "picks")
+
+    def __init__(self, cap: int, members: int) -> None:
+        self.cap = cap
+        self.load = [0] * members
+        self.picks: list[int] = []  # member index taken by each seeker, in priority order
+
+
+class _Coverage:
+    """Who misses which zone among their ring successors, and each zone's extras so far.
+    Valid for one zone set in the sampled mode; anything else rebuilds it."""
+
+    __slots__ = ("covers", "missing", "seekers", "zones")
+
+    def __init__(self, zones: frozenset[str]) -> None:
+        self.zones = zones
+        self.missing: dict[str, frozenset[str]] = {}  # only the names that miss a zone
+        self.seekers: dict[str, list[_Entry]] = {zone: [] for zone in zones}
+        self.covers: dict[str, _Cover] = {}
+
+
+class Ring:
+    """The selection of a node set that changes one node at a time: every answer is the
+    one ``Selector`` gives for the nodes the ring holds at that moment.
+
+    A Selector answers for one node set and is rebuilt on every change, which costs a
+    hash per node and a sort. A Ring keeps the hashes, the ring order and the zone
+    coverage across changes: adding or removing a node costs O(log n) plus O(peers**2)
+    for its predecessors' zone duties; a zone's extras are handed out only when asked
+    for, from the first seeker a change touched on, up to the seeker asked about.
+    ``peers_of`` costs O(peers) on a ring without pending zone work.
+    """
+
+    __slots__ = (
+        "_coverage",
+        "_entry",
+        "_member_pos",
+        "_members",
+        "_names",
+        "_points",
+        "_ring",
+        "_settings",
+        "_zone",
+    )
+
+    # A batch of more changes than the ring over this many is cheaper to re-cover from
+    # scratch than change by change; a single change never is.
+    _REBUILD_SHARE = 64
+
+    def __init__(self, settings: MeshSettings, nodes: Iterable[NodeInfo] = ()) -> None:
+        self._settings = settings
+        self._zone: dict[str, str | None] = {}
+        self._entry: dict[str, _Entry] = {}
+        self._ring: list[_Entry] = []
+        self._names: list[str] = []  # sorted, for the full mesh
+        self._members: dict[str, list[_Entry]] = {}  # by zone, in ring order; no empty zone
+        self._member_pos: dict[str, list[int]] = {}  # their ring positions, for bisect
+        self._points: dict[str, list[int]] = {}  # hashed zone choices after the first
+        self._coverage: _Coverage | None = None
+        self.update(nodes)
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entry
+
+    def update(self, added: Iterable[NodeInfo] = (), removed: Iterable[str] = ()) -> bool:
+        """Take out the names of ``removed``, then put in the nodes of ``added``; a name
+        already held with another zone moves to it. Names absent or unchanged are no-ops.
+        Whether anything changed."""
+        gone = [name for name in dict.fromkeys(removed) if name in self._entry]
+        fresh = _merge(added, self._settings.zones)
+        gone_set = set(gone)
+        moved = [
+            name
+            for name, zone in fresh.items()
+            if name in self._entry and name not in gone_set and self._zone[name] != zone
+        ]
+        new = [name for name in fresh if name not in self._entry or name in gone_set]
+        changes = len(gone) + len(moved) + len(new)
+        if not changes:
+            return False
+        if changes * 4 > len(self._ring):
+            zone_of = dict(self._zone)
+            for name in gone:
+                del zone_of[name]
+            zone_of.update((name, fresh[name]) for name in (*moved, *new))
+            self._rebuild(zone_of)
+            return True
+        if self._coverage is not None and changes > max(1, len(self._ring) // self._REBUILD_SHARE):
+            self._coverage = None
+        for name in (*gone, *moved):
+            self._remove(name)
+        for name in (*moved, *new):
+            if name not in self._entry:
+                self._add(name, fresh[name])
+        return True
+
+    # ----- changes ------------------------------------------------------------------------
+
+    def _rebuild(self, zone_of: dict[str, str | None]) -> None:
+        """One sort instead of an insertion per node, for a first fill or a large batch."""
+        entries = {name: self._entry.get(name) or (*_ring_keys(name), name) for name in zone_of}
+        self._zone, self._entry = zone_of, entries
+        self._ring = sorted(entries.values())
+        self._names = sorted(zone_of)
+        self._members, self._member_pos = {}, {}
+        for entry in self._ring:
+            zone = zone_of[entry[2]]
+            if zone is not None:
+                self._members.setdefault(zone, []).append(entry)
+                self._member_pos.setdefault(zone, []).append(entry[0])
+        self._points = {name: p for name, p in self._points.items() if name in zone_of}
+        self._coverage = None
+
+    def _sampled(self) -> bool:
+        n, s = len(self._ring), self._settings
+        return not (n - 1 <= s.full_mesh_max or s.peers >= n - 1)
+
+    def _live_coverage(self) -> _Coverage | None:
+        """The coverage to update in place, or None once it no longer applies."""
+        coverage = self._coverage
+        if coverage is not None and (not self._sampled() or coverage.zones != self._members.keys()):
+            coverage = self._coverage = None
+        return coverage
+
+    def _add(self, name: str, zone: str | None) -> None:
+        entry = (*_ring_keys(name), name)
+        self._entry[name] = entry
+        self._zone[name] = zone
+        i = bisect.bisect_left(self._ring, entry)
+        self._ring.insert(i, entry)
+        bisect.insort(self._names, name)
+        if zone is not None:
+            members = self._members.setdefault(zone, [])
+            j = bisect.bisect_left(members, entry)
+            members.insert(j, entry)
+            self._member_pos.setdefault(zone, []).insert(j, entry[0])
+        coverage = self._live_coverage()
+        if coverage is None:
+            return
+        if zone is not None:
+            coverage.covers.pop(zone, None)  # its members moved: every choice may change
+        self._recheck(coverage, [*self._predecessors(i), name])
+
+    def _remove(self, name: str) -> None:
+        entry = self._entry.pop(name)
+        zone = self._zone.pop(name)
+        self._points.pop(name, None)
+        i = bisect.bisect_left(self._ring, entry)
+        del self._ring[i]
+        del self._names[bisect.bisect_left(self._names, name)]
+        if zone is not None:
+            members = self._members[zone]
+            j = bisect.bisect_left(members, entry)
+            del members[j]
+            del self._member_pos[zone][j]
+            if not members:
+                del self._members[zone], self._member_pos[zone]
+        coverage = self._live_coverage()
+        if coverage is None:
+            return
+        if zone is not None:
+            coverage.covers.pop(zone, None)
+        for other in coverage.missing.pop(name, ()):
+            self._unseek(coverage, other, entry)
+        self._recheck(coverage, self._predecessors(i))
+
+    def _predecessors(self, i: int) -> list[str]:
+        """The nodes whose ring successors include position i (k < n - 1 when sampled)."""
+        ring, n = self._ring, len(self._ring)
+        return [ring[(i - d) % n][2] for d in range(1, self._settings.peers + 1)]
+
+    def _missing(self, coverage: _Coverage, name: str) -> frozenset[str]:
+        ring, n, zone_of = self._ring, len(self._ring), self._zone
+        i = bisect.bisect_left(ring, self._entry[name])
+        seen = {zone_of[ring[(i + d) % n][2]] for d in range(1, self._settings.peers + 1)}
+        seen.add(zone_of[name])
+        return coverage.zones.difference(seen)
+
+    def _recheck(self, coverage: _Coverage, names: list[str]) -> None:
+        for name in names:
+            new = self._missing(coverage, name)
+            old = coverage.missing.get(name, frozenset())
+            if new == old:
+                continue
+            entry = self._entry[name]
+            for zone in old - new:
+                self._unseek(coverage, zone, entry)
+            for zone in new - old:
+                seekers = coverage.seekers[zone]
+                at = bisect.bisect_left(seekers, entry)
+                seekers.insert(at, entry)
+                self._cut(coverage, zone, at)
+            if new:
+                coverage.missing[name] = new
+            else:
+                del coverage.missing[name]
+
+    def _unseek(self, coverage: _Coverage, zone: str, entry: _Entry) -> None:
+        seekers = coverage.seekers[zone]
+        at = bisect.bisect_left(seekers, entry)
+        del seekers[at]
+        self._cut(coverage, zone, at)
+
+    @staticmethod
+    def _cut(coverage: _Coverage, zone: str, at: int) -> None:
+        cover = coverage.covers.get(zone)
+        if cover is not None and at < len(cover.picks):
+            load = cover.load
+            for j in cover.picks[at:]:
+                load[j] -= 1
+            del cover.picks[at:]
+
+    # ----- coverage -----------------------------------------------------------------------
+
+    def _current_coverage(self) -> _Coverage:
+        coverage = self._live_coverage()
+        if coverage is not None:
+            return coverage
+        coverage = _Coverage(frozenset(self._members))
+        ring, n, k = self._ring, len(self._ring), self._settings.peers
+        index = {entry[2]: i for i, entry in enumerate(ring)}
+        missing: dict[str, set[str]] = {}
+        for zone in sorted(coverage.zones):
+            at = [index[entry[2]] for entry in self._members[zone]]
+            seekers: list[int] = []
+            for i, p in enumerate(at):
+                nxt = at[i + 1] if i + 1 < len(at) else at[0] + n
+                seekers.extend(t % n for t in range(p + 1, nxt - k))
+            seekers.sort()
+            coverage.seekers[zone] = [ring[t] for t in seekers]
+            for t in seekers:
+                missing.setdefault(ring[t][2], set()).add(zone)
+        coverage.missing = {name: frozenset(zones) for name, zones in missing.items()}
+        self._coverage = coverage
+        return coverage
+
+    def _point(self, name: str, attempt: int) -> int:
+        points = self._points.setdefault(name, [])
+        while len(points) < attempt:
+            points.append(_choice_point(name, len(points) + 1))
+        return points[attempt - 1]
+
+    def _cover(self, coverage: _Coverage, zone: str, upto: int) -> _Cover:
+        """The zone's extras handed out to its first ``upto`` seekers, as Selector does."""
+        seekers, pos = coverage.seekers[zone], self._member_pos[zone]
+        s = len(pos)
+        cap = max(_CAPACITY, -(-len(seekers) // s))
+        cover = coverage.covers.get(zone)
+        if cover is None or cover.cap != cap:
+            cover = coverage.covers[zone] = _Cover(cap, s)
+        load, picks = cover.load, cover.picks
+        for t in range(len(picks), upto):
+            seeker = seekers[t]
+            point, attempt = seeker[1], 0
+            while True:
+                j = bisect.bisect_left(pos, point) % s
+                if load[j] < cap:
+                    break
+                attempt += 1
+                if attempt > _HASHED_CHOICES:
+                    while load[j] >= cap:
+                        j = (j + 1) % s
+                    break
+                point = self._point(seeker[2], attempt)
+            load[j] += 1
+            picks.append(j)
+        return cover
+
+    # ----- answers ------------------------------------------------------------------------
+
+    def peers_of(self, name: str) -> tuple[str, ...]:
+        """Sorted names of the nodes ``name`` probes; KeyError outside the ring."""
+        entry = self._entry[name]
+        if not self._sampled():
+            return tuple(other for other in self._names if other != name)
+        ring, n = self._ring, len(self._ring)
+        i = bisect.bisect_left(ring, entry)
+        picks = [ring[(i + d) % n][2] for d in range(1, self._settings.peers + 1)]
+        if self._settings.zones and self._members:
+            coverage = self._current_coverage()
+            for zone in coverage.missing.get(name, ()):
+                at = bisect.bisect_left(coverage.seekers[zone], entry)
+                cover = self._cover(coverage, zone, at + 1)
+                picks.append(self._members[zone][cover.picks[at]][2])
+        picks.sort()
+        return tuple(picks)
+
+    def probers_of(self, name: str) -> int:
+        """How many other nodes probe ``name``; KeyError outside the ring."""
+        entry = self._entry[name]
+        if not self._sampled():
+            return len(self._ring) - 1
+        zone = self._zone[name]
+        if zone is None:
+            return self._settings.peers
+        coverage = self._current_coverage()
+        cover = self._cover(coverage, zone, len(coverage.seekers[zone]))
+        at = bisect.bisect_left(self._members[zone], entry)
+        return self._settings.peers + cover.load[at]
 
 
 def _with_self(self_name: str, nodes: Iterable[NodeInfo]) -> list[NodeInfo]:

@@ -105,6 +105,29 @@ def test_list_then_watch_follows_changes_without_relisting(kube: KubeFake) -> No
     )
 
 
+def test_changes_name_the_keys_touched_and_a_list_touches_all(kube: KubeFake) -> None:
+    """What the mesh planner reads to redo only what an event changed."""
+    kube.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
+    kube.upsert("pods", pod("pm-c", "node-c", "198.18.1.3"))
+    r = reflector(kube)
+
+    async def body() -> None:
+        await asyncio.wait_for(r.synced.wait(), 10)
+        assert r.take_changes() is None  # the first list
+        assert r.take_changes() == set()
+        kube.upsert("pods", pod("pm-b", "node-b", "198.18.1.2"))
+        kube.delete("pods", NS, "pm-a")
+        await until(lambda: set(nodes(r)) == {"node-b", "node-c"})
+        assert r.take_changes() == {f"{NS}/pm-a", f"{NS}/pm-b"}
+        kube.fail_next("pods", 410, verb="watch")
+        kube.drop_watches()
+        await until(lambda: r.stats.restarts.get("gone", 0) == 1)
+        await until(lambda: kube.count("list", "pods") == 2)
+        await until(lambda: r.take_changes() is None)
+
+    run_with(r, body)
+
+
 def test_gone_mid_watch_relists_and_keeps_live_entries(kube: KubeFake) -> None:
     kube.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
     r = reflector(kube)

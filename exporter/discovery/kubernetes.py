@@ -13,7 +13,7 @@ from exporter.config import KubernetesSettings, MeshSettings
 from exporter.discovery.api import Api, Resource
 from exporter.discovery.objects import parse_node_meta, parse_pod
 from exporter.discovery.reflector import Reflector
-from exporter.mesh import Identity, MeshPlan, plan
+from exporter.mesh import Identity, MeshPlan, Planner
 from exporter.objects import NodeMeta, Peer, Skip
 from exporter.targets import Target
 
@@ -52,6 +52,7 @@ class KubernetesDiscovery:
             self.nodes = Reflector(
                 api, Resource("nodes", metadata_only=True), parse_node_meta, self._changed, **timing
             )
+        self.planner = Planner(self.me, mesh)
         self.plan: MeshPlan | None = None
         self.last_publish = 0.0
         self._dirty = asyncio.Event()
@@ -90,9 +91,11 @@ class KubernetesDiscovery:
             self.recompute()
 
     def recompute(self) -> None:
-        zones = None
+        # Only what changed since the last plan: a pod event at 5,000 peers then costs
+        # tens of microseconds instead of a selection over every peer.
+        self.planner.sync_pods(self.pods.store, self.pods.take_changes())
         if self.nodes is not None:
-            zones = {m.name: m.zone for m in self.nodes.store.values()}
-        self.plan = plan(self.me, self.pods.store.values(), zones, self.mesh)
+            self.planner.sync_nodes(self.nodes.store, self.nodes.take_changes())
+        self.plan = self.planner.plan()
         self.publish(list(self.plan.targets))
         self.last_publish = time.time()

@@ -155,6 +155,8 @@ class Reflector(Generic[T]):
         # its RBAC caches have synced: a 403 is only believed once it has lasted this long.
         self.denial_timeout = startup_denial_timeout
         self.store: dict[str, T] = {}
+        # Keys changed since take_changes(); None after a new list, which may change any.
+        self._changed: set[str] | None = set()
         self.synced = asyncio.Event()
         self.stats = ReflectorStats()
         self._resource_version = ""
@@ -194,6 +196,7 @@ class Reflector(Generic[T]):
             elif key in self.store:
                 fresh[key] = self.store[key]
         self.store = fresh
+        self._changed = None
         self.on_change()
 
     def _apply(self, etype: str, obj: Any) -> None:
@@ -207,6 +210,7 @@ class Reflector(Generic[T]):
         if etype == "DELETED":
             key = object_key(obj)
             if key is not None and self.store.pop(key, None) is not None:
+                self._touch(key)
                 self.on_change()
             return
         key, value = self._parse(obj)
@@ -214,7 +218,18 @@ class Reflector(Generic[T]):
             return
         if self.store.get(key) != value:
             self.store[key] = value
+            self._touch(key)
             self.on_change()
+
+    def _touch(self, key: str) -> None:
+        if self._changed is not None:
+            self._changed.add(key)
+
+    def take_changes(self) -> set[str] | None:
+        """The keys changed since the last call, or None if a list replaced the store since
+        (any key may have changed): what a consumer must look at again."""
+        changed, self._changed = self._changed, set()
+        return changed
 
     def _note_version(self, obj: Any) -> None:
         meta = obj.get("metadata") if isinstance(obj, dict) else None

@@ -10,7 +10,7 @@
 #   VERSION         the image's version label
 # BUILD_BASE and RUNTIME_BASE must carry the same Python at the same path (the virtual
 # environment links to it), and BUILD_BASE must have the venv module (Debian: python3-venv).
-# tests/cluster/build-images.sh builds this file over a Debian bookworm base of its own.
+# tests/support/cluster/build-images.sh builds this file over a Debian bookworm base of its own.
 #
 # Bytecode is compiled at build time: the pod's root file system is read-only, and without
 # it every start would compile each module (the kubernetes client is large) in memory.

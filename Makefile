@@ -40,8 +40,8 @@ system-deps:
 PINGMESH_CACHE ?= /var/cache/pingmesh-exporter
 export PINGMESH_CACHE
 cluster-components: system-deps
-	bash tests/cluster/build-components.sh
-	bash tests/cluster/build-images.sh
+	bash tests/support/cluster/build-components.sh
+	bash tests/support/cluster/build-images.sh
 
 ## test: the whole suite (unit, real-network, real cluster, lint and types); root runs the
 ## network and cluster tests

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What exporters cost a real kube-apiserver: N exporters' watches over 5,000 nodes and pods.
 
-The cluster is the real one of ``tests/cluster/cluster.py`` (etcd, kube-apiserver with its
+The cluster is the real one of ``tests/support/cluster/cluster.py`` (etcd, kube-apiserver with its
 watch cache and audit log, controller-manager and scheduler, inside a network namespace).
 The bench:
 
@@ -1342,7 +1342,7 @@ def run_exporter(
     args: argparse.Namespace,
     log_path: Path,
 ) -> dict[str, Any]:
-    from tests.exporter_proc import http_get, parse
+    from tests.support.exporter_proc import http_get, parse
 
     print("\n== one real exporter ==", flush=True)
     argv = [
@@ -1492,7 +1492,7 @@ def exporter_kubeconfig(cluster: Any, path: Path) -> Path:
 
 
 def versions() -> dict[str, str]:
-    from tests.cluster.cluster import BIN
+    from tests.support.cluster.cluster import BIN
 
     out = {}
     for c in ("kube-apiserver", "etcd"):
@@ -1938,8 +1938,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.settle_seconds = args.settle_seconds or (3.0 if small else 60.0)
     args.exporter_settle_seconds = args.exporter_settle_seconds or (5.0 if small else 30.0)
 
-    from tests.cluster.cluster import Cluster, binaries
-    from tests.netbed import require_root
+    from tests.support.cluster.cluster import Cluster, binaries
+    from tests.support.netbed import require_root
 
     why = require_root() or binaries()
     if why:

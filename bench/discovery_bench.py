@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """What Kubernetes discovery costs the API server and the exporter, with thousands of peers.
 
-There is no cluster: ``tests/kubefake.py`` is the API server (it speaks the real list/watch
+There is no cluster: ``tests/support/kubefake.py`` is the API server (it speaks the real list/watch
 protocol, pages lists, sends bookmarks, answers 410 after a compaction) and runs inside the
-``src`` namespace of a ``tests/netbed.py`` test bed, where one exporter process
+``src`` namespace of a ``tests/support/netbed.py`` test bed, where one exporter process
 (``python -m exporter``) discovers its peers through it. Every peer pod IP and host IP is a
 routed /32 on the loopback of a dst namespace of the bed (198.18.0.0/15), so the probes the
 exporter sends never leave the machine.
@@ -85,10 +85,10 @@ from typing import IO, Any  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from bench.machine import machine_facts  # noqa: E402
-from tests.exporter_proc import http_get, in_namespace  # noqa: E402
-from tests.kubefake import KubeFake, RequestRecord  # noqa: E402
-from tests.kubefake_fixtures import make_pod  # noqa: E402
-from tests.netbed import Bed, Namespace, require_root  # noqa: E402
+from tests.support.exporter_proc import http_get, in_namespace  # noqa: E402
+from tests.support.kubefake import KubeFake, RequestRecord  # noqa: E402
+from tests.support.kubeobjects import make_pod  # noqa: E402
+from tests.support.netbed import Bed, Namespace, require_root  # noqa: E402
 
 OUT_DIR = ROOT / "bench" / "out"
 PORT = 9871

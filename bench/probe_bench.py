@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Probe cost and RTT accuracy of the exporter, against fping and smokeping_prober.
 
-Everything runs in network namespaces built with ``tests/netbed.py``: the probers run in the
+Everything runs in network namespaces built with ``tests/support/netbed.py``: the probers run in the
 bed's ``src`` namespace, the targets are routed /32 addresses on the loopback of dst
 namespaces (198.18.0.0/15), so no packet leaves the machine.
 
@@ -20,7 +20,7 @@ dst namespace (the same counter for every prober), and replies lost over the win
 prober itself reports them.
 
 Part 2, RTT accuracy. A second dst with the kernel's echo switched off and
-``tests/responder.py`` answering after 3 ms; fping ``-C`` and the exporter probe the same
+``tests/support/responder.py`` answering after 3 ms; fping ``-C`` and the exporter probe the same
 20 targets at the same time, once while the exporter also probes the 5,000 kernel-echo
 targets and is scraped every second, once with the 20 targets alone. The exporter runs with
 10 us histogram buckets around 3 ms, so its median is read to about 10 us. A packet socket on
@@ -69,8 +69,8 @@ from dataclasses import asdict, dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
 from bench.machine import cpu_model, memory_gib  # noqa: E402
-from tests.exporter_proc import http_get  # noqa: E402
-from tests.netbed import Bed, Dst, Namespace, Profile, require_root  # noqa: E402
+from tests.support.exporter_proc import http_get  # noqa: E402
+from tests.support.netbed import Bed, Dst, Namespace, Profile, require_root  # noqa: E402
 
 OUT_DIR = ROOT / "bench" / "out"
 EXPORTER_PORT = 9871

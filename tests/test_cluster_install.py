@@ -1,8 +1,8 @@
 """On a real cluster: the shipped manifests install, the exporter's RBAC is exactly what it
 uses, every peer's targets appear, and the API server sees no storm.
 
-The API server, controllers, scheduler and kube-proxy are real (tests/cluster/cluster.py);
-the nodes run the kubelet stand-in (tests/cluster/standin.py)."""
+The API server, controllers, scheduler and kube-proxy are real (tests/support/cluster/cluster.py);
+the nodes run the kubelet stand-in (tests/support/cluster/standin.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.cluster import EXPORTER_SA, ROOT, Cluster
-from tests.cluster.fixtures import (
+from tests.support.cluster.cluster import EXPORTER_SA, ROOT, Cluster
+from tests.support.cluster.fixtures import (
     FAST_ARGS,
     expected_mesh,
     install_exporter,
@@ -25,7 +25,7 @@ from tests.cluster.fixtures import (
     wait_metrics,
     wait_ready_pods,
 )
-from tests.exporter_proc import value
+from tests.support.exporter_proc import value
 from tests.test_deploy import granted, render
 
 pytestmark = pytest.mark.netns

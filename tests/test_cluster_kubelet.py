@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.cluster import ROOT, Cluster
-from tests.cluster.fixtures import (
+from tests.support.cluster.cluster import ROOT, Cluster
+from tests.support.cluster.fixtures import (
     FAST_ARGS,
     expected_mesh,
     make_cluster,
@@ -25,7 +25,7 @@ from tests.cluster.fixtures import (
     wait_metrics,
     wait_ready_pods,
 )
-from tests.cluster.kubelet import build_images, process_rss_bytes
+from tests.support.cluster.kubelet import build_images, process_rss_bytes
 
 pytestmark = pytest.mark.netns
 

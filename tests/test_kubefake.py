@@ -24,17 +24,11 @@ from kubernetes.client.exceptions import (
     UnauthorizedException,
 )
 
-from tests import kubefake_fixtures
-from tests.kubefake import KubeFake
-from tests.kubefake_fixtures import (
+from tests.support.kubefake import KubeFake
+from tests.support.kubeobjects import (
     make_node,
     make_pod,
 )
-
-# Bound here so pytest finds the fixture without a conftest (registering the
-# module through pytest_plugins after importing the builders would skip
-# assertion rewriting for it and warn).
-kube = kubefake_fixtures.kube
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,12 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests import netbed_fixtures
-from tests.exporter_proc import ExporterProcess, Samples, median_bucket, value
-from tests.netbed import Bed, Dst, Profile, Responder
-from tests.netbed_fixtures import ensure_bed_possible
-
-bed = netbed_fixtures.bed
+from tests.support.exporter_proc import ExporterProcess, Samples, median_bucket, value
+from tests.support.netbed import Bed, Dst, Profile, Responder
+from tests.support.netbed_fixtures import ensure_bed_possible
 
 pytestmark = pytest.mark.netns
 

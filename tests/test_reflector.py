@@ -29,11 +29,8 @@ from exporter.discovery.reflector import (
     ended_early,
 )
 from exporter.objects import NodeMeta, Peer
-from tests import kubefake_fixtures
-from tests.kubefake import KubeFake
-from tests.kubefake_fixtures import make_node, make_pod
-
-kube = kubefake_fixtures.kube
+from tests.support.kubefake import KubeFake
+from tests.support.kubeobjects import make_node, make_pod
 
 NS = "monitoring"
 SEL = "app.kubernetes.io/name=pingmesh-exporter"

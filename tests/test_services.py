@@ -15,7 +15,7 @@ from exporter.selectors import LabelSelector
 from exporter.services import dns
 from exporter.services.checker import ServiceChecker
 from exporter.services.plan import Check, endpoint_counts, plan_checks
-from tests.kubefake_fixtures import make_endpointslice, make_service
+from tests.support.kubeobjects import make_endpointslice, make_service
 
 
 def svc(

@@ -1,10 +1,10 @@
-"""Pytest fixture and object builders for :mod:`tests.kubefake`.
+"""Pytest fixture and object builders for :mod:`tests.support.kubefake`.
 
 Builders return plain dicts shaped the way the API server serializes
 objects (camelCase keys, omitted empty fields, ``podIPs: [{"ip": ...}]``),
 so code under test meets the same JSON it would get from a cluster.
 
-Use from a test module with ``pytest_plugins = ["tests.kubefake_fixtures"]``.
+``tests/conftest.py`` registers the fixture for every test module.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.kubefake import KubeFake
+from tests.support.kubefake import KubeFake
 
 __all__ = [
     "kube",

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.cluster import (
+from tests.support.cluster.cluster import (
     CLUSTER_DOMAIN,
     DNS_SERVICE_IPS,
     ROOT,
@@ -26,9 +26,9 @@ from tests.cluster.cluster import (
     Node,
     binaries,
 )
-from tests.exporter_proc import Samples, parse
-from tests.netbed import Namespace, require_root
-from tests.netbed_fixtures import skip_or_fail
+from tests.support.exporter_proc import Samples, parse
+from tests.support.netbed import Namespace, require_root
+from tests.support.netbed_fixtures import skip_or_fail
 
 MANIFESTS = Path(__file__).resolve().with_name("manifests")
 PINGMESH = "pingmesh"

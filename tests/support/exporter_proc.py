@@ -19,9 +19,9 @@ from typing import Any, TypeVar, cast
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.netbed import Namespace
+from tests.support.netbed import Namespace
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 Samples = list[tuple[str, dict[str, str], float]]
 T = TypeVar("T")

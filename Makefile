@@ -55,7 +55,7 @@ lint: $(STAMP)
 
 ## bench: probe 1,000 and 5,000 routed targets against fping and smokeping_prober
 bench: $(STAMP) system-deps
-	$(PY) bench/probe_bench.py
+	$(PY) -m bench.probe_bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

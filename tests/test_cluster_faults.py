@@ -32,7 +32,7 @@ from tests.support.cluster.fixtures import (
     wait_metrics,
     wait_ready_pods,
 )
-from tests.support.exporter_proc import Samples, value
+from tests.support.metrics import Samples, value
 
 pytestmark = pytest.mark.netns
 

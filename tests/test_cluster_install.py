@@ -25,7 +25,7 @@ from tests.support.cluster.fixtures import (
     wait_metrics,
     wait_ready_pods,
 )
-from tests.support.exporter_proc import value
+from tests.support.metrics import value
 from tests.test_deploy import granted, render
 
 pytestmark = pytest.mark.netns

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.exporter_proc import ExporterProcess, value
+from tests.support.exporter_proc import ExporterProcess
+from tests.support.metrics import value
 from tests.support.netbed import Bed, Profile
 from tests.support.netbed_fixtures import BedFactory
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.exporter_proc import ExporterProcess, Samples, median_bucket, value
+from tests.support.exporter_proc import ExporterProcess
+from tests.support.metrics import Samples, median_bucket, value
 from tests.support.netbed import Bed, Dst, Profile, Responder
 from tests.support.netbed_fixtures import ensure_bed_possible
 

@@ -26,7 +26,7 @@ from tests.support.cluster.cluster import (
     Node,
     binaries,
 )
-from tests.support.exporter_proc import Samples, parse
+from tests.support.metrics import Samples, parse
 from tests.support.netbed import Namespace, require_root
 from tests.support.netbed_fixtures import skip_or_fail
 

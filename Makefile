@@ -51,7 +51,7 @@ test: $(STAMP) system-deps cluster-components
 lint: $(STAMP)
 	$(PY) -m ruff check exporter tests bench deploy grafana
 	$(PY) -m ruff format --check exporter tests bench deploy grafana
-	$(PY) -m mypy exporter
+	$(PY) -m mypy exporter tests bench
 
 ## bench: probe 1,000 and 5,000 routed targets against fping and smokeping_prober
 bench: $(STAMP) system-deps

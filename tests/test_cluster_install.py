@@ -17,11 +17,11 @@ from tests.support.cluster.fixtures import (
     expected_mesh,
     install_exporter,
     make_cluster,
+    mesh_is,
     pod_on,
     probe_series,
     scrape,
     settle,
-    up_targets,
     wait_metrics,
     wait_ready_pods,
 )
@@ -120,7 +120,7 @@ def test_every_peer_is_discovered_and_answers(three: Cluster) -> None:
         s = wait_metrics(
             three,
             node.name,
-            lambda s, want=want: probe_series(s) == want and len(up_targets(s)) == len(want),
+            mesh_is(want),
             f"the whole mesh up from {node.name}",
             timeout=60,
         )
@@ -195,7 +195,7 @@ def test_rollout_restart_keeps_the_label_sets(three: Cluster) -> None:
         s = wait_metrics(
             three,
             n,
-            lambda s, n=n: probe_series(s) == before[n] and len(up_targets(s)) == len(before[n]),
+            mesh_is(before[n]),
             f"{n}'s mesh back after the rollout",
             timeout=60,
         )
@@ -212,7 +212,7 @@ def test_a_node_added_joins_and_a_node_deleted_leaves(three: Cluster) -> None:
         wait_metrics(
             three,
             source,
-            lambda s, want=want: probe_series(s) == want and len(up_targets(s)) == len(want),
+            mesh_is(want),
             f"node-d probed from {source}",
             60,
         )

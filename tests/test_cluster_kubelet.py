@@ -18,10 +18,10 @@ from tests.support.cluster.fixtures import (
     FAST_ARGS,
     expected_mesh,
     make_cluster,
+    mesh_is,
     pod_on,
     probe_series,
     scrape,
-    up_targets,
     wait_metrics,
     wait_ready_pods,
 )
@@ -86,7 +86,7 @@ def test_the_mesh_forms_between_a_real_and_a_standin_node(real: Cluster) -> None
         wait_metrics(
             real,
             name,
-            lambda s, want=want: probe_series(s) == want and len(up_targets(s)) == len(want),
+            mesh_is(want),
             f"{name}'s mesh",
             timeout=90,
         )

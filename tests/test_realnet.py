@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 
@@ -39,6 +39,11 @@ SCENARIOS = {
 }
 
 
+class TargetLabels(TypedDict):
+    target: str
+    ip_family: str
+
+
 @dataclass
 class Mesh:
     bed: Bed
@@ -50,7 +55,7 @@ class Mesh:
     after: Samples
     proc_output: str
 
-    def labels(self, scenario: str, family: int) -> dict[str, str]:
+    def labels(self, scenario: str, family: int) -> TargetLabels:
         return {
             "target": self.addresses[(scenario, family)],
             "ip_family": "ipv4" if family == 4 else "ipv6",

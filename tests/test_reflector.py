@@ -62,7 +62,7 @@ async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-def run_with(r: Reflector[Peer], body: Callable[[], Awaitable[None]]) -> None:
+def run_with(r: Reflector[Any], body: Callable[[], Awaitable[None]]) -> None:
     async def main() -> None:
         task = asyncio.create_task(r.run(), name="reflector")
         try:

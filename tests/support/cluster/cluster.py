@@ -431,7 +431,7 @@ class Cluster(Closing):
                 ["curl", "-sk", "--max-time", "2", f"https://127.0.0.1:{API_PORT}/readyz"],
                 check=False,
             )
-            return proc.stdout.strip() == "ok"
+            return bool(proc.stdout.strip() == "ok")
 
         self.wait_for(ready, "kube-apiserver /readyz", timeout)
 

@@ -173,8 +173,17 @@ def probe_series(samples: Samples, name: str = "pingmesh_probe_sent_total") -> s
     }
 
 
+def mesh_is(want: set[tuple[str, ...]]) -> Callable[[Samples], bool]:
+    """A wait_metrics condition: the probe series are exactly ``want`` and every target is up."""
+
+    def check(s: Samples) -> bool:
+        return probe_series(s) == want and len(up_targets(s)) == len(want)
+
+    return check
+
+
 def expected_mesh(nodes: Sequence[Node], source: str) -> set[tuple[str, ...]]:
-    out = set()
+    out: set[tuple[str, ...]] = set()
     for n in nodes:
         if n.name == source:
             continue

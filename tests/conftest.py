@@ -1,8 +1,7 @@
 """Registers the shared fixtures of ``tests/support`` for every test module.
 
 - ``tests.support.netbed_fixtures``: ``bed``, ``bed_factory``, ``fping_path`` (network namespaces);
-- ``tests.support.cluster.fixtures``: ``cluster`` (a real Kubernetes control plane and nodes);
-- ``tests.support.kubeobjects``: ``kube`` (the API server fake).
+- ``tests.support.cluster.fixtures``: ``cluster`` (a real Kubernetes control plane and nodes).
 
 Without root (or without the cluster binaries) those fixtures skip with the reason; under CI
 they fail instead.
@@ -11,5 +10,4 @@ they fail instead.
 pytest_plugins = [
     "tests.support.netbed_fixtures",
     "tests.support.cluster.fixtures",
-    "tests.support.kubeobjects",
 ]

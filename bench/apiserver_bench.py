@@ -941,7 +941,8 @@ class Child:
             "nsenter",
             f"--net={ns_path}",
             sys.executable,
-            str(Path(__file__).resolve()),
+            "-m",
+            "bench.apiserver_bench",  # from cwd, the repository root
             "--child",
             str(n),
             "--kubeconfig",

@@ -10,7 +10,7 @@
 #   VERSION         the image's version label
 # BUILD_BASE and RUNTIME_BASE must carry the same Python at the same path (the virtual
 # environment links to it), and BUILD_BASE must have the venv module (Debian: python3-venv).
-# tests/cluster/build-images.sh builds this file over a Debian bookworm base of its own. The
+# tests/support/cluster/build-images.sh builds this file over a Debian bookworm base of its own. The
 # protobuf exposition's messages (exporter/metrics/proto/metrics_pb2.py) are generated before
 # the build (`make`); the build fails without them.
 #

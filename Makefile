@@ -45,8 +45,8 @@ system-deps:
 PINGMESH_CACHE ?= /var/cache/pingmesh-exporter
 export PINGMESH_CACHE
 cluster-components: system-deps
-	bash tests/cluster/build-components.sh
-	bash tests/cluster/build-images.sh
+	bash tests/support/cluster/build-components.sh
+	bash tests/support/cluster/build-images.sh
 
 ## test: the whole suite (unit, real-network, real cluster, lint and types); root runs the
 ## network and cluster tests
@@ -56,11 +56,11 @@ test: $(STAMP) $(PROTO) system-deps cluster-components
 lint: $(STAMP) $(PROTO)
 	$(PY) -m ruff check exporter tests bench deploy grafana
 	$(PY) -m ruff format --check exporter tests bench deploy grafana
-	$(PY) -m mypy exporter
+	$(PY) -m mypy exporter tests bench
 
 ## bench: probe 1,000 and 5,000 routed targets against fping and smokeping_prober
 bench: $(STAMP) system-deps
-	$(PY) bench/probe_bench.py
+	$(PY) -m bench.probe_bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

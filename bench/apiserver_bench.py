@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What exporters cost a real kube-apiserver: N exporters' watches over 5,000 nodes and pods.
 
-The cluster is the real one of ``tests/cluster/cluster.py`` (etcd, kube-apiserver with its
+The cluster is the real one of ``tests/support/cluster/cluster.py`` (etcd, kube-apiserver with its
 watch cache and audit log, controller-manager and scheduler, inside a network namespace).
 The bench:
 
@@ -54,7 +54,7 @@ and the API server's own ``/metrics`` (``apiserver_watch_events_sizes`` and
 Go heap goal and goroutines). The audit log (the exporter's ServiceAccount only) counts the
 LISTs and WATCHes as the server saw them.
 
-Usage: ``python bench/apiserver_bench.py`` as root (about 30 minutes at 5,000 nodes);
+Usage: ``python -m bench.apiserver_bench`` as root (about 30 minutes at 5,000 nodes);
 ``--nodes 200 --watchers 1,5`` is a development run of about 4 minutes; ``--no-exporter``
 skips the real exporter; ``--report FILE.json`` prints the Markdown of an earlier result.
 Results go to ``bench/out/apiserver-bench-<UTC time>.json`` (the exporter's log next to it).
@@ -62,46 +62,49 @@ Results go to ``bench/out/apiserver-bench-<UTC time>.json`` (the exporter's log 
 
 from __future__ import annotations
 
+import argparse
+import concurrent.futures as cf
+import contextlib
+import datetime as dt
+import hashlib
+import http.client
+import ipaddress
+import itertools
+import json
+import os
+import random
+import select
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO, Any
 
-ROOT = Path(__file__).resolve().parent.parent
-# Run as a script (``python bench/apiserver_bench.py``), so the repository root that holds
-# ``tests`` and ``exporter`` is not on the path by itself.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import argparse  # noqa: E402
-import concurrent.futures as cf  # noqa: E402
-import contextlib  # noqa: E402
-import datetime as dt  # noqa: E402
-import hashlib  # noqa: E402
-import http.client  # noqa: E402
-import ipaddress  # noqa: E402
-import itertools  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import random  # noqa: E402
-import re  # noqa: E402
-import select  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import ssl  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from typing import IO, Any  # noqa: E402
-
-from bench.machine import machine_facts  # noqa: E402
+from bench.common import (
+    ROOT,
+    Samples,
+    children,
+    cmdline,
+    comm,
+    cpu_seconds,
+    machine_cpu,
+    machine_facts,
+    parse,
+    status_kib,
+    value,
+)
 
 OUT_DIR = ROOT / "bench" / "out"
 NAMESPACE = "pingmesh"
 SA = "pingmesh-exporter"
 SELECTOR = "app.kubernetes.io/name=pingmesh-exporter"
 ZONE_LABEL = "topology.kubernetes.io/zone"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SAMPLE_EVERY_S = 0.5
 EXPORTER_PORT = 9871
 # Bench addresses, clear of the cluster's own (nodes 198.19.0.x, pod ranges 198.19.(16+K).0/24
@@ -138,40 +141,6 @@ def now_rfc3339() -> str:
 # /proc
 
 
-def _stat_fields(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-        return fh.read().rsplit(")", 1)[1].split()
-
-
-def cpu_seconds(pid: int) -> float:
-    f = _stat_fields(pid)
-    return (int(f[11]) + int(f[12])) / CLK_TCK
-
-
-def status_kib(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            text = Path(f"/proc/{pid}/task/{task}/children").read_text()
-            out.extend(int(x) for x in text.split())
-    return out
-
-
 def real_pid(pid: int, name: str) -> int:
     """The pid of the program name started under nsenter: nsenter execs it when it enters
     only a network namespace (the same pid), but look among its children in case it forked."""
@@ -184,13 +153,6 @@ def real_pid(pid: int, name: str) -> int:
             return p
         todo.extend(children(p))
     raise RuntimeError(f"no {name} process under pid {pid}")
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
 
 
 def exec_pid(pid: int, marker: str, timeout: float = 15.0) -> int:
@@ -208,15 +170,6 @@ def exec_pid(pid: int, marker: str, timeout: float = 15.0) -> int:
             todo.extend(children(p))
         time.sleep(0.02)
     raise RuntimeError(f"no process with {marker!r} under pid {pid} after {timeout:.0f}s")
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
-    with open("/proc/stat", encoding="ascii") as fh:
-        f = [int(x) for x in fh.readline().split()[1:]]
-    total = sum(f[:8])
-    idle = f[3] + f[4]
-    return (total - idle) / CLK_TCK, total / CLK_TCK
 
 
 def loadavg() -> float:
@@ -246,7 +199,7 @@ class Meter:
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             pids = dict(self.pids)
-        busy, total = machine_busy()
+        busy, total = machine_cpu()
         snap: dict[str, Any] = {
             "t": time.monotonic(),
             "busy": busy,
@@ -662,8 +615,6 @@ def populate(rest: Rest, nodes: int, zones: int, concurrency: int) -> dict[str, 
 # --------------------------------------------------------------------------------------------
 # The API server's /metrics
 
-METRIC_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? ([^ ]+)")
-LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 WANTED = (
     "apiserver_watch_events_sizes_sum",
     "apiserver_watch_events_sizes_count",
@@ -680,29 +631,11 @@ WANTED = (
 )
 
 
-def apiserver_metrics(rest: Rest) -> list[tuple[str, dict[str, str], float]]:
+def apiserver_metrics(rest: Rest) -> Samples:
     status, raw = rest.raw("GET", "/metrics")
     if status != 200:
         return []
-    out = []
-    for line in raw.decode(errors="replace").splitlines():
-        if not line.startswith(WANTED):
-            continue
-        m = METRIC_RE.match(line)
-        if not m:
-            continue
-        labels = dict(LABEL_RE.findall(m.group(2) or ""))
-        with contextlib.suppress(ValueError):
-            out.append((m.group(1), labels, float(m.group(3))))
-    return out
-
-
-def msum(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
-    return sum(
-        v
-        for n, lb, v in samples
-        if n == name and all(lb.get(k) == want for k, want in labels.items())
-    )
+    return parse(raw.decode(errors="replace"), WANTED)
 
 
 def wait_quiet(rest: Rest, quiet_s: float = 15.0, timeout: float = 600.0) -> dict[str, Any]:
@@ -713,9 +646,9 @@ def wait_quiet(rest: Rest, quiet_s: float = 15.0, timeout: float = 600.0) -> dic
 
     def changes() -> float:
         m = apiserver_metrics(rest)
-        return msum(m, "apiserver_watch_cache_events_received_total", resource="pods") + msum(
-            m, "apiserver_watch_cache_events_received_total", resource="nodes"
-        )
+        return value(
+            m, "apiserver_watch_cache_events_received_total", default=0.0, resource="pods"
+        ) + value(m, "apiserver_watch_cache_events_received_total", default=0.0, resource="nodes")
 
     last = changes()
     quiet_since = time.monotonic()
@@ -731,7 +664,7 @@ def wait_quiet(rest: Rest, quiet_s: float = 15.0, timeout: float = 600.0) -> dic
 
 def metrics_delta(a: list[Any], b: list[Any]) -> dict[str, Any]:
     def d(name: str, **lb: str) -> float:
-        return msum(b, name, **lb) - msum(a, name, **lb)
+        return value(b, name, default=0.0, **lb) - value(a, name, default=0.0, **lb)
 
     out: dict[str, Any] = {}
     for res in ("pods", "nodes"):
@@ -752,15 +685,19 @@ def metrics_delta(a: list[Any], b: list[Any]) -> dict[str, Any]:
 
 def metrics_level(s: list[Any]) -> dict[str, Any]:
     return {
-        "watches_pods": msum(s, "apiserver_longrunning_requests", verb="WATCH", resource="pods"),
-        "watches_nodes": msum(s, "apiserver_longrunning_requests", verb="WATCH", resource="nodes"),
-        "watches_all": msum(s, "apiserver_longrunning_requests", verb="WATCH"),
-        "heap_inuse_mib": msum(s, "go_memstats_heap_inuse_bytes") / 2**20,
+        "watches_pods": value(
+            s, "apiserver_longrunning_requests", default=0.0, verb="WATCH", resource="pods"
+        ),
+        "watches_nodes": value(
+            s, "apiserver_longrunning_requests", default=0.0, verb="WATCH", resource="nodes"
+        ),
+        "watches_all": value(s, "apiserver_longrunning_requests", default=0.0, verb="WATCH"),
+        "heap_inuse_mib": value(s, "go_memstats_heap_inuse_bytes", default=0.0) / 2**20,
         # The heap goal is twice the heap marked live by the last GC (GOGC=100, the
         # default): half of it is the live heap, without the garbage a LIST left behind.
-        "live_heap_mib": msum(s, "go_memstats_next_gc_bytes") / 2 / 2**20,
-        "stack_mib": msum(s, "go_memstats_stack_inuse_bytes") / 2**20,
-        "goroutines": msum(s, "go_goroutines"),
+        "live_heap_mib": value(s, "go_memstats_next_gc_bytes", default=0.0) / 2 / 2**20,
+        "stack_mib": value(s, "go_memstats_stack_inuse_bytes", default=0.0) / 2**20,
+        "goroutines": value(s, "go_goroutines", default=0.0),
     }
 
 
@@ -1004,7 +941,8 @@ class Child:
             "nsenter",
             f"--net={ns_path}",
             sys.executable,
-            str(Path(__file__).resolve()),
+            "-m",
+            "bench.apiserver_bench",  # from cwd, the repository root
             "--child",
             str(n),
             "--kubeconfig",
@@ -1028,7 +966,7 @@ class Child:
         while True:
             while b"\n" in self._buf:
                 line, self._buf = self._buf.split(b"\n", 1)
-                doc = json.loads(line)
+                doc: dict[str, Any] = json.loads(line)
                 if key in doc:
                     return doc
             left = deadline - time.monotonic()
@@ -1342,7 +1280,7 @@ def run_exporter(
     args: argparse.Namespace,
     log_path: Path,
 ) -> dict[str, Any]:
-    from tests.exporter_proc import http_get, parse
+    from tests.support.exporter_proc import http_get
 
     print("\n== one real exporter ==", flush=True)
     argv = [
@@ -1407,16 +1345,9 @@ def run_exporter(
             code, _, body = http_get(node.ns, EXPORTER_PORT, "/metrics", timeout=60)
             samples = parse(body.decode()) if code == 200 else []
 
-            def val(name: str, **lb: str) -> float:
-                return sum(
-                    v
-                    for n, labels, v in samples
-                    if n == name and all(labels.get(k) == x for k, x in lb.items())
-                )
-
             out["metrics"] = {
-                "mesh_peers": val("pingmesh_mesh_peers"),
-                "selected_peers": val("pingmesh_mesh_selected_peers"),
+                "mesh_peers": value(samples, "pingmesh_mesh_peers", default=0.0),
+                "selected_peers": value(samples, "pingmesh_mesh_selected_peers", default=0.0),
                 "targets": len(
                     {
                         (lb.get("kind"), lb.get("target_node"), lb.get("ip_family"))
@@ -1434,7 +1365,7 @@ def run_exporter(
                     for n, lb, v in samples
                     if n == "pingmesh_discovery_api_errors_total"
                 },
-                "discovery_up": val("pingmesh_discovery_up"),
+                "discovery_up": value(samples, "pingmesh_discovery_up", default=0.0),
             }
             print(
                 f"exporter ready after {out['ready_s']:.1f} s; idle "
@@ -1492,7 +1423,7 @@ def exporter_kubeconfig(cluster: Any, path: Path) -> Path:
 
 
 def versions() -> dict[str, str]:
-    from tests.cluster.cluster import BIN
+    from tests.support.cluster.cluster import BIN
 
     out = {}
     for c in ("kube-apiserver", "etcd"):
@@ -1938,8 +1869,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.settle_seconds = args.settle_seconds or (3.0 if small else 60.0)
     args.exporter_settle_seconds = args.exporter_settle_seconds or (5.0 if small else 30.0)
 
-    from tests.cluster.cluster import Cluster, binaries
-    from tests.netbed import require_root
+    from tests.support.cluster.cluster import Cluster, binaries
+    from tests.support.netbed import require_root
 
     why = require_root() or binaries()
     if why:

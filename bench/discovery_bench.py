@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """What Kubernetes discovery costs the API server and the exporter, with thousands of peers.
 
-There is no cluster: ``tests/kubefake.py`` is the API server (it speaks the real list/watch
+There is no cluster: ``tests/support/kubefake.py`` is the API server (it speaks the real list/watch
 protocol, pages lists, sends bookmarks, answers 410 after a compaction) and runs inside the
-``src`` namespace of a ``tests/netbed.py`` test bed, where one exporter process
+``src`` namespace of a ``tests/support/netbed.py`` test bed, where one exporter process
 (``python -m exporter``) discovers its peers through it. Every peer pod IP and host IP is a
 routed /32 on the loopback of a dst namespace of the bed (198.18.0.0/15), so the probes the
 exporter sends never leave the machine.
@@ -46,7 +46,7 @@ between the start of the previous poll and the end of this one). The exporter's 
 gives the same latency without the polling's resolution; in full mesh it also times every
 churn replacement.
 
-Usage: ``python bench/discovery_bench.py [--quick]`` as root. ``--quick`` is a one-minute
+Usage: ``python -m bench.discovery_bench [--quick]`` as root. ``--quick`` is a one-minute
 smoke run with 1,000 peers; ``--phases sampled|full-mesh`` runs one phase; ``--report
 FILE.json ...`` prints the Markdown of earlier results. Results go to
 ``bench/out/discovery-bench-<UTC time>.json`` (written after each phase), the exporter's log
@@ -55,40 +55,39 @@ of each phase next to it; a Markdown summary is printed.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import datetime as dt
+import itertools
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
 import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO, Any
 
-ROOT = Path(__file__).resolve().parent.parent
-# Run as a script (``python bench/discovery_bench.py``), so the repository root that holds
-# ``tests`` is not on the path by itself.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import datetime as dt  # noqa: E402
-import gzip  # noqa: E402
-import itertools  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import signal  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections import Counter, deque  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
-from typing import IO, Any  # noqa: E402
-
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
-from bench.machine import machine_facts  # noqa: E402
-from tests.exporter_proc import http_get, in_namespace  # noqa: E402
-from tests.kubefake import KubeFake, RequestRecord  # noqa: E402
-from tests.kubefake_fixtures import make_pod  # noqa: E402
-from tests.netbed import Bed, Namespace, require_root  # noqa: E402
+from bench.common import (
+    ROOT,
+    Samples,
+    cpu_seconds,
+    fetch,
+    machine_facts,
+    parse,
+    status_kib,
+    value,
+)
+from tests.support.exporter_proc import http_get, in_namespace
+from tests.support.kubefake import KubeFake, RequestRecord
+from tests.support.kubeobjects import make_pod
+from tests.support.netbed import Bed, Namespace, require_root
 
 OUT_DIR = ROOT / "bench" / "out"
 PORT = 9871
@@ -96,13 +95,11 @@ NAMESPACE = "pingmesh"
 LABELS = {"app.kubernetes.io/name": "pingmesh-exporter"}
 SELF_NODE = "node-0"
 SELF_POD = f"pm-{SELF_NODE}"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SAMPLE_EVERY_S = 5.0
 SCRAPE_EVERY_S = 15.0
 POLL_EVERY_S = 0.05
 FIRST_PER_TARGET = "# HELP pingmesh_probe_rtt_seconds"
 SENT_LINE = b"pingmesh_probe_sent_total{"
-PEER_READY_RE = re.compile(r'^pingmesh_peer_ready\{target_node="([^"]+)"\}', re.M)
 RESOURCES = ("pods", "services", "endpointslices", "nodes")
 CHANGE_RE = re.compile(
     r'^ts=(\S+) .*msg="target set changed: (\d+) added, (\d+) removed, '
@@ -128,26 +125,6 @@ class Plan:
 
 # --------------------------------------------------------------------------------------------
 # The exporter process
-
-
-def _stat_fields(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-        # Fields after the parenthesised command name, which may hold spaces.
-        return fh.read().rsplit(")", 1)[1].split()
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process (all its threads)."""
-    f = _stat_fields(pid)
-    return (int(f[11]) + int(f[12])) / CLK_TCK
-
-
-def status_kib(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 class Exporter:
@@ -200,18 +177,8 @@ class Exporter:
         raise RuntimeError(f"exporter not ready after {timeout:.0f}s, see {self.log_path}")
 
     def fetch(self, compressed: bool, timeout: float = 60.0) -> Scrape:
-        headers = {"Accept-Encoding": "gzip"} if compressed else {}
-        started = time.monotonic()
-        code, hdrs, body = http_get(
-            self.ns, self.port, "/metrics", headers=headers, timeout=timeout
-        )
-        ended = time.monotonic()
-        if code != 200:
-            raise RuntimeError(f"/metrics answered {code}")
-        wire = len(body)
-        if hdrs.get("content-encoding") == "gzip":
-            body = gzip.decompress(body)
-        return Scrape(started, ended, wire, body)
+        got = fetch(self.ns, self.port, compressed=compressed, timeout=timeout)
+        return Scrape(got.started, got.ended, got.wire_bytes, got.body())
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid)
@@ -259,19 +226,17 @@ class Scrape:
     def seconds(self) -> float:
         return self.ended - self.started
 
-    def own_metrics(self) -> list[tuple[str, dict[str, str], float]]:
+    def own_metrics(self) -> Samples:
         """The exporter's own families (everything before the per-target ones), parsed."""
         text = self.body.decode()
         cut = text.find(FIRST_PER_TARGET)
-        head = text if cut < 0 else text[:cut]
-        return [
-            (s.name, dict(s.labels), float(s.value))
-            for fam in text_string_to_metric_families(head)
-            for s in fam.samples
-        ]
+        return parse(text if cut < 0 else text[:cut])
 
     def shows_target(self, node: str) -> bool:
-        """A ``pingmesh_probe_sent_total`` series with ``target_node="<node>"``."""
+        """A ``pingmesh_probe_sent_total`` series with ``target_node="<node>"``.
+
+        A byte search, not a parse: it runs on every 50 ms poll of a document of up to 10,000
+        targets, where parsing would take longer than the poll interval."""
         needle = f'target_node="{node}"'.encode()
         start = 0
         while (i := self.body.find(needle, start)) >= 0:
@@ -282,10 +247,15 @@ class Scrape:
         return False
 
     def selected_nodes(self) -> list[str]:
-        return PEER_READY_RE.findall(self.body.decode())
+        return [
+            lb["target_node"]
+            for _n, lb, _v in parse(self.body.decode(), ("pingmesh_peer_ready",))
+            if "target_node" in lb
+        ]
 
     def series(self) -> dict[str, Any]:
-        """Samples (lines that are not comments) in total and per metric family."""
+        """Samples (lines that are not comments) in total and per metric family, as the
+        document's ``# TYPE`` lines name the families: a count of lines, no values."""
         per_family: Counter[str] = Counter()
         family = ""
         for line in self.body.decode().splitlines():
@@ -304,17 +274,7 @@ class Scrape:
         }
 
 
-def value(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
-    return sum(
-        v
-        for n, lb, v in samples
-        if n == name and all(lb.get(k) == want for k, want in labels.items())
-    )
-
-
-def by_label(
-    samples: list[tuple[str, dict[str, str], float]], name: str, *keys: str
-) -> dict[str, float]:
+def by_label(samples: Samples, name: str, *keys: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for n, lb, v in samples:
         if n == name:
@@ -570,11 +530,11 @@ class Scraper(threading.Thread):
                     "seconds": s.seconds,
                     "wire_bytes": s.wire_bytes,
                     "bytes": len(s.body),
-                    "render_s": value(own, "pingmesh_metrics_render_seconds"),
-                    "discovery_up": value(own, "pingmesh_discovery_up"),
-                    "targets": value(own, "pingmesh_targets"),
-                    "mesh_peers": value(own, "pingmesh_mesh_peers"),
-                    "selected_peers": value(own, "pingmesh_mesh_selected_peers"),
+                    "render_s": value(own, "pingmesh_metrics_render_seconds", default=0.0),
+                    "discovery_up": value(own, "pingmesh_discovery_up", default=0.0),
+                    "targets": value(own, "pingmesh_targets", default=0.0),
+                    "mesh_peers": value(own, "pingmesh_mesh_peers", default=0.0),
+                    "selected_peers": value(own, "pingmesh_mesh_selected_peers", default=0.0),
                 }
             )
 
@@ -811,12 +771,11 @@ def run_phase(
         deadline = time.monotonic() + 120
         while True:
             own = exporter.fetch(compressed=True).own_metrics()
-            if value(own, "pingmesh_targets") >= expect_targets:
+            targets = value(own, "pingmesh_targets", default=0.0)
+            if targets >= expect_targets:
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"[{name}] targets stuck at {value(own, 'pingmesh_targets')} < {expect_targets}"
-                )
+                raise RuntimeError(f"[{name}] targets stuck at {targets} < {expect_targets}")
             time.sleep(0.2)
         result["all_targets_s"] = time.monotonic() - exporter.started
         result["cpu_s_to_all_targets"] = exporter.cpu()
@@ -906,13 +865,15 @@ def run_phase(
                     "objects_skipped": by_label(
                         own, "pingmesh_discovery_objects_skipped_total", "resource", "reason"
                     ),
-                    "discovery_up": value(own, "pingmesh_discovery_up"),
-                    "mesh_peers": value(own, "pingmesh_mesh_peers"),
-                    "selected_peers": value(own, "pingmesh_mesh_selected_peers"),
+                    "discovery_up": value(own, "pingmesh_discovery_up", default=0.0),
+                    "mesh_peers": value(own, "pingmesh_mesh_peers", default=0.0),
+                    "selected_peers": value(own, "pingmesh_mesh_selected_peers", default=0.0),
                     "targets": by_label(own, "pingmesh_targets", "kind", "ip_family"),
-                    "rounds_skipped": value(own, "pingmesh_probe_rounds_skipped_total"),
-                    "socket_drops": value(own, "pingmesh_socket_receive_drops_total"),
-                    "sent": value(own, "pingmesh_packets_sent_total"),
+                    "rounds_skipped": value(
+                        own, "pingmesh_probe_rounds_skipped_total", default=0.0
+                    ),
+                    "socket_drops": value(own, "pingmesh_socket_receive_drops_total", default=0.0),
+                    "sent": value(own, "pingmesh_packets_sent_total", default=0.0),
                 },
                 "per_minute": per_minute(
                     sampler.samples, records, start_wall, int((t_end - start) // 60)
@@ -956,10 +917,11 @@ def run_phase(
         # Every replacement moves a target: time to the prober's table for each, while
         # nothing polls /metrics and during the latency trials (which poll it every 50 ms).
         quiet_end = start_wall + rel(t_win0) + quiet_s
-        for label, pick in (
+        picks: tuple[tuple[str, Callable[[float], bool]], ...] = (
             ("quiet", lambda w: w < quiet_end),
             ("trials", lambda w: w >= quiet_end),
-        ):
+        )
+        for label, pick in picks:
             steps = [
                 first_change(changes, w, lambda c: c[3] > 0) for w in churn.step_walls if pick(w)
             ]

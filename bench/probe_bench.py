@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Probe cost and RTT accuracy of the exporter, against fping and smokeping_prober.
 
-Everything runs in network namespaces built with ``tests/netbed.py``: the probers run in the
+Everything runs in network namespaces built with ``tests/support/netbed.py``: the probers run in the
 bed's ``src`` namespace, the targets are routed /32 addresses on the loopback of dst
 namespaces (198.18.0.0/15), so no packet leaves the machine.
 
@@ -20,63 +20,69 @@ dst namespace (the same counter for every prober), and replies lost over the win
 prober itself reports them.
 
 Part 2, RTT accuracy. A second dst with the kernel's echo switched off and
-``tests/responder.py`` answering after 3 ms; fping ``-C`` and the exporter probe the same
+``tests/support/responder.py`` answering after 3 ms; fping ``-C`` and the exporter probe the same
 20 targets at the same time, once while the exporter also probes the 5,000 kernel-echo
 targets and is scraped every second, once with the 20 targets alone. The exporter runs with
 10 us histogram buckets around 3 ms, so its median is read to about 10 us. A packet socket on
 the link to that dst times every request/reply pair as well, the reference both probers are
 held against.
 
-Usage: ``python bench/probe_bench.py [--quick] [--exporter-rev REV]`` as root
+Usage: ``python -m bench.probe_bench [--quick] [--exporter-rev REV]`` as root
 (``make bench``). Results go to ``bench/out/probe-bench-<UTC time>.json``; a Markdown summary
 is printed.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import datetime as dt
+import gzip
+import io
+import json
+import math
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
 import sys
+import tarfile
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-# Run as a script (``python bench/probe_bench.py``), so the repository root that holds
-# ``tests`` is not on the path by itself.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import datetime as dt  # noqa: E402
-import gzip  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import struct  # noqa: E402
-import subprocess  # noqa: E402
-import tarfile  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import zlib  # noqa: E402
-from collections.abc import Callable, Iterable, Sequence  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
-
-from bench.machine import cpu_model, memory_gib  # noqa: E402
-from tests.exporter_proc import http_get  # noqa: E402
-from tests.netbed import Bed, Dst, Namespace, Profile, require_root  # noqa: E402
+from bench.common import (
+    ROOT,
+    BenchError,
+    Samples,
+    cmdline,
+    cpu_model,
+    fetch,
+    machine_cpu,
+    memory_gib,
+    parse,
+    peak_rss_mib,
+    status_kib,
+    thread_cpu_seconds,
+    tree_cpu_seconds,
+    value,
+)
+from tests.support.exporter_proc import http_get
+from tests.support.netbed import Bed, Dst, Namespace, Profile, require_root
 
 OUT_DIR = ROOT / "bench" / "out"
 EXPORTER_PORT = 9871
 SMOKEPING_PORT = 9374
 SMOKEPING_BIN = "prometheus-smokeping-prober"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 RTT_TARGETS = 20
 RTT_DELAY_MS = 3.0
@@ -88,102 +94,20 @@ RTT_BUCKETS_US = [
     3500, 4000, 5000, 10_000, 50_000, 250_000, 1_000_000,
 ]  # fmt: skip
 
-Samples = list[tuple[str, dict[str, str], float]]
-
-
-class BenchError(RuntimeError):
-    pass
-
-
 # ---------------------------------------------------------------------------------------
-# /proc accounting
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            text = fh.read()
-    except OSError:
-        return None
-    # The command name is parenthesised and may contain spaces; fields after it are fixed.
-    return text.rsplit(")", 1)[1].split()
-
-
-def descendants(root: int) -> list[int]:
-    """Live descendants of ``root`` (children, grandchildren, ...)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        fields = _stat_fields(int(entry))
-        if fields is not None:
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    found: list[int] = []
-    frontier = [root]
-    # Bounded by the number of processes on the machine: every pid is visited once.
-    for _ in range(sum(len(kids) for kids in children.values()) + 1):
-        if not frontier:
-            break
-        pid = frontier.pop()
-        for child in children.get(pid, []):
-            found.append(child)
-            frontier.append(child)
-    return found
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime+stime of the process, its live descendants, and the children it reaped."""
-    total = 0
-    root = _stat_fields(pid)
-    if root is None:
-        raise BenchError(f"process {pid} is gone")
-    # cutime/cstime cover children that exited (and were waited for) during the window.
-    total += int(root[11]) + int(root[12]) + int(root[13]) + int(root[14])
-    for child in descendants(pid):
-        fields = _stat_fields(child)
-        if fields is not None:
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
-
-
-def thread_cpu_seconds(pid: int, tid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii", errors="replace") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return math.nan
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _status_kib(pid: int, key: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def peak_rss_mib(pid: int) -> float:
-    """VmHWM of the process plus its live descendants, in MiB."""
-    kib = _status_kib(pid, "VmHWM")
-    kib += sum(_status_kib(child, "VmHWM") for child in descendants(pid))
-    return kib / 1024
+# /proc accounting (bench.common), as this bench reports it
 
 
 def threads(pid: int) -> int:
-    return _status_kib(pid, "Threads")
+    try:
+        return status_kib(pid, "Threads")
+    except OSError:
+        return 0
 
 
 def exe_of(pid: int) -> str:
     """What the pid really runs (``ip netns exec`` execs, so it should be the prober)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return "?"
-    return " ".join(part.decode(errors="replace") for part in cmdline[:3] if part)
+    return " ".join(part for part in cmdline(pid)[:3] if part) or "?"
 
 
 # ---------------------------------------------------------------------------------------
@@ -233,58 +157,18 @@ def rate(first: tuple[float, int], last: tuple[float, int]) -> float:
 # metrics documents
 
 
-_LABEL_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-def parse_metrics(text: str, names: Iterable[str]) -> Samples:
-    """Samples of the named series only; a full parser costs seconds at 5,000 targets."""
-    wanted = set(names)
-    out: Samples = []
-    for line in text.splitlines():
-        if not line or line[0] == "#":
-            continue
-        brace = line.find("{")
-        space = line.find(" ")
-        if brace != -1 and brace < space:
-            name = line[:brace]
-            close = line.rfind("}")
-            labels = dict(_LABEL_RE.findall(line[brace + 1 : close]))
-            rest = line[close + 1 :].split()
-        else:
-            name = line[:space]
-            labels = {}
-            rest = line[space + 1 :].split()
-        if name in wanted and rest:
-            out.append((name, labels, float(rest[0])))
-    return out
-
-
-def total(
-    samples: Samples, name: str, where: Callable[[dict[str, str]], bool] | None = None
-) -> float:
-    return sum(v for n, lb, v in samples if n == name and (where is None or where(lb)))
-
-
 def fetch_raw(ns: Namespace, port: int, timeout: float = 10.0) -> tuple[float, bytes, bool]:
     """GET /metrics asking for gzip: (seconds taken, body as sent, whether gzipped)."""
-    started = time.monotonic()
-    code, headers, body = http_get(
-        ns, port, "/metrics", headers={"Accept-Encoding": "gzip"}, timeout=timeout
-    )
-    took = time.monotonic() - started
-    if code != 200:
-        raise BenchError(f"/metrics on port {port} answered {code}")
-    return took, body, headers.get("content-encoding") == "gzip"
+    got = fetch(ns, port, timeout=timeout)
+    return got.seconds, got.raw, got.gzipped
 
 
-def fetch(ns: Namespace, port: int, timeout: float = 10.0) -> tuple[float, int, str]:
-    """GET /metrics with gzip: (seconds taken, bytes on the wire, decoded text)."""
-    took, body, gzipped = fetch_raw(ns, port, timeout)
-    wire = len(body)
-    return took, wire, (gzip.decompress(body) if gzipped else body).decode()
+def fetch_text(ns: Namespace, port: int, timeout: float = 10.0) -> str:
+    """GET /metrics with gzip: the decoded text."""
+    return fetch(ns, port, timeout=timeout).body().decode()
 
 
-_RENDER_RE = re.compile(r"^pingmesh_metrics_render_seconds (\S+)$", re.M)
+RENDER_SERIES = ("pingmesh_metrics_render_seconds",)
 
 
 @dataclass
@@ -371,8 +255,10 @@ class Scraper:
                 text_bytes = int.from_bytes(body[-4:], "little")
             else:
                 head, text_bytes = body[: 256 * 1024], len(body)
-            match = _RENDER_RE.search(head.decode(errors="replace"))
-            render = float(match.group(1)) if match else None
+            # Whole lines only: the head may end inside one.
+            whole = head.decode(errors="replace").rpartition("\n")[0]
+            found = parse(whole, RENDER_SERIES)
+            render = found[0][2] if found else None
             self.samples.append(ScrapeSample(at, took, len(body), text_bytes, render))
 
     def between(self, start: float, end: float) -> list[ScrapeSample]:
@@ -448,14 +334,6 @@ def wait_for(
     raise BenchError(f"{what} not ready after {timeout_s:.0f}s")
 
 
-def machine_busy_seconds() -> float:
-    """Non-idle CPU time of all CPUs since boot, from the first line of /proc/stat."""
-    with open("/proc/stat", encoding="ascii") as fh:
-        fields = [int(v) for v in fh.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal ...; guest time is inside user.
-    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
-
-
 def measure(
     pid: int,
     counter: RequestCounter,
@@ -465,14 +343,14 @@ def measure(
 ) -> Window:
     """CPU and the request counter over ``window_s``; hooks read the prober's own view."""
     c0 = counter.read()
-    cpu0 = cpu_seconds(pid)
-    busy0, own0 = machine_busy_seconds(), time.process_time()
+    cpu0 = tree_cpu_seconds(pid)
+    busy0, own0 = machine_cpu()[0], time.process_time()
     t0 = time.monotonic()
     at_start()
     time.sleep(max(0.0, t0 + window_s - time.monotonic()))
     t1 = time.monotonic()
-    busy1, own1 = machine_busy_seconds(), time.process_time()
-    cpu1 = cpu_seconds(pid)
+    busy1, own1 = machine_cpu()[0], time.process_time()
+    cpu1 = tree_cpu_seconds(pid)
     c1 = counter.read()
     at_end()
     return Window(
@@ -602,33 +480,35 @@ def exporter_view(samples: Samples, targets: set[str] | None = None) -> dict[str
         "targets_received_gt_sent": sum(1 for t, v in sent.items() if received.get(t, 0.0) > v),
         "errors": errors,
         "unmatched": unmatched,
-        "receive_drops": total(samples, "pingmesh_socket_receive_drops_total"),
-        "packets_sent": total(samples, "pingmesh_packets_sent_total"),
-        "rounds": total(samples, "pingmesh_probe_rounds_total"),
-        "rounds_skipped": total(samples, "pingmesh_probe_rounds_skipped_total"),
-        "last_round_max_lag_s": total(samples, "pingmesh_last_round_max_lag_seconds"),
-        "last_round_duration_s": total(samples, "pingmesh_last_round_duration_seconds"),
-        "receive_buffer_bytes": total(
-            samples, "pingmesh_socket_info", lambda lb: lb.get("ip_family") == "ipv4"
+        "receive_drops": value(samples, "pingmesh_socket_receive_drops_total", default=0.0),
+        "packets_sent": value(samples, "pingmesh_packets_sent_total", default=0.0),
+        "rounds": value(samples, "pingmesh_probe_rounds_total", default=0.0),
+        "rounds_skipped": value(samples, "pingmesh_probe_rounds_skipped_total", default=0.0),
+        "last_round_max_lag_s": value(samples, "pingmesh_last_round_max_lag_seconds", default=0.0),
+        "last_round_duration_s": value(
+            samples, "pingmesh_last_round_duration_seconds", default=0.0
         ),
-        "targets": total(samples, "pingmesh_targets"),
+        "receive_buffer_bytes": value(
+            samples, "pingmesh_socket_info", default=0.0, ip_family="ipv4"
+        ),
+        "targets": value(samples, "pingmesh_targets", default=0.0),
     }
 
 
 def view_delta(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, value in last.items():
-        if isinstance(value, dict):
+    for key, val in last.items():
+        if isinstance(val, dict):
             before = first.get(key, {})
-            out[key] = {k: v - before.get(k, 0) for k, v in value.items() if v - before.get(k, 0)}
+            out[key] = {k: v - before.get(k, 0) for k, v in val.items() if v - before.get(k, 0)}
         elif key.startswith("last_round") or key in (
             "receive_buffer_bytes",
             "targets",
             "targets_received_gt_sent",
         ):
-            out[key] = value
+            out[key] = val
         else:
-            out[key] = value - first.get(key, 0)
+            out[key] = val - first.get(key, 0)
     return out
 
 
@@ -658,7 +538,7 @@ def run_exporter(
     finally:
         scraper.stop()
         stop_process(proc)
-    views = [exporter_view(parse_metrics(text, EXPORTER_SERIES)) for text in texts]
+    views = [exporter_view(parse(text, EXPORTER_SERIES)) for text in texts]
     delta = view_delta(views[0], views[1])
     return {
         **window_fields(window),
@@ -837,7 +717,7 @@ def run_smokeping(
     finally:
         scraper.stop()
         stop_process(proc)
-    views = [smokeping_view(parse_metrics(text, SMOKEPING_SERIES)) for text in texts]
+    views = [smokeping_view(parse(text, SMOKEPING_SERIES)) for text in texts]
     requests = views[1]["requests"] - views[0]["requests"]
     responses = views[1]["responses"] - views[0]["responses"]
     return {
@@ -1040,7 +920,9 @@ def run_rtt_case(
         wire.start()
         # Parsed after the window, so that parsing 30 MB here does not take CPU from the
         # responder and the probers while fping runs.
-        first_text = scraper.snapshot() if scraped else fetch(bed.src, EXPORTER_PORT, timeout=30)[2]
+        first_text = (
+            scraper.snapshot() if scraped else fetch_text(bed.src, EXPORTER_PORT, timeout=30)
+        )
         c0 = counter.read()
         started = time.monotonic()
         with open(fping_err, "wb") as err:
@@ -1052,13 +934,15 @@ def run_rtt_case(
             raise BenchError(f"fping -C {count} did not finish") from None
         ended = time.monotonic()
         c1 = counter.read()
-        last_text = scraper.snapshot() if scraped else fetch(bed.src, EXPORTER_PORT, timeout=30)[2]
+        last_text = (
+            scraper.snapshot() if scraped else fetch_text(bed.src, EXPORTER_PORT, timeout=30)
+        )
     finally:
         wire.stop()
         scraper.stop()
         stop_process(proc)
-    first = parse_metrics(first_text, EXPORTER_SERIES)
-    last = parse_metrics(last_text, EXPORTER_SERIES)
+    first = parse(first_text, EXPORTER_SERIES)
+    last = parse(last_text, EXPORTER_SERIES)
     cumulative, rtt_sum, rtt_count = histogram_delta(first, last, set(delayed))
     fping_values, fping_lost = fping_rtts(fping_err.read_text(errors="replace"))
     exporter_median = histogram_quantile(cumulative, 0.5)

@@ -8,26 +8,19 @@ their choice when one node is removed and when one is added. Times are the best 
 runs, in milliseconds. Node names look like cloud node names; zones, when on, are spread
 round-robin over three or six zones, with every tenth node left without a zone.
 
-Usage: ``python bench/selection_bench.py [--quick]``. Prints a Markdown table.
+Usage: ``python -m bench.selection_bench [--quick]``. Prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-# Run as a script, so the repository root that holds ``exporter`` is not on the path by itself.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from exporter.config import MeshSettings  # noqa: E402
-from exporter.selection import NodeInfo, Selector  # noqa: E402
+from exporter.config import MeshSettings
+from exporter.selection import NodeInfo, Selector
 
 REPEATS = 5
 

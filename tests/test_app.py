@@ -15,7 +15,7 @@ import pytest
 from exporter.app import EXIT_FATAL, EXIT_OK, App, Seams
 from exporter.config import parse_settings
 from exporter.discovery.static import StaticDiscovery
-from tests.exporter_proc import parse, value
+from tests.support.metrics import parse, value
 from tests.test_engine import ScriptedSocket
 from tests.test_metrics import PROTOBUF_ACCEPT
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.cluster import CP_V4, ROOT, Cluster
-from tests.cluster.fixtures import (
+from tests.support.cluster.cluster import CP_V4, ROOT, Cluster
+from tests.support.cluster.fixtures import (
     FAST_ARGS,
     expected_mesh,
     install_exporter,
@@ -32,7 +32,7 @@ from tests.cluster.fixtures import (
     wait_metrics,
     wait_ready_pods,
 )
-from tests.exporter_proc import Samples, value
+from tests.support.metrics import Samples, value
 
 pytestmark = pytest.mark.netns
 

@@ -1,8 +1,8 @@
 """On a real cluster: the shipped manifests install, the exporter's RBAC is exactly what it
 uses, every peer's targets appear, and the API server sees no storm.
 
-The API server, controllers, scheduler and kube-proxy are real (tests/cluster/cluster.py);
-the nodes run the kubelet stand-in (tests/cluster/standin.py)."""
+The API server, controllers, scheduler and kube-proxy are real (tests/support/cluster/cluster.py);
+the nodes run the kubelet stand-in (tests/support/cluster/standin.py)."""
 
 from __future__ import annotations
 
@@ -11,21 +11,21 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.cluster import EXPORTER_SA, ROOT, Cluster
-from tests.cluster.fixtures import (
+from tests.support.cluster.cluster import EXPORTER_SA, ROOT, Cluster
+from tests.support.cluster.fixtures import (
     FAST_ARGS,
     expected_mesh,
     install_exporter,
     make_cluster,
+    mesh_is,
     pod_on,
     probe_series,
     scrape,
     settle,
-    up_targets,
     wait_metrics,
     wait_ready_pods,
 )
-from tests.exporter_proc import value
+from tests.support.metrics import value
 from tests.test_deploy import granted, render
 
 pytestmark = pytest.mark.netns
@@ -120,7 +120,7 @@ def test_every_peer_is_discovered_and_answers(three: Cluster) -> None:
         s = wait_metrics(
             three,
             node.name,
-            lambda s, want=want: probe_series(s) == want and len(up_targets(s)) == len(want),
+            mesh_is(want),
             f"the whole mesh up from {node.name}",
             timeout=60,
         )
@@ -195,7 +195,7 @@ def test_rollout_restart_keeps_the_label_sets(three: Cluster) -> None:
         s = wait_metrics(
             three,
             n,
-            lambda s, n=n: probe_series(s) == before[n] and len(up_targets(s)) == len(before[n]),
+            mesh_is(before[n]),
             f"{n}'s mesh back after the rollout",
             timeout=60,
         )
@@ -212,7 +212,7 @@ def test_a_node_added_joins_and_a_node_deleted_leaves(three: Cluster) -> None:
         wait_metrics(
             three,
             source,
-            lambda s, want=want: probe_series(s) == want and len(up_targets(s)) == len(want),
+            mesh_is(want),
             f"node-d probed from {source}",
             60,
         )

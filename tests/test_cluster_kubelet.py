@@ -13,19 +13,19 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.cluster import ROOT, Cluster
-from tests.cluster.fixtures import (
+from tests.support.cluster.cluster import ROOT, Cluster
+from tests.support.cluster.fixtures import (
     FAST_ARGS,
     expected_mesh,
     make_cluster,
+    mesh_is,
     pod_on,
     probe_series,
     scrape,
-    up_targets,
     wait_metrics,
     wait_ready_pods,
 )
-from tests.cluster.kubelet import build_images, process_rss_bytes
+from tests.support.cluster.kubelet import build_images, process_rss_bytes
 
 pytestmark = pytest.mark.netns
 
@@ -86,7 +86,7 @@ def test_the_mesh_forms_between_a_real_and_a_standin_node(real: Cluster) -> None
         wait_metrics(
             real,
             name,
-            lambda s, want=want: probe_series(s) == want and len(up_targets(s)) == len(want),
+            mesh_is(want),
             f"{name}'s mesh",
             timeout=90,
         )

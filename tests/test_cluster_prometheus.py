@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.cluster import BIN, ROOT, Cluster
-from tests.cluster.fixtures import (
+from tests.support.cluster.cluster import BIN, ROOT, Cluster
+from tests.support.cluster.fixtures import (
     FAST_ARGS,
     http_get,
     install_dns,
@@ -29,7 +29,7 @@ from tests.cluster.fixtures import (
     pod_on,
     wait_ready_pods,
 )
-from tests.cluster.process import Process
+from tests.support.cluster.process import Process
 from tests.test_dashboard import dashboard_queries
 
 pytestmark = pytest.mark.netns

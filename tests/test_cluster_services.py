@@ -2,7 +2,7 @@
 modes) translates the ClusterIPs, the real EndpointSlice controller follows the backends'
 readiness, and real CoreDNS answers through the kube-dns ClusterIP.
 
-The backends are pods of real Deployments (their program is tests/cluster/backend.py); the
+The backends are pods of real Deployments (their program is tests/support/cluster/backend.py); the
 one fault made by hand is a DROP rule on the nodes for one backend, a broken datapath."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.cluster import Cluster
-from tests.cluster.fixtures import (
+from tests.support.cluster.cluster import Cluster
+from tests.support.cluster.fixtures import (
     FAST_ARGS,
     install_dns,
     install_exporter,
@@ -22,7 +22,7 @@ from tests.cluster.fixtures import (
     wait_metrics,
     wait_ready_pods,
 )
-from tests.exporter_proc import Samples, value
+from tests.support.metrics import Samples, value
 
 pytestmark = pytest.mark.netns
 

@@ -571,8 +571,8 @@ def test_key_queries_evaluate_as_intended(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-# Prometheus 3's promtool, built by tests/cluster/build-components.sh: it reads native-histogram
-# input series (`{{schema:0 ...}}`), which Debian's 2.42 cannot.
+# Prometheus 3's promtool, built by tests/support/cluster/build-components.sh: it reads
+# native-histogram input series (`{{schema:0 ...}}`), which Debian's 2.42 cannot.
 PROMTOOL_3 = (
     Path(os.environ.get("PINGMESH_CACHE", "/var/cache/pingmesh-exporter")) / "bin" / "promtool"
 )

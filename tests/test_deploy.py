@@ -90,7 +90,7 @@ def test_prometheus_rule_carries_the_plain_rules() -> None:
 
 CACHE_BIN = Path(os.environ.get("PINGMESH_CACHE", "/var/cache/pingmesh-exporter")) / "bin"
 # Debian's promtool (2.42) and the one built with Prometheus 3 by
-# tests/cluster/build-components.sh; native-histogram input needs the latter.
+# tests/support/cluster/build-components.sh; native-histogram input needs the latter.
 PROMTOOLS = {"2.42": Path("/usr/bin/promtool"), "3.16": CACHE_BIN / "promtool"}
 RULE_TESTS = {
     "2.42": ["pingmesh.rules.test.yml"],

@@ -44,7 +44,7 @@ class ScriptedSocket:
         self.sent.append((packet, destination[0], time.time_ns()))
 
     def recv_many(self, limit: int) -> tuple[list[Received], bool]:
-        out = []
+        out: list[Received] = []
         while self.inbox and len(out) < limit:
             out.append(self.inbox.popleft())
         # A queued ICMP error also sets the socket's error, as the kernel does.

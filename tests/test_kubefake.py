@@ -24,19 +24,30 @@ from kubernetes.client.exceptions import (
     UnauthorizedException,
 )
 
-from tests import kubefake_fixtures
-from tests.kubefake import KubeFake
-from tests.kubefake_fixtures import (
+from tests.support.kubefake import KubeFake
+from tests.support.kubeobjects import (
     make_node,
     make_pod,
 )
 
-# Bound here so pytest finds the fixture without a conftest (registering the
-# module through pytest_plugins after importing the builders would skip
-# assertion rewriting for it and warn).
-kube = kubefake_fixtures.kube
-
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeFake]:
+    """A started API-server fake with a short bookmark interval.
+
+    Teardown fails the test if the fake itself hit an internal error, so a
+    bug in the fake cannot pass as a client-side failure.
+    """
+    fake = KubeFake(bookmark_interval=0.2)
+    fake.start()
+    try:
+        yield fake
+    finally:
+        fake.close()
+    assert not fake.server_errors, f"kubefake internal errors: {fake.server_errors!r}"
+
 
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 METADATA_ONE = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"

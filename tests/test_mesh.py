@@ -8,7 +8,7 @@ from exporter.config import MeshSettings
 from exporter.discovery.objects import parse_node_meta, parse_pod
 from exporter.mesh import Identity, plan
 from exporter.objects import Peer, Skip
-from tests.kubefake_fixtures import make_node, make_pod
+from tests.support.kubeobjects import make_node, make_pod
 
 ME = Identity("node-0", "pm-0")
 

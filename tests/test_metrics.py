@@ -38,8 +38,8 @@ def test_exposition_parses_and_histograms_are_consistent() -> None:
         [static_target("198.18.0.1", "198.18.0.1"), static_target('we"ird\\name', "2001:db8::1")]
     )
     a, b = prober.states
-    for rtt in (40_000, 150_000, 3_000_000, 10_000_000_000):
-        a.reply(rtt)
+    for rtt_ns in (40_000, 150_000, 3_000_000, 10_000_000_000):
+        a.reply(rtt_ns)
     a.lost()
     a.error("duplicate")
     text = _doc(prober)

@@ -1,7 +1,7 @@
 """Tests of the namespace test bed and the impairing ICMP responder.
 
 They need root (namespaces, veth, raw sockets) and skip without it, except
-under CI where they fail instead (see tests/netbed_fixtures.py).
+under CI where they fail instead (see tests/support/netbed_fixtures.py).
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests import netbed_fixtures
-from tests.netbed import (
+from tests.support.netbed import (
     Bed,
     Dst,
     Namespace,
@@ -31,13 +30,7 @@ from tests.netbed import (
     list_namespaces,
     sweep_stale_namespaces,
 )
-from tests.netbed_fixtures import BedFactory
-
-# Assigned rather than imported: pytest finds the fixtures either way, and
-# test parameters of the same name then do not count as redefinitions.
-bed = netbed_fixtures.bed
-bed_factory = netbed_fixtures.bed_factory
-fping_path = netbed_fixtures.fping_path
+from tests.support.netbed_fixtures import BedFactory
 
 # -- helpers -------------------------------------------------------------------
 

@@ -8,13 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests import netbed_fixtures
-from tests.exporter_proc import ExporterProcess, value
-from tests.netbed import Bed, Profile
-from tests.netbed_fixtures import BedFactory
-
-bed = netbed_fixtures.bed
-bed_factory = netbed_fixtures.bed_factory
+from tests.support.exporter_proc import ExporterProcess
+from tests.support.metrics import value
+from tests.support.netbed import Bed, Profile
+from tests.support.netbed_fixtures import BedFactory
 
 pytestmark = pytest.mark.netns
 

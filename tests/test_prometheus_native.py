@@ -39,9 +39,9 @@ import yaml
 from exporter.histogram import bucket_index, upper_bound
 
 # The shared test infrastructure, in one block (it is moving to tests/support/).
-from tests.exporter_proc import ExporterProcess, http_get
-from tests.netbed import Bed, Namespace, Profile
-from tests.netbed_fixtures import ensure_bed_possible
+from tests.support.exporter_proc import ExporterProcess, http_get
+from tests.support.netbed import Bed, Namespace, Profile
+from tests.support.netbed_fixtures import ensure_bed_possible, skip_or_fail
 from tests.test_dashboard import dashboard_queries, metric_names
 
 pytestmark = pytest.mark.netns
@@ -217,7 +217,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     ensure_bed_possible()
     missing = [str(p) for p in PROMETHEUS.values() if not p.exists()]
     if missing:
-        pytest.skip(f"not installed: {missing} (tests/cluster/build-components.sh, Debian)")
+        skip_or_fail(
+            f"not installed: {missing} (tests/support/cluster/build-components.sh, Debian)"
+        )
     root = tmp_path_factory.mktemp("prometheus-native")
     proms: dict[tuple[str, str], Prom] = {}
     with Bed() as bed:

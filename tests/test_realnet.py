@@ -12,16 +12,14 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 
-from tests import netbed_fixtures
-from tests.exporter_proc import ExporterProcess, Samples, median_bucket, value
-from tests.netbed import Bed, Dst, Profile, Responder
-from tests.netbed_fixtures import ensure_bed_possible
-
-bed = netbed_fixtures.bed
+from tests.support.exporter_proc import ExporterProcess
+from tests.support.metrics import Samples, median_bucket, value
+from tests.support.netbed import Bed, Dst, Profile, Responder
+from tests.support.netbed_fixtures import ensure_bed_possible
 
 pytestmark = pytest.mark.netns
 
@@ -41,6 +39,11 @@ SCENARIOS = {
 }
 
 
+class TargetLabels(TypedDict):
+    target: str
+    ip_family: str
+
+
 @dataclass
 class Mesh:
     bed: Bed
@@ -52,7 +55,7 @@ class Mesh:
     after: Samples
     proc_output: str
 
-    def labels(self, scenario: str, family: int) -> dict[str, str]:
+    def labels(self, scenario: str, family: int) -> TargetLabels:
         return {
             "target": self.addresses[(scenario, family)],
             "ip_family": "ipv4" if family == 4 else "ipv6",

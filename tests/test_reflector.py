@@ -1,39 +1,30 @@
-"""List/watch against the API fake, through the official client over a socket."""
+"""The reflector's list/watch, its errors and back-off, against the in-memory Api fake.
+
+What kubeapi does over HTTP is tested in tests/test_kubeapi.py and, on the real API server,
+in tests/test_cluster_kubeapi.py."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import re
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from exporter.config import KubernetesSettings
-from exporter.discovery.api import ConnectionFailed, Resource
-from exporter.discovery.kubeapi import (
-    METADATA_LIST,
-    METADATA_OBJECT,
-    KubeApi,
-    accept_header,
-    load_configuration,
-)
-from exporter.discovery.objects import parse_endpoint_slice, parse_node_meta, parse_pod
+from exporter.discovery.api import ApiError, Gone, Resource
+from exporter.discovery.objects import parse_endpoint_slice, parse_pod
 from exporter.discovery.reflector import (
     EARLY_END_LIMIT,
     FatalApiError,
     Reflector,
     ended_early,
 )
-from exporter.objects import NodeMeta, Peer
-from tests import kubefake_fixtures
-from tests.kubefake import KubeFake
-from tests.kubefake_fixtures import make_node, make_pod
-
-kube = kubefake_fixtures.kube
+from exporter.objects import Peer
+from tests.support.fakeapi import FakeApi
+from tests.support.kubeobjects import make_pod
 
 NS = "monitoring"
 SEL = "app.kubernetes.io/name=pingmesh-exporter"
@@ -52,8 +43,15 @@ TIMING = {
 }
 
 
-def reflector(fake: KubeFake, **kw: Any) -> Reflector[Peer]:
-    api = KubeApi(fake.client_configuration())
+FORBIDDEN = ApiError(403, "Forbidden", "denied")
+
+
+@pytest.fixture
+def api() -> FakeApi:
+    return FakeApi(bookmark_interval=0.2)
+
+
+def reflector(api: FakeApi, **kw: Any) -> Reflector[Peer]:
     return Reflector(api, Resource("pods", NS, SEL), parse_pod, lambda: None, **(TIMING | kw))
 
 
@@ -65,7 +63,7 @@ async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-def run_with(r: Reflector[Peer], body: Callable[[], Awaitable[None]]) -> None:
+def run_with(r: Reflector[Any], body: Callable[[], Awaitable[None]]) -> None:
     async def main() -> None:
         task = asyncio.create_task(r.run(), name="reflector")
         try:
@@ -82,117 +80,115 @@ def nodes(r: Reflector[Peer]) -> dict[str, str]:
     return {p.node: p.pod_ips[0] for p in r.store.values() if p.pod_ips}
 
 
-def test_list_then_watch_follows_changes_without_relisting(kube: KubeFake) -> None:
-    kube.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
-    kube.upsert("pods", make_pod("other", NS, "node-a", ["198.18.9.9"], [], {"app": "x"}))
-    r = reflector(kube)
+def test_list_then_watch_follows_changes_without_relisting(api: FakeApi) -> None:
+    api.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
+    api.upsert("pods", make_pod("other", NS, "node-a", ["198.18.9.9"], [], {"app": "x"}))
+    r = reflector(api)
 
     async def body() -> None:
         await asyncio.wait_for(r.synced.wait(), 10)
         assert nodes(r) == {"node-a": "198.18.1.1"}
-        kube.upsert("pods", pod("pm-b", "node-b", "198.18.1.2"))
+        api.upsert("pods", pod("pm-b", "node-b", "198.18.1.2"))
         await until(lambda: "node-b" in nodes(r))
-        kube.upsert("pods", pod("pm-b", "node-b", "198.18.1.3"))  # rollout: new IP
+        api.upsert("pods", pod("pm-b", "node-b", "198.18.1.3"))  # rollout: new IP
         await until(lambda: nodes(r).get("node-b") == "198.18.1.3")
-        kube.delete("pods", NS, "pm-a")
+        api.delete("pods", NS, "pm-a")
         await until(lambda: "node-a" not in nodes(r))
 
     run_with(r, body)
-    assert kube.count("list", "pods") == 1
-    assert kube.count("watch", "pods") == 1
-    assert all(
-        rec.query.get("labelSelector") == SEL for rec in kube.requests if rec.resource == "pods"
-    )
+    assert api.count("list", "pods") == 1
+    assert api.count("watch", "pods") == 1
+    assert all(res.label_selector == SEL for _verb, res in api.calls if res.name == "pods")
 
 
-def test_changes_name_the_keys_touched_and_a_list_touches_all(kube: KubeFake) -> None:
+def test_changes_name_the_keys_touched_and_a_list_touches_all(api: FakeApi) -> None:
     """What the mesh planner reads to redo only what an event changed."""
-    kube.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
-    kube.upsert("pods", pod("pm-c", "node-c", "198.18.1.3"))
-    r = reflector(kube)
+    api.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
+    api.upsert("pods", pod("pm-c", "node-c", "198.18.1.3"))
+    r = reflector(api)
 
     async def body() -> None:
         await asyncio.wait_for(r.synced.wait(), 10)
         assert r.take_changes() is None  # the first list
         assert r.take_changes() == set()
-        kube.upsert("pods", pod("pm-b", "node-b", "198.18.1.2"))
-        kube.delete("pods", NS, "pm-a")
+        api.upsert("pods", pod("pm-b", "node-b", "198.18.1.2"))
+        api.delete("pods", NS, "pm-a")
         await until(lambda: set(nodes(r)) == {"node-b", "node-c"})
         assert r.take_changes() == {f"{NS}/pm-a", f"{NS}/pm-b"}
-        kube.fail_next("pods", 410, verb="watch")
-        kube.drop_watches()
+        api.fail_next("pods", Gone(410, "Expired"), verb="watch")
+        api.drop_watches()
         await until(lambda: r.stats.restarts.get("gone", 0) == 1)
-        await until(lambda: kube.count("list", "pods") == 2)
+        await until(lambda: api.count("list", "pods") == 2)
         await until(lambda: r.take_changes() is None)
 
     run_with(r, body)
 
 
-def test_gone_mid_watch_relists_and_keeps_live_entries(kube: KubeFake) -> None:
-    kube.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
-    r = reflector(kube)
+def test_gone_mid_watch_relists_and_keeps_live_entries(api: FakeApi) -> None:
+    api.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
+    r = reflector(api)
 
     async def body() -> None:
         await asyncio.wait_for(r.synced.wait(), 10)
-        kube.fail_next("pods", 410, verb="watch")
-        kube.drop_watches()
+        api.fail_next("pods", Gone(410, "Expired"), verb="watch")
+        api.drop_watches()
         await until(lambda: r.stats.restarts.get("gone", 0) == 1)
-        kube.upsert("pods", pod("pm-b", "node-b", "198.18.1.2"))
+        api.upsert("pods", pod("pm-b", "node-b", "198.18.1.2"))
         await until(lambda: set(nodes(r)) == {"node-a", "node-b"})
 
     run_with(r, body)
-    assert kube.count("list", "pods") == 2  # the start, and one after the 410
+    assert api.count("list", "pods") == 2  # the start, and one after the 410
 
 
-def test_dropped_connection_resumes_from_resource_version(kube: KubeFake) -> None:
-    kube.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
-    r = reflector(kube)
+def test_dropped_connection_resumes_from_resource_version(api: FakeApi) -> None:
+    api.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
+    r = reflector(api)
 
     async def body() -> None:
         await asyncio.wait_for(r.synced.wait(), 10)
-        assert kube.wait_for_watches(1, "pods")
-        kube.drop_watches()
-        kube.upsert("pods", pod("pm-b", "node-b", "198.18.1.2"))
+        await until(lambda: api.watch_count("pods") >= 1, timeout=5)
+        api.drop_watches()
+        api.upsert("pods", pod("pm-b", "node-b", "198.18.1.2"))
         await until(lambda: "node-b" in nodes(r))
 
     run_with(r, body)
-    assert kube.count("list", "pods") == 1
-    assert kube.count("watch", "pods") >= 2
+    assert api.count("list", "pods") == 1
+    assert api.count("watch", "pods") >= 2
 
 
-def test_server_down_keeps_store_then_recovers(kube: KubeFake) -> None:
-    kube.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
-    r = reflector(kube)
+def test_server_down_keeps_store_then_recovers(api: FakeApi) -> None:
+    api.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
+    r = reflector(api)
 
     async def body() -> None:
         await asyncio.wait_for(r.synced.wait(), 10)
-        kube.stop()
+        api.down()
         await until(lambda: r.stats.errors.get("connection", 0) >= 2)
         assert nodes(r) == {"node-a": "198.18.1.1"} and not r.stats.healthy
-        kube.start()
-        kube.upsert("pods", pod("pm-b", "node-b", "198.18.1.2"))
+        api.up()
+        api.upsert("pods", pod("pm-b", "node-b", "198.18.1.2"))
         await until(lambda: "node-b" in nodes(r))
         assert r.stats.healthy
 
     run_with(r, body)
 
 
-def test_unauthorized_at_start_is_fatal_at_once(kube: KubeFake) -> None:
+def test_unauthorized_at_start_is_fatal_at_once(api: FakeApi) -> None:
     # Wrong credentials are no warm-up: the denial timeout does not apply.
-    kube.fail_next("pods", 401, verb="list")
-    r = reflector(kube, startup_denial_timeout=60.0)
+    api.fail_next("pods", ApiError(401, "Unauthorized"), verb="list")
+    r = reflector(api, startup_denial_timeout=60.0)
     started = time.monotonic()
     with pytest.raises(FatalApiError, match=r"401.*service account token or the kubeconfig"):
         asyncio.run(asyncio.wait_for(r.run(), 10))
     assert time.monotonic() - started < 5
-    assert kube.count("list", "pods") == 1
+    assert api.count("list", "pods") == 1
 
 
-def test_forbidden_at_start_is_retried_through_the_warm_up(kube: KubeFake) -> None:
+def test_forbidden_at_start_is_retried_through_the_warm_up(api: FakeApi) -> None:
     # A starting API server denies until its RBAC caches have synced.
-    kube.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
-    kube.fail_next("pods", 403, count=3, verb="list")
-    r = reflector(kube, startup_denial_timeout=30.0)
+    api.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
+    api.fail_next("pods", FORBIDDEN, count=3, verb="list")
+    r = reflector(api, startup_denial_timeout=30.0)
 
     async def body() -> None:
         await asyncio.wait_for(r.synced.wait(), 10)
@@ -202,15 +198,15 @@ def test_forbidden_at_start_is_retried_through_the_warm_up(kube: KubeFake) -> No
     assert r.stats.errors == {"403": 3}
 
 
-def test_forbidden_past_the_timeout_is_fatal_naming_the_role(kube: KubeFake) -> None:
-    kube.fail_next("pods", 403, count=1000, verb="list")
-    r = reflector(kube, startup_denial_timeout=0.6, retry_max_delay=10.0)
+def test_forbidden_past_the_timeout_is_fatal_naming_the_role(api: FakeApi) -> None:
+    api.fail_next("pods", FORBIDDEN, count=1000, verb="list")
+    r = reflector(api, startup_denial_timeout=0.6, retry_max_delay=10.0)
     started = time.monotonic()
     with pytest.raises(FatalApiError) as err:
         asyncio.run(asyncio.wait_for(r.run(), 10))
     # The last try comes at the deadline, not a (here up to 10 s) back-off after it.
     assert 0.6 <= time.monotonic() - started < 3
-    assert kube.count("list", "pods") >= 2
+    assert api.count("list", "pods") >= 2
     text = str(err.value)
     assert "403" in text and f"list and watch on pods (core API group) in namespace {NS}" in text
     assert "Role pingmesh-exporter and its RoleBinding" in text and "ClusterRole" not in text
@@ -226,10 +222,9 @@ def test_forbidden_past_the_timeout_is_fatal_naming_the_role(kube: KubeFake) -> 
     ],
 )
 def test_forbidden_cluster_scope_names_the_cluster_role(
-    kube: KubeFake, name: str, group: str
+    api: FakeApi, name: str, group: str
 ) -> None:
-    kube.fail_next(name, 403, count=1000)
-    api = KubeApi(kube.client_configuration())
+    api.fail_next(name, FORBIDDEN, count=1000)
     r: Reflector[Any] = Reflector(
         api,
         Resource(name),
@@ -245,18 +240,18 @@ def test_forbidden_cluster_scope_names_the_cluster_role(
 
 
 def test_errors_later_are_counted_and_retried(
-    kube: KubeFake, caplog: pytest.LogCaptureFixture
+    api: FakeApi, caplog: pytest.LogCaptureFixture
 ) -> None:
-    kube.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
-    r = reflector(kube)
+    api.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
+    r = reflector(api)
 
     async def body() -> None:
         await asyncio.wait_for(r.synced.wait(), 10)
-        kube.fail_next("pods", 403, count=3, verb="watch")
-        kube.fail_next("pods", 500, count=1, verb="watch")
-        kube.drop_watches()
+        api.fail_next("pods", FORBIDDEN, count=3, verb="watch")
+        api.fail_next("pods", ApiError(500, "InternalError"), count=1, verb="watch")
+        api.drop_watches()
         await until(lambda: r.stats.errors.get("403", 0) == 3 and r.stats.errors.get("500", 0) == 1)
-        kube.upsert("pods", pod("pm-b", "node-b", "198.18.1.2"))
+        api.upsert("pods", pod("pm-b", "node-b", "198.18.1.2"))
         await until(lambda: "node-b" in nodes(r))
 
     with caplog.at_level(logging.WARNING):
@@ -267,17 +262,17 @@ def test_errors_later_are_counted_and_retried(
 
 
 def test_lasting_denial_later_is_logged_once_per_streak(
-    kube: KubeFake, caplog: pytest.LogCaptureFixture
+    api: FakeApi, caplog: pytest.LogCaptureFixture
 ) -> None:
-    kube.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
-    r = reflector(kube, startup_denial_timeout=0.3)
+    api.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
+    r = reflector(api, startup_denial_timeout=0.3)
 
     async def denied(count: int) -> None:
         before = r.stats.errors.get("403", 0)
-        kube.fail_next("pods", 403, count=count, verb="watch")
-        kube.drop_watches()
+        api.fail_next("pods", FORBIDDEN, count=count, verb="watch")
+        api.drop_watches()
         await until(lambda: r.stats.errors.get("403", 0) == before + count)
-        await until(lambda: kube.watch_count("pods") == 1)  # a success again
+        await until(lambda: api.watch_count("pods") == 1)  # a success again
 
     async def body() -> None:
         await asyncio.wait_for(r.synced.wait(), 10)
@@ -295,30 +290,30 @@ def test_lasting_denial_later_is_logged_once_per_streak(
     )
 
 
-def test_silent_watch_is_abandoned_after_the_read_timeout(kube: KubeFake) -> None:
-    kube.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
-    kube.hang_next_watch("pods")
-    r = reflector(kube, request_timeout=1.0)
+def test_silent_watch_is_abandoned_after_the_read_timeout(api: FakeApi) -> None:
+    api.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
+    api.stall_next_watch("pods")
+    r = reflector(api, request_timeout=1.0)
 
     async def body() -> None:
         await asyncio.wait_for(r.synced.wait(), 10)
-        kube.upsert("pods", pod("pm-b", "node-b", "198.18.1.2"))
+        api.upsert("pods", pod("pm-b", "node-b", "198.18.1.2"))
         await until(lambda: "node-b" in nodes(r), timeout=15)
 
     run_with(r, body)
     assert r.stats.errors.get("connection", 0) >= 1
 
 
-def test_malformed_objects_skipped_and_counted_never_remove_live(kube: KubeFake) -> None:
-    kube.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
-    kube.put_raw("pods", {"metadata": {"namespace": NS, "labels": LABELS}}, namespace=NS)
-    r = reflector(kube)
+def test_malformed_objects_skipped_and_counted_never_remove_live(api: FakeApi) -> None:
+    api.upsert("pods", pod("pm-a", "node-a", "198.18.1.1"))
+    api.upsert("pods", {"metadata": {"namespace": NS, "labels": LABELS}})
+    r = reflector(api)
 
     async def body() -> None:
         await asyncio.wait_for(r.synced.wait(), 10)
         assert r.stats.skipped.get("malformed") == 1
         # pm-a turns into garbage: keep what we knew
-        kube.put_raw(
+        api.upsert(
             "pods",
             {
                 "metadata": {
@@ -330,9 +325,8 @@ def test_malformed_objects_skipped_and_counted_never_remove_live(kube: KubeFake)
                 "status": "garbage",
                 "spec": [],
             },
-            namespace=NS,
         )
-        kube.put_raw(
+        api.upsert(
             "pods",
             {
                 "metadata": {"name": "pm-c", "namespace": NS, "labels": LABELS},
@@ -342,7 +336,6 @@ def test_malformed_objects_skipped_and_counted_never_remove_live(kube: KubeFake)
                     "podIPs": [{"ip": "not-an-ip"}, {"ip": "198.18.1.7"}],
                 },
             },
-            namespace=NS,
         )
         await until(lambda: "node-c" in nodes(r))
 
@@ -351,51 +344,7 @@ def test_malformed_objects_skipped_and_counted_never_remove_live(kube: KubeFake)
     assert "node-a" in nodes(r)
 
 
-def test_settings_errors_name_the_cause(tmp_path: Any) -> None:
-    from exporter.config import ConfigError
-    from exporter.discovery.kubeapi import load_configuration
-
-    with pytest.raises(ConfigError, match="--kubeconfig: no such file"):
-        load_configuration(KubernetesSettings(kubeconfig=str(tmp_path / "nope")))
-    bad = tmp_path / "kubeconfig"
-    bad.write_text("this: [is not a kubeconfig")
-    with pytest.raises(ConfigError, match="--kubeconfig: cannot use"):
-        load_configuration(KubernetesSettings(kubeconfig=str(bad)))
-    with pytest.raises(ConfigError, match="no Kubernetes credentials"):
-        load_configuration(KubernetesSettings())
-
-
-# ----- metadata-only watches, early ends ------------------------------------------------
-
-
-def test_accept_header_asks_for_a_list_only_on_lists() -> None:
-    meta = Resource("nodes", metadata_only=True)
-    assert accept_header(meta, watch=False) == METADATA_LIST
-    assert accept_header(meta, watch=True) == METADATA_OBJECT
-    assert "as=PartialObjectMetadataList;" in METADATA_LIST
-    assert "as=PartialObjectMetadata;" in METADATA_OBJECT
-    assert accept_header(Resource("pods", NS, SEL), watch=True) is None
-    assert accept_header(Resource("pods", NS, SEL), watch=False) is None
-
-
-def test_metadata_only_watch_follows_changes(kube: KubeFake) -> None:
-    # The fake ends a watch that asks for a list at its first event, as a real server does.
-    kube.upsert("nodes", make_node("n1", {"topology.kubernetes.io/zone": "z1"}))
-    api = KubeApi(kube.client_configuration())
-    r: Reflector[NodeMeta] = Reflector(
-        api, Resource("nodes", metadata_only=True), parse_node_meta, lambda: None, **TIMING
-    )
-
-    async def body() -> None:
-        await asyncio.wait_for(r.synced.wait(), 10)
-        kube.upsert("nodes", make_node("n2", {"topology.kubernetes.io/zone": "z2"}))
-        await until(lambda: {m.zone for m in r.store.values()} == {"z1", "z2"})
-        await asyncio.sleep(0.5)  # bookmarks come every 0.2 s: the watch stays open
-
-    run_with(r, body)
-    assert kube.count("list", "nodes", metadata_only=True) == 1
-    assert kube.count("watch", "nodes", metadata_only=True) == 1
-    assert r.stats.restarts == {}
+# ----- early ends -----------------------------------------------------------------------
 
 
 def test_ended_early() -> None:
@@ -405,42 +354,12 @@ def test_ended_early() -> None:
     assert not ended_early(0.5, 3, delivered=False)  # a short timeout is not "early"
 
 
-class EndingApi:
-    """Lists fine; every watch ends at once without an event until `serve` is set, then
-    delivers a bookmark and stays open until closed."""
+def test_early_ending_watch_backs_off_and_reads_unhealthy(api: FakeApi) -> None:
+    api.watches_end_at_once = True  # lists fine; every watch ends at once without an event
 
-    def __init__(self) -> None:
-        self.watches = 0
-        self.serve = threading.Event()
+    def watches() -> int:
+        return api.count("watch", "pods")
 
-    def list(
-        self, res: Resource, timeout: float, transform: Callable[[Any], Any] = lambda obj: obj
-    ) -> tuple[list[Any], str]:
-        return [], "7"
-
-    def watch(
-        self, res: Resource, resource_version: str, timeout_seconds: int, read_timeout: float
-    ) -> EndingWatch:
-        self.watches += 1
-        return EndingWatch(self.serve.is_set())
-
-
-class EndingWatch:
-    def __init__(self, serve: bool) -> None:
-        self.serve = serve
-        self.closed = threading.Event()
-
-    def events(self) -> Iterator[tuple[str, Any]]:
-        if self.serve:
-            yield "BOOKMARK", {"metadata": {"resourceVersion": "8"}}
-            self.closed.wait(10)
-
-    def close(self) -> None:
-        self.closed.set()
-
-
-def test_early_ending_watch_backs_off_and_reads_unhealthy() -> None:
-    api = EndingApi()
     r: Reflector[Peer] = Reflector(
         api,
         Resource("pods", NS, SEL),
@@ -453,40 +372,16 @@ def test_early_ending_watch_backs_off_and_reads_unhealthy() -> None:
         await asyncio.wait_for(r.synced.wait(), 5)
         await asyncio.sleep(1.5)
         # Backed off (0.1-0.2 s, then 0.2-0.4 s), not re-opened thousands of times.
-        assert EARLY_END_LIMIT <= api.watches <= 12
+        assert EARLY_END_LIMIT <= watches() <= 12
         # (one watch may be between its call and its end right now)
         assert set(r.stats.restarts) == {"early_end"}
-        assert api.watches - 1 <= r.stats.restarts["early_end"] <= api.watches
+        assert watches() - 1 <= r.stats.restarts["early_end"] <= watches()
         assert not r.stats.healthy
-        api.serve.set()  # the server serves the watch again
+        api.watches_end_at_once = False  # the server serves the watch again (bookmarks)
         await until(lambda: r.stats.healthy, timeout=5)
-        served = api.watches
+        served = watches()
         await asyncio.sleep(0.5)
-        assert api.watches == served
+        assert watches() == served
 
     run_with(r, body)
     assert "timeout" not in r.stats.restarts
-
-
-# ----- urllib3 retries ------------------------------------------------------------------
-
-
-def test_configuration_disables_urllib3_retries(kube: KubeFake, tmp_path: Any) -> None:
-    cfg = load_configuration(
-        KubernetesSettings(kubeconfig=str(kube.kubeconfig(tmp_path / "kubeconfig")))
-    )
-    assert cfg.retries is False
-    api = KubeApi(kube.client_configuration())  # also for a configuration made elsewhere
-    retries = api._api_client.rest_client.pool_manager.connection_pool_kw["retries"]
-    assert retries.total is False  # urllib3's Retry(False): raise at once, no retry
-
-
-def test_connection_failure_surfaces_at_once_without_urllib3_retries(
-    kube: KubeFake, caplog: pytest.LogCaptureFixture
-) -> None:
-    api = KubeApi(kube.client_configuration())
-    kube.stop()
-    with caplog.at_level(logging.DEBUG, logger="urllib3"), pytest.raises(ConnectionFailed):
-        api.list(Resource("pods", NS, SEL), 5.0)
-    # urllib3 logs each retry it makes; none may be made (the reflector backs off itself).
-    assert not any("Retrying" in m for m in caplog.messages)

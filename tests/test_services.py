@@ -17,7 +17,8 @@ from exporter.selectors import LabelSelector
 from exporter.services import dns
 from exporter.services.checker import ServiceChecker
 from exporter.services.plan import Check, endpoint_counts, plan_checks
-from tests.kubefake_fixtures import make_endpointslice, make_service
+from tests.support.kubeobjects import make_endpointslice, make_service
+from tests.support.metrics import samples
 
 CHECKS = ServicesSettings(interval=0.2, timeout=0.1, concurrency=4, dns_name="x")
 
@@ -183,12 +184,7 @@ def test_dns_codec() -> None:
 
 
 def _samples(metrics: list[Metric], name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    out = {}
-    for fam in metrics:
-        for s in fam.samples:
-            if s.name == name:
-                out[tuple(sorted(s.labels.items()))] = s.value
-    return out
+    return {tuple(sorted(lb.items())): v for n, lb, v in samples(metrics) if n == name}
 
 
 def test_checker_spreads_records_and_forgets_removed() -> None:

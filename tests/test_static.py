@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from exporter.config import ConfigError, StaticSettings
 from exporter.discovery.static import StaticDiscovery, is_host, parse_targets_text
+
+T = TypeVar("T")
 
 
 def test_parse_targets_text() -> None:
@@ -47,7 +51,7 @@ class FakeResolver:
         return self.table[name]
 
 
-def run(coro):  # type: ignore[no-untyped-def]
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 

@@ -5,7 +5,7 @@ Runs inside a test-bed namespace where the kernel's own echo replies are
 switched off, so every echo reply seen by the prober comes from here and
 carries exactly the impairment the test asked for.
 
-Usage: python3 tests/responder.py --config FILE [--control]
+Usage: python3 tests/support/responder.py --config FILE [--control]
 
 Config (JSON)::
 

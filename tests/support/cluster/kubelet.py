@@ -2,7 +2,7 @@
 
 Interface::
 
-    images = build_images()        # tests/cluster/build-images.sh (cached), its archives
+    images = build_images()        # tests/support/cluster/build-images.sh (cached), its archives
     node = KubeletNode(
         name="node-1",                             # Node name (--hostname-override)
         netns="pmtb-123-k1-n1",                    # name under /run/netns, or a path
@@ -85,8 +85,8 @@ from typing import Any, Self
 
 import yaml
 
-from tests.cluster.process import Process
-from tests.netbed import Closing, _pid_alive
+from tests.support.cluster.process import Process
+from tests.support.netbed import Closing, _pid_alive
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("PINGMESH_CACHE", "/var/cache/pingmesh-exporter"))

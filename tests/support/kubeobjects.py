@@ -1,25 +1,18 @@
-"""Pytest fixture and object builders for :mod:`tests.kubefake`.
+"""Kubernetes object builders for the tests and bench/discovery_bench.py.
 
 Builders return plain dicts shaped the way the API server serializes
 objects (camelCase keys, omitted empty fields, ``podIPs: [{"ip": ...}]``),
 so code under test meets the same JSON it would get from a cluster.
-
-Use from a test module with ``pytest_plugins = ["tests.kubefake_fixtures"]``.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
-
-from tests.kubefake import KubeFake
-
 __all__ = [
-    "kube",
     "make_endpoint",
     "make_endpointslice",
     "make_node",
@@ -32,22 +25,6 @@ JSON = dict[str, Any]
 # Fixed so objects built in different tests compare equal and read the same
 # in failure messages; upsert() keeps a creationTimestamp that is present.
 _EPOCH = "2024-05-01T12:00:00Z"
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeFake]:
-    """A started API-server fake with a short bookmark interval.
-
-    Teardown fails the test if the fake itself hit an internal error, so a
-    bug in the fake cannot pass as a client-side failure.
-    """
-    fake = KubeFake(bookmark_interval=0.2)
-    fake.start()
-    try:
-        yield fake
-    finally:
-        fake.close()
-    assert not fake.server_errors, f"kubefake internal errors: {fake.server_errors!r}"
 
 
 def _uid(kind: str, namespace: str, name: str) -> str:

@@ -1,8 +1,6 @@
-"""Pytest fixtures for the namespace test bed (tests/netbed.py).
+"""Pytest fixtures for the namespace test bed (tests/support/netbed.py).
 
-Import the fixtures a module needs, e.g.
-``from tests.netbed_fixtures import bed  # noqa: F401``, or load the whole
-module as a plugin with ``pytest -p tests.netbed_fixtures``.
+``tests/conftest.py`` registers them for every test module.
 
 Without root the fixtures skip with the reason from ``require_root()``;
 under CI (``CI`` set to a true value) they fail instead, because a CI run
@@ -18,7 +16,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from tests.netbed import Bed, require_root
+from tests.support.netbed import Bed, require_root
 
 BedFactory = Callable[..., Bed]
 

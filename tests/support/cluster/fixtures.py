@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.cluster import (
+from tests.support.cluster.cluster import (
     CLUSTER_DOMAIN,
     DNS_SERVICE_IPS,
     ROOT,
@@ -26,9 +26,9 @@ from tests.cluster.cluster import (
     Node,
     binaries,
 )
-from tests.exporter_proc import Samples, parse
-from tests.netbed import Namespace, require_root
-from tests.netbed_fixtures import skip_or_fail
+from tests.support.metrics import Samples, parse
+from tests.support.netbed import Namespace, require_root
+from tests.support.netbed_fixtures import skip_or_fail
 
 MANIFESTS = Path(__file__).resolve().with_name("manifests")
 PINGMESH = "pingmesh"
@@ -173,8 +173,17 @@ def probe_series(samples: Samples, name: str = "pingmesh_probe_sent_total") -> s
     }
 
 
+def mesh_is(want: set[tuple[str, ...]]) -> Callable[[Samples], bool]:
+    """A wait_metrics condition: the probe series are exactly ``want`` and every target is up."""
+
+    def check(s: Samples) -> bool:
+        return probe_series(s) == want and len(up_targets(s)) == len(want)
+
+    return check
+
+
 def expected_mesh(nodes: Sequence[Node], source: str) -> set[tuple[str, ...]]:
-    out = set()
+    out: set[tuple[str, ...]] = set()
     for n in nodes:
         if n.name == source:
             continue

@@ -42,10 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.process import Process, nsenter
-from tests.netbed import NS_PREFIX, Closing, Namespace, _run, sweep_stale_namespaces
+from tests.support.cluster.process import Process, nsenter
+from tests.support.netbed import NS_PREFIX, Closing, Namespace, _run, sweep_stale_namespaces
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = Path(__file__).resolve().with_name("build-components.sh")
 CACHE = Path(os.environ.get("PINGMESH_CACHE", "/var/cache/pingmesh-exporter"))
 BIN = CACHE / "bin"
@@ -431,7 +431,7 @@ class Cluster(Closing):
                 ["curl", "-sk", "--max-time", "2", f"https://127.0.0.1:{API_PORT}/readyz"],
                 check=False,
             )
-            return proc.stdout.strip() == "ok"
+            return bool(proc.stdout.strip() == "ok")
 
         self.wait_for(ready, "kube-apiserver /readyz", timeout)
 
@@ -651,7 +651,7 @@ class Cluster(Closing):
         argv = [
             sys.executable,
             "-m",
-            "tests.cluster.standin",
+            "tests.support.cluster.standin",
             "--node",
             node.name,
             "--kubeconfig",
@@ -684,7 +684,7 @@ class Cluster(Closing):
     def start_kubelet(self, node: Node) -> Any:
         """A real kubelet with containerd on this node, the images of build-images.sh
         imported (see kubelet.py); returns the started KubeletNode once its Node is Ready."""
-        from tests.cluster.kubelet import KubeletNode, build_images
+        from tests.support.cluster.kubelet import KubeletNode, build_images
 
         images = build_images()
         kn = KubeletNode(

@@ -4,7 +4,7 @@ A :class:`Bed` builds a star topology: one ``src`` namespace (where the
 program under test runs) linked by a veth pair to each ``dst`` namespace.
 Targets are /32 and /128 addresses on a dst namespace's ``lo``, reached from
 src through one route per prefix.  A dst either answers with the kernel's
-echo replies or, with ``kernel_echo=False``, through ``tests/responder.py``,
+echo replies or, with ``kernel_echo=False``, through ``tests/support/responder.py``,
 which adds delay, loss, duplicates and malformed replies per prefix.
 
 Addressing, all inside the documentation/benchmark ranges::
@@ -398,7 +398,7 @@ class _LineReader:
 
 
 class Responder:
-    """Handle on a running tests/responder.py."""
+    """Handle on a running tests/support/responder.py."""
 
     def __init__(self, proc: subprocess.Popen[bytes], stderr_path: Path, dst: Dst) -> None:
         self.proc = proc
@@ -770,7 +770,7 @@ class Bed(Closing):
         seed: int = 1,
         timeout_s: float = 15.0,
     ) -> Responder:
-        """Run tests/responder.py in dst and wait until it is listening."""
+        """Run tests/support/responder.py in dst and wait until it is listening."""
         self._check_open()
         if dst.kernel_echo:
             # Both the kernel and the responder would answer every request.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, without any container registry, the images the cluster tests run, as docker
 # archives ready for `ctr -n k8s.io images import`:
-#   pause     registry.k8s.io/pause:3.10 from tests/cluster/pause.c (gcc -static): the
+#   pause     registry.k8s.io/pause:3.10 from tests/support/cluster/pause.c (gcc -static): the
 #             sandbox image that the test nodes' containerd is configured with
 #   base      localhost/pingmesh-python-base:bookworm, a debootstrap (minbase) root of Debian
 #             bookworm with python3, python3-venv and ca-certificates (stays in buildah's store)
@@ -28,7 +28,7 @@
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-PROJECT=$(cd "$SCRIPT_DIR/../.." && pwd)
+PROJECT=$(cd "$SCRIPT_DIR/../../.." && pwd)
 CACHE=${PINGMESH_CACHE:-/var/cache/pingmesh-exporter}
 IMAGES=$CACHE/images
 RUNROOT=/run/pingmesh-exporter-buildah/$(echo "$IMAGES" | sha256sum | cut -c1-12)  # one per store

@@ -19,7 +19,7 @@ NodeRestriction judge every request for real):
   readinessProbe);
 - on deletion stops the process within the grace period and removes the pod.
 
-Run inside the node's network namespace: ``python -m tests.cluster.standin --node ...``.
+Run inside the node's network namespace: ``python -m tests.support.cluster.standin --node ...``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ log = logging.getLogger("standin")
 POLL_S = 0.5
 HEARTBEAT_S = 10.0
 TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(os.environ.get("PINGMESH_CACHE", "/var/cache/pingmesh-exporter")) / "bin"
 
 
@@ -351,7 +351,7 @@ class Standin:
         if "coredns" in image:
             return [str(BIN / "coredns")]
         if "pingmesh-test/backend" in image:
-            return [sys.executable, "-m", "tests.cluster.backend"]
+            return [sys.executable, "-m", "tests.support.cluster.backend"]
         raise RuntimeError(f"the stand-in cannot run image {image!r}")
 
     def volumes(self, pod: Pod, spec: dict[str, Any], container: dict[str, Any]) -> dict[str, Path]:

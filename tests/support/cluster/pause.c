@@ -1,6 +1,6 @@
 /*
  * The pod sandbox ("pause") process of the test cluster's pause image, built by
- * tests/cluster/build-images.sh with `gcc -static`. It holds the pod's namespaces open:
+ * tests/support/cluster/build-images.sh with `gcc -static`. It holds the pod's namespaces open:
  * as PID 1 of a shared PID namespace it reaps every orphan, and it exits 0 on SIGTERM or
  * SIGINT (containerd stops a sandbox with SIGTERM, then SIGKILL).
  *

@@ -17,13 +17,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from prometheus_client.parser import text_string_to_metric_families
+from tests.support.metrics import Samples, parse
+from tests.support.netbed import Namespace
 
-from tests.netbed import Namespace
+ROOT = Path(__file__).resolve().parents[2]
 
-ROOT = Path(__file__).resolve().parent.parent
-
-Samples = list[tuple[str, dict[str, str], float]]
 T = TypeVar("T")
 
 
@@ -55,50 +53,6 @@ def http_get(
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
-
-
-def parse(text: str) -> Samples:
-    out: Samples = []
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out.append((s.name, dict(s.labels), float(s.value)))
-    return out
-
-
-def value(samples: Samples, name: str, default: float | None = None, **labels: str) -> float:
-    hits = [
-        v
-        for n, lb, v in samples
-        if n == name and all(lb.get(k) == want for k, want in labels.items())
-    ]
-    if not hits:
-        if default is not None:
-            return default
-        raise KeyError(f"{name}{labels} not in metrics")
-    return sum(hits)
-
-
-def bucket_counts(samples: Samples, **labels: str) -> list[tuple[float, float]]:
-    """(le, cumulative count) of one target's RTT histogram."""
-    out = []
-    for n, lb, v in samples:
-        if n == "pingmesh_probe_rtt_seconds_bucket" and all(
-            lb.get(k) == want for k, want in labels.items()
-        ):
-            out.append((float(lb["le"]), v))
-    return sorted(out)
-
-
-def median_bucket(samples: Samples, **labels: str) -> tuple[float, float]:
-    """The (lower, upper] bucket bounds that hold the median RTT."""
-    buckets = bucket_counts(samples, **labels)
-    total = buckets[-1][1]
-    lower = 0.0
-    for le, cum in buckets:
-        if cum >= total / 2:
-            return lower, le
-        lower = le
-    raise AssertionError("empty histogram")
 
 
 class ExporterProcess:

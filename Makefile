@@ -56,7 +56,7 @@ test: $(STAMP) $(PROTO) system-deps cluster-components
 lint: $(STAMP) $(PROTO)
 	$(PY) -m ruff check exporter tests bench deploy grafana
 	$(PY) -m ruff format --check exporter tests bench deploy grafana
-	$(PY) -m mypy exporter tests bench
+	$(PY) -m mypy exporter tests bench deploy grafana
 
 ## bench: probe 1,000 and 5,000 routed targets against fping and smokeping_prober
 bench: $(STAMP) system-deps

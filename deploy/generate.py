@@ -31,7 +31,8 @@ def prometheus_rule() -> str:
         },
         "spec": rules,
     }
-    return HEADER + yaml.safe_dump(doc, sort_keys=False, width=1000)
+    text: str = yaml.safe_dump(doc, sort_keys=False, width=1000)
+    return HEADER + text
 
 
 def all_in_one() -> str:

@@ -27,5 +27,5 @@ def test_ruff_format_clean() -> None:
 
 def test_mypy_clean() -> None:
     # exporter/ strict; tests and bench strict too, but for pyproject's overrides.
-    proc = _run("mypy", "exporter", "tests", "bench")
+    proc = _run("mypy", "exporter", "tests", "bench", "deploy", "grafana")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -28,8 +28,6 @@ from exporter.targets import Target, TargetKey, diff
 log = logging.getLogger("exporter.probing")
 
 PENDING, ANSWERED, EXPIRED = 0, 1, 2
-# Flight record fields (a list, not an object: this is the per-packet hot path).
-_ST, _ADDR, _PAYLOAD, _TXR, _TXM, _STATUS = range(6)
 
 # Sends are batched per tick of at least 5 ms: a few dozen packets at 5,000 targets/s, no
 # bursts, and few wake-ups (each costs far more than the packets it sends).
@@ -52,15 +50,39 @@ class RoundStats:
     last_end_unix: float = 0.0
 
 
+class Flight:
+    """An echo request in flight: a slotted class, as one is made per probe, thousands a second."""
+
+    __slots__ = ("address", "payload", "st", "status", "tx_mono", "tx_real")
+
+    st: TargetState
+    # Where the request went: st.address changes when the target moves.
+    address: str
+    payload: bytes
+    tx_real: int
+    tx_mono: int
+    status: int
+
+    def __init__(
+        self, st: TargetState, address: str, payload: bytes, tx_real: int, tx_mono: int
+    ) -> None:
+        self.st = st
+        self.address = address
+        self.payload = payload
+        self.tx_real = tx_real
+        self.tx_mono = tx_mono
+        self.status = PENDING
+
+
 @dataclass
 class Channel:
     """Everything that belongs to one address family's socket."""
 
     family: int
     sock: ProbeSocket | None
-    flights: dict[int, list[object]] = field(default_factory=dict)
-    to_expire: deque[tuple[int, int, list[object]]] = field(default_factory=deque)
-    to_forget: deque[tuple[int, int, list[object]]] = field(default_factory=deque)
+    flights: dict[int, Flight] = field(default_factory=dict)
+    to_expire: deque[tuple[int, int, Flight]] = field(default_factory=deque)
+    to_forget: deque[tuple[int, int, Flight]] = field(default_factory=deque)
     seq: int = 0
     packets_sent: int = 0
     reply_type: int = 0
@@ -151,13 +173,11 @@ class Prober:
             return
         seq = ch.seq = (ch.seq + 1) & 0xFFFF
         old = ch.flights.get(seq)
-        if old is not None and old[_STATUS] == PENDING:
+        if old is not None and old.status == PENDING:
             # More probes in flight than sequence numbers: the oldest is given up as lost.
             # Only reachable with rate x timeout beyond 65,536 per family.
-            old[_STATUS] = EXPIRED
-            old_st = old[_ST]
-            assert isinstance(old_st, TargetState)
-            old_st.lost()
+            old.status = EXPIRED
+            old.st.lost()
             ch.seq_reuse += 1
         nonce = self._nonce = (self._nonce + 1) & 0xFFFFFFFFFFFFFFFF
         packet = wire.echo_request(
@@ -170,7 +190,7 @@ class Prober:
         except OSError as exc:
             self._send_failed(st, exc.errno or 0)
             return
-        flight: list[object] = [st, st.address, packet[8:], tx_real, tx_mono, PENDING]
+        flight = Flight(st, st.address, packet[8:], tx_real, tx_mono)
         ch.flights[seq] = flight
         ch.to_expire.append((tx_mono + self._timeout_ns, seq, flight))
         ch.packets_sent += 1
@@ -297,19 +317,17 @@ class Prober:
         if flight is None:
             ch.unmatched_add("unknown_sequence")
             return
-        st = flight[_ST]
-        assert isinstance(st, TargetState)
+        st = flight.st
         if st.removed:
             return
-        if source != flight[_ADDR]:
+        if source != flight.address:
             st.error("wrong_source")
             return
-        expected = flight[_PAYLOAD]
+        expected = flight.payload
         if payload != expected:
-            assert isinstance(expected, bytes)
             st.error("truncated" if truncated or len(payload) < len(expected) else "corrupt")
             return
-        status = flight[_STATUS]
+        status = flight.status
         if status == ANSWERED:
             st.error("duplicate")
             return
@@ -317,38 +335,34 @@ class Prober:
             st.error("late")
             return
         now_real = time.time_ns()
-        tx_real = flight[_TXR]
-        tx_mono = flight[_TXM]
-        assert isinstance(tx_real, int) and isinstance(tx_mono, int)
-        elapsed = time.monotonic_ns() - tx_mono
-        rtt = (rx_ns if rx_ns is not None else now_real) - tx_real
+        elapsed = time.monotonic_ns() - flight.tx_mono
+        rtt = (rx_ns if rx_ns is not None else now_real) - flight.tx_real
         if rtt < 0 or rtt > elapsed + CLOCK_SLACK_NS:
             # The wall clock stepped between send and receive: the reply is real, its RTT
             # is not.
-            flight[_STATUS] = ANSWERED
+            flight.status = ANSWERED
             st.reply(None)
             st.error("clock_step")
             return
         if rtt > self._timeout_ns:
-            flight[_STATUS] = EXPIRED
+            flight.status = EXPIRED
             st.lost()
             st.error("late")
             return
-        flight[_STATUS] = ANSWERED
+        flight.status = ANSWERED
         st.reply(rtt)
 
     def _on_error(self, ch: Channel, reason: str, seq: int, destination: str | None) -> None:
         flight = ch.flights.get(seq)
-        if flight is None or (destination is not None and destination != flight[_ADDR]):
+        if flight is None or (destination is not None and destination != flight.address):
             ch.unmatched_add("unknown_error")
             return
-        st = flight[_ST]
-        assert isinstance(st, TargetState)
+        st = flight.st
         if st.removed:
             return
         st.error(reason)
-        if flight[_STATUS] == PENDING:
-            flight[_STATUS] = EXPIRED
+        if flight.status == PENDING:
+            flight.status = EXPIRED
             st.lost()
 
     # ----- timeouts ---------------------------------------------------------------------
@@ -365,12 +379,10 @@ class Prober:
             exp = ch.to_expire
             while exp and exp[0][0] <= now:
                 deadline, seq, flight = exp.popleft()
-                if flight[_STATUS] == PENDING:
-                    flight[_STATUS] = EXPIRED
-                    st = flight[_ST]
-                    assert isinstance(st, TargetState)
-                    if not st.removed:
-                        st.lost()
+                if flight.status == PENDING:
+                    flight.status = EXPIRED
+                    if not flight.st.removed:
+                        flight.st.lost()
                 ch.to_forget.append((deadline + self._linger_ns, seq, flight))
             fg = ch.to_forget
             while fg and fg[0][0] <= now:

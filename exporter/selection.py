@@ -59,8 +59,9 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 
 from exporter.config import MeshSettings
 
@@ -94,6 +95,29 @@ def _ring_keys(name: str) -> tuple[int, int]:
     """(ring position, first zone choice) of a name, both 64-bit."""
     digest = hashlib.blake2b(_encode(name), digest_size=16, person=_PERSON).digest()
     return int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:], "big")
+
+
+def _free_slot(
+    member_keys: list[int], load: list[int], cap: int, point: int, retry: Callable[[int], int]
+) -> int:
+    """The zone member a seeker's extra goes to: the one after point on the ring, or, while
+    that one is full, the one after its next hashed choice; past the last choice, the next
+    member along the ring with room (the slots add up to at least the demand)."""
+    s = len(member_keys)
+    attempt = 0
+    while True:
+        # Hashed choices, not the next member along the ring: the members that follow a
+        # full one are the likeliest to be full too, so walking the ring makes long chains
+        # of displaced extras under load.
+        j = bisect.bisect_left(member_keys, point) % s
+        if load[j] < cap:
+            return j
+        attempt += 1
+        if attempt > _HASHED_CHOICES:
+            while load[j] >= cap:
+                j = (j + 1) % s
+            return j
+        point = retry(attempt)
 
 
 def _choice_point(name: str, attempt: int) -> int:
@@ -175,21 +199,8 @@ class Selector:
         # added or removed only disturbs the choices of lower-priority seekers, and only
         # those that wanted the slot it took or freed.
         for seeker in sorted(seekers):
-            point = keys[seeker][1]
-            attempt = 0
-            while True:
-                # Hashed choices, not the next member along the ring: the members that
-                # follow a full one are the likeliest to be full too, so walking the ring
-                # makes long chains of displaced extras under load.
-                j = bisect.bisect_left(member_keys, point) % s
-                if load[j] < cap:
-                    break
-                attempt += 1
-                if attempt > _HASHED_CHOICES:
-                    while load[j] >= cap:
-                        j = (j + 1) % s
-                    break
-                point = _choice_point(self._order[seeker], attempt)
+            name = self._order[seeker]
+            j = _free_slot(member_keys, load, cap, keys[seeker][1], partial(_choice_point, name))
             load[j] += 1
             self._extra.setdefault(seeker, []).append(members[j])
             self._arrivals[members[j]] = load[j]
@@ -479,17 +490,7 @@ class Ring:
         load, picks = cover.load, cover.picks
         for t in range(len(picks), upto):
             seeker = seekers[t]
-            point, attempt = seeker[1], 0
-            while True:
-                j = bisect.bisect_left(pos, point) % s
-                if load[j] < cap:
-                    break
-                attempt += 1
-                if attempt > _HASHED_CHOICES:
-                    while load[j] >= cap:
-                        j = (j + 1) % s
-                    break
-                point = self._point(seeker[2], attempt)
+            j = _free_slot(pos, load, cap, seeker[1], partial(self._point, seeker[2]))
             load[j] += 1
             picks.append(j)
         return cover

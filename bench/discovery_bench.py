@@ -1314,7 +1314,9 @@ def markdown(result: dict[str, Any]) -> str:
         )
         out.append(
             "| resource | LISTs | expected (1 + 410s) | WATCHes | watch ends (timeout) | "
-            "410 Gone | other statuses | bytes sent | of which LIST |"
+            "410 Gone (in the watch stream) | other statuses (None: cut by the stop) | "
+            "bytes sent | "
+            "of which LIST |"
         )
         out.append("|---|---|---|---|---|---|---|---|---|")
         restarts = ph["exporter_view"]["watch_restarts"]
@@ -1335,7 +1337,9 @@ def markdown(result: dict[str, Any]) -> str:
                 + (f" ({f['list_pages']} pages)" if f["list_pages"] != f["lists"] else "")
                 + f" | {ph['expected_lists'].get(res, '-')} | {f['watches']} | "
                 f"{restarts.get(f'{res}/timeout', 0):.0f} | "
-                f"{restarts.get(f'{res}/gone', 0):.0f} ({gone_codes} answered 410) | "
+                f"{restarts.get(f'{res}/gone', 0):.0f}"
+                + (f" ({gone_codes} answered 410)" if gone_codes else "")
+                + " | "
                 f"{other or '-'} | {_mib(sent)} | {_mib(s.get('list_bytes', 0.0))} |"
             )
         out.append("")

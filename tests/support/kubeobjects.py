@@ -29,7 +29,7 @@ _EPOCH = "2024-05-01T12:00:00Z"
 
 def _uid(kind: str, namespace: str, name: str) -> str:
     # Deterministic, so a test can predict targetRef/ownerReference uids.
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kubefake/{kind}/{namespace}/{name}"))
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"pingmesh-tests/{kind}/{namespace}/{name}"))
 
 
 def _now() -> str:

@@ -151,9 +151,6 @@ class MetricsDocument:
             yield piece
         self.last_render_seconds = busy
 
-    def chunks(self) -> Iterator[bytes]:
-        return self.negotiate("")[1]
-
     def render(self, accept: str = "") -> bytes:
         return b"".join(self.negotiate(accept)[1])
 

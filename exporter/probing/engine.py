@@ -1,5 +1,6 @@
-"""The probing engine: paced echo requests to every target over one socket per family, and one
-reader per socket that matches replies and ICMP errors to the requests still in flight.
+"""The probing engine: paced echo requests to every target over one socket per family, read on
+the same ticks that send them, with replies and ICMP errors matched to the requests still in
+flight.
 
 A probe's outcome is decided once: a valid reply within the timeout (received), or a timeout
 or ICMP error (lost). Anything else that arrives for it later (duplicates, late or corrupt

@@ -56,7 +56,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -1131,6 +1131,49 @@ def cost_table(n: int, runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def exporter_key(
+    label: str, period: float, variants: Sequence[tuple[str, Path]], periods: Sequence[float]
+) -> str:
+    """The result key of one exporter run: plain "exporter" for the first variant at the
+    first period, so single runs read as before."""
+    if (label, period) == (variants[0][0], periods[0]):
+        return "exporter"
+    return f"exporter@{label or 'tree'}/{period:g}s"
+
+
+def operating_point_table(result: dict[str, Any]) -> str:
+    """Per size and exporter run: CPU s/s beside fping's in the same run, the ratio, RSS,
+    the render time, and the exporter's own counters over the window."""
+    lines = [
+        "| targets | exporter | scrape | exporter CPU s/s | fping CPU s/s | ratio "
+        "| exporter RSS MiB | render median / max | lost | errors | drops | unmatched "
+        "| rounds skipped | rest of machine CPU s/s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|",
+    ]
+    for n, runs in result["cost"].items():
+        fping = runs.get("fping", {}).get("cpu_per_s", math.nan)
+        for key, r in runs.items():
+            if not key.startswith("exporter"):
+                continue
+            e = r["exporter"]
+            s = r.get("scrapes", {})
+            render = (
+                f"{_ms(s['render_seconds_median'])} / {_ms(s['render_seconds_max'])}"
+                if "render_seconds_median" in s
+                else "-"
+            )
+            ratio = r["cpu_per_s"] / fping if fping and not math.isnan(fping) else math.nan
+            lines.append(
+                f"| {int(n):,} | {r.get('exporter_commit') or 'tree'} "
+                f"| {r.get('scrape_period_s', 0):g} s | {r['cpu_per_s']:.4f} | {fping:.4f} "
+                f"| {ratio:.2f}x | {r['peak_rss_mib']:.1f} | {render} "
+                f"| {r['replies_lost']:.0f} | {e['errors'] or 0} | {e['receive_drops']:.0f} "
+                f"| {e['unmatched'] or 0} | {e['rounds_skipped']:.0f} "
+                f"| {r.get('other_cpu_per_s', math.nan):.3f} |"
+            )
+    return "\n".join(lines)
+
+
 def rtt_table(cases: dict[str, dict[str, Any]]) -> str:
     def us(value: float | None) -> str:
         return "n/a" if value is None or math.isnan(value) else f"{value * 1e6:.1f} us"
@@ -1175,8 +1218,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"exporter from {exporter}",
         "",
     ]
-    for n, runs in result["cost"].items():
-        parts += [cost_table(int(n), runs), ""]
+    if result["config"].get("operating_point") or len(result["config"]["scrape_periods_s"]) > 1:
+        parts += [operating_point_table(result), ""]
+    else:
+        for n, runs in result["cost"].items():
+            parts += [cost_table(int(n), runs), ""]
     if result.get("rtt"):
         parts += [
             f"**RTT accuracy** (3 ms user-space responder, {RTT_TARGETS} targets)",
@@ -1223,6 +1269,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1.0,
         help="seconds between scrapes of the exporter in the cost part",
     )
+    p.add_argument(
+        "--operating-point",
+        action="store_true",
+        help="the DaemonSet's operating point: 1, 40, 200, 1,000 and 5,000 targets, exporter "
+        "and fping in the same run, scraped every 15 s and every 1 s, no RTT part",
+    )
+    p.add_argument(
+        "--scrape-periods",
+        default=None,
+        help="several scrape periods (seconds, comma-separated): the exporter runs once per "
+        "period, fping once per size",
+    )
+    p.add_argument(
+        "--small-window",
+        type=float,
+        default=None,
+        help="measured seconds for sizes of 200 targets or fewer (their CPU is a few ticks "
+        "of 10 ms a second: a long window makes it measurable)",
+    )
+    p.add_argument(
+        "--exporter-revs",
+        default=None,
+        help="several git revisions, comma-separated: each runs at every size and period "
+        "beside the same fping run (before/after in one run)",
+    )
     p.add_argument("--out", type=Path, default=OUT_DIR, help="directory for the JSON result")
     p.add_argument(
         "--exporter-tree",
@@ -1262,6 +1333,19 @@ def run_all(
     exporter_tree, exporter_commit = args.exporter_tree.resolve(), None
     if args.exporter_rev:
         exporter_tree, exporter_commit = extract_revision(args.exporter_rev, workdir)
+    # (label, tree) per exporter variant; the first is the one reported as "exporter".
+    variants: list[tuple[str, Path]] = [("", exporter_tree)]
+    if args.exporter_revs:
+        variants = []
+        for rev in (r.strip() for r in args.exporter_revs.split(",") if r.strip()):
+            tree, commit = extract_revision(rev, workdir)
+            variants.append((commit, tree))
+        exporter_tree, exporter_commit = variants[0][1], variants[0][0]
+    periods = (
+        [float(x) for x in args.scrape_periods.split(",")]
+        if args.scrape_periods
+        else [args.scrape_period]
+    )
     result: dict[str, Any] = {
         "machine": machine_facts(exporter_tree, exporter_commit),
         "config": {
@@ -1270,6 +1354,10 @@ def run_all(
             "window_s": window,
             "rtt_count": rtt_count,
             "quick": args.quick,
+            "small_window_s": args.small_window,
+            "operating_point": args.operating_point,
+            "scrape_periods_s": periods,
+            "exporter_variants": [label for label, _ in variants],
         },
         "cost": {},
         "rtt": {},
@@ -1284,12 +1372,21 @@ def run_all(
             targets_file = write_targets(workdir / f"targets-{n}.txt", chosen)
             runs: dict[str, dict[str, Any]] = {}
             result["cost"][str(n)] = runs
-            if "exporter" in probers:
-                print(f"[{n} targets] exporter", flush=True)
-                runs["exporter"] = run_exporter(bed, plan, counter, targets_file, n)
+            sized = plan
+            if args.small_window is not None and n <= 200:
+                sized = replace(plan, window_s=args.small_window)
             if "fping" in probers:
                 print(f"[{n} targets] fping", flush=True)
-                runs["fping"] = run_fping(bed, plan, counter, targets_file, n)
+                runs["fping"] = run_fping(bed, sized, counter, targets_file, n)
+            if "exporter" in probers:
+                for period in periods:
+                    for label, tree in variants:
+                        key = exporter_key(label, period, variants, periods)
+                        print(f"[{n} targets] {key}", flush=True)
+                        one = replace(sized, exporter_tree=tree, scrape_period_s=period)
+                        runs[key] = run_exporter(bed, one, counter, targets_file, n)
+                        runs[key]["scrape_period_s"] = period
+                        runs[key]["exporter_commit"] = label or exporter_commit
             if "smokeping" in probers:
                 print(f"[{n} targets] smokeping_prober (datagram)", flush=True)
                 runs["smokeping_prober"] = run_smokeping(
@@ -1330,6 +1427,14 @@ def run_all(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.operating_point:
+        # The DaemonSet's sizes; fping and the exporter in the same run; both scrape
+        # periods. Explicit options still win.
+        args.sizes = args.sizes or "1,40,200,1000,5000"
+        args.probers = "exporter,fping"
+        args.no_rtt = True
+        args.scrape_periods = args.scrape_periods or "15,1"
+        args.small_window = args.small_window if args.small_window is not None else 60.0
     sizes = (
         [int(s) for s in args.sizes.split(",")]
         if args.sizes

@@ -250,10 +250,9 @@ class App:
             loop.add_signal_handler(sig, self.request_stop)
         prober, table = parts.prober, parts.table
         assert table is not None
-        prober.attach(loop)
         tasks: list[asyncio.Task[Any]] = [
+            # One task sends, reads and times out, on one tick (exporter.probing.engine).
             asyncio.create_task(prober.send_loop(), name="probe.send"),
-            asyncio.create_task(prober.sweep_loop(), name="probe.sweep"),
             asyncio.create_task(
                 parts.static.run(lambda t: table.publish("static", t)), name="discovery.static"
             ),
@@ -301,7 +300,6 @@ class App:
         for t in tasks:
             t.cancel()
         await asyncio.wait(tasks, timeout=0.5)
-        parts.prober.detach(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         server.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import struct
 import time
@@ -11,7 +12,7 @@ import pytest
 
 from exporter.config import ProbeSettings
 from exporter.probing import wire
-from exporter.probing.engine import Prober
+from exporter.probing.engine import MAX_TICK_NS, MIN_TICK_NS, Prober
 from exporter.probing.icmpsocket import IcmpSocket, QueuedError, Received
 from exporter.probing.stats import TargetState
 from exporter.targets import index, static_target
@@ -310,3 +311,106 @@ def test_a_send_that_fails_itself_is_reported() -> None:
     with pytest.raises(OSError):
         _icmp_socket(other).send(b"x" * 64, ("198.18.0.1", 0))
     assert other.calls == 1
+
+
+# ----- the tick: sending, reading and timing out on one wake-up ----------------------------
+
+
+def test_tick_width_carries_about_twenty_requests_within_bounds() -> None:
+    prober, _, _ = make(["198.18.1.1"])
+    assert prober.tick_ns(0) == MAX_TICK_NS
+    assert prober.tick_ns(1) == MAX_TICK_NS  # one target: the widest tick
+    assert prober.tick_ns(40) == MAX_TICK_NS  # 2 requests a tick, 20 ticks a second
+    assert prober.tick_ns(1000) == 20_000_000  # 20 requests a tick
+    assert prober.tick_ns(5000) == MIN_TICK_NS  # 25 requests a tick, never wider apart
+
+
+def test_pending_counts_flights_until_their_outcome() -> None:
+    prober, sock, (a, b, c) = make(["198.18.1.1", "198.18.1.2", "198.18.1.3"], timeout=0.05)
+    ch = prober.channels[4]
+    for st in (a, b, c):
+        prober._send(st)
+    assert ch.pending == 3
+    sock.reply(0)
+    sock.reply(0)  # a duplicate settles nothing more
+    drain(prober)
+    assert ch.pending == 2
+    sock.errors.append(QueuedError(3, 1, "198.18.1.2", sock.sent[1][0]))
+    drain(prober)
+    assert ch.pending == 1 and b.errors
+    prober.sweep(time.monotonic_ns() + 100_000_000)
+    assert ch.pending == 0 and (c.sent, c.received) == (1, 0)
+
+
+def test_ticks_come_only_while_requests_are_in_flight() -> None:
+    prober, sock, (st,) = make(["198.18.1.1"], timeout=0.5)
+    now = time.monotonic_ns()
+    assert prober.next_service_ns(now, MAX_TICK_NS) is None  # nothing out: sleep
+    prober._send(st)
+    assert prober.next_service_ns(now, MAX_TICK_NS) == now + MAX_TICK_NS  # read it soon
+    deadline = prober.channels[4].to_expire[0][0]
+    assert prober.next_service_ns(now, 10**12) == deadline  # never past its deadline
+    sock.reply()
+    prober.read()
+    assert prober.next_service_ns(now, MAX_TICK_NS) is None
+
+
+def test_read_leaves_idle_channels_alone_but_reads_every_channel_when_asked() -> None:
+    prober, sock, _ = make(["198.18.1.1"])
+    calls: list[int] = []
+    real = sock.recv_many
+
+    def counting(limit: int) -> tuple[list[Received], bool]:
+        calls.append(limit)
+        return real(limit)
+
+    sock.recv_many = counting  # type: ignore[method-assign]
+    prober.read()
+    assert calls == []  # no request in flight: no syscall
+    prober.read(every_channel=True)
+    assert len(calls) == 1
+
+
+class EchoingSocket(ScriptedSocket):
+    """Answers every request at once, and counts the reads (one per tick at most)."""
+
+    reads = 0
+
+    def send(self, packet: bytes, destination: tuple[str, int] | tuple[str, int, int, int]) -> None:
+        super().send(packet, destination)
+        self.reply()
+
+    def recv_many(self, limit: int) -> tuple[list[Received], bool]:
+        self.reads += 1
+        return super().recv_many(limit)
+
+
+def test_send_loop_keeps_phases_and_coalesces_reads_into_ticks() -> None:
+    async def scenario() -> tuple[EchoingSocket, Prober]:
+        sock = EchoingSocket()
+        prober = Prober(ProbeSettings(interval=0.2, timeout=0.1), {4: sock})
+        prober.set_targets(
+            index(static_target(f"198.18.2.{i}", f"198.18.2.{i}") for i in range(40))
+        )
+        task = asyncio.create_task(prober.send_loop())
+        await asyncio.sleep(0.95)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task  # cancelling the loop propagates, as a stop needs
+        return sock, prober
+
+    sock, prober = asyncio.run(scenario())
+    sent = [s.sent for s in prober.states]
+    received = [s.received for s in prober.states]
+    # 0.95 s at 0.2 s a round: 4 or 5 rounds; every target the same, every reply read.
+    assert min(sent) >= 4 and max(sent) - min(sent) <= 1
+    assert sum(received) >= sum(sent) - 40  # the last round's replies may be unread
+    assert all(not s.errors for s in prober.states)
+    # 40 targets each 0.2 s is 200 requests a second: 10 ms ticks, about 100 a second; one
+    # read per send would be about 200.
+    assert sock.reads <= 130
+    # Sent within half a tick of the phase (plus scheduling noise on a busy machine).
+    assert prober.rounds.last_max_lag_s < 0.05
+    # Evenly spread: the sends of one round span most of the interval, in phase order.
+    first_round = sorted(t for _, _, t in sock.sent[:40])
+    assert (first_round[-1] - first_round[0]) / 1e9 > 0.1

@@ -18,12 +18,22 @@ class ProbeCollector(Collector):
 
     def __init__(self, prober: Prober) -> None:
         self.prober = prober
+        self._counted: tuple[object, Counter[tuple[str, str]]] = ((), Counter())
+
+    def _by_kind(self) -> Counter[tuple[str, str]]:
+        """Targets by kind and family, counted again only when the target set changed (the
+        prober makes a new states tuple then): at 5,000 targets the count cost a fifth of a
+        render."""
+        states = self.prober.states
+        seen, counts = self._counted
+        if seen is not states:
+            counts = Counter((s.target.kind, family_label(s.target.family)) for s in states)
+            self._counted = (states, counts)
+        return counts
 
     def collect(self) -> Iterator[Metric]:
         p = self.prober
-        by_kind: Counter[tuple[str, str]] = Counter(
-            (s.target.kind, family_label(s.target.family)) for s in p.states
-        )
+        by_kind = self._by_kind()
         targets = GaugeMetricFamily(
             "pingmesh_targets", "Targets being probed.", labels=["kind", "ip_family"]
         )

@@ -75,7 +75,12 @@ def snapshot(st: TargetState, labels: str) -> _Snapshot:
     rtt_sum = st.rtt_sum_ns
     received = st.received
     sent = st.sent
-    return _Snapshot(labels, buckets, rtt_sum, received, sent, st.up, dict(st.errors))
+    # tuple.__new__ straight: the named tuple's own __new__ is a Python function, and it
+    # cost a sixth of a render at 5,000 targets.
+    return _new_tuple(_Snapshot, (labels, buckets, rtt_sum, received, sent, st.up, dict(st.errors)))
+
+
+_new_tuple = tuple.__new__
 
 
 def render_target_chunks(
@@ -96,13 +101,17 @@ def render_target_chunks(
         f"# HELP {RTT} Round-trip time of echo replies received within the timeout, from "
         f"kernel timestamps.\n# TYPE {RTT} histogram\n"
     )
+    width = 2 * len(les)
     for chunk in chunks:
         lines: list[str] = []
         for sn in chunk:
             head = f"{RTT}_bucket{{{sn.labels}"
-            cumulative = list(accumulate(sn.buckets))
-            args: list[object] = [x for v in cumulative for x in (head, v)]
-            args += (sn.labels, sn.rtt_sum_ns / 1e9, sn.labels, cumulative[-1])
+            # The arguments interleave the line head with the cumulative counts; a slice
+            # assignment lays the counts in (in C), where a nested comprehension cost a
+            # quarter of the render.
+            args: list[object] = [head, 0] * len(les)
+            args[1:width:2] = accumulate(sn.buckets)
+            args += (sn.labels, sn.rtt_sum_ns / 1e9, sn.labels, args[width - 1])
             lines.append(template % tuple(args))
         yield "".join(lines)
     for name, help_text, field in (

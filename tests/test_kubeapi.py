@@ -1,6 +1,7 @@
 """What exporter/discovery/kubeapi.py does at the HTTP edge, where no API server is needed or a
-real one cannot produce the fault: its settings, its Accept headers, urllib3's retries turned
-off, a refused connection, a stream that goes silent after its headers.
+real one cannot produce the fault: its settings (kubeconfig and service account), its Accept
+headers, urllib3's retries turned off, a refused connection, a stream that goes silent after
+its headers, a server that ignores a watch-list's sendInitialEvents.
 
 The rest of the edge (metadata-only lists and watches, label selectors) is tested on the real
 kube-apiserver in tests/test_cluster_kubeapi.py.
@@ -10,20 +11,22 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client
 
 from exporter.config import ConfigError, KubernetesSettings
 from exporter.discovery.api import ConnectionFailed, Resource
 from exporter.discovery.kubeapi import (
     METADATA_LIST,
     METADATA_OBJECT,
+    Configuration,
     KubeApi,
+    TokenSource,
     accept_header,
     load_configuration,
 )
@@ -32,10 +35,8 @@ NS = "monitoring"
 SEL = "app.kubernetes.io/name=pingmesh-exporter"
 
 
-def configuration(port: int) -> client.Configuration:
-    cfg = client.Configuration()
-    cfg.host = f"http://127.0.0.1:{port}"
-    return cfg
+def configuration(port: int) -> Configuration:
+    return Configuration(host=f"http://127.0.0.1:{port}")
 
 
 def test_settings_errors_name_the_cause(tmp_path: Path) -> None:
@@ -69,9 +70,76 @@ def test_configuration_disables_urllib3_retries(tmp_path: Path) -> None:
     )
     cfg = load_configuration(KubernetesSettings(kubeconfig=str(kubeconfig)))
     assert cfg.retries is False
+    assert cfg.host == "http://127.0.0.1:1"
+    assert cfg.token is not None and cfg.token.get() == "t"
     api = KubeApi(configuration(1))  # also for a configuration made elsewhere
-    retries = api._api_client.rest_client.pool_manager.connection_pool_kw["retries"]
+    retries = api._pool.connection_pool_kw["retries"]
     assert retries.total is False  # urllib3's Retry(False): raise at once, no retry
+
+
+def kubeconfig_with(
+    tmp_path: Path, user: str, cluster: str = "server: 'https://127.0.0.1:1'"
+) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: c, cluster: {{{cluster}}}}}]\n"
+        f"users: [{{name: u, user: {{{user}}}}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("user", "what"),
+    [
+        ("exec: {command: aws, apiVersion: client.authentication.k8s.io/v1}", "exec credential"),
+        ("auth-provider: {name: oidc}", "auth-provider"),
+        ("username: a, password: b", "basic authentication"),
+    ],
+)
+def test_kubeconfig_plugins_are_refused_with_the_remedy(
+    tmp_path: Path, user: str, what: str
+) -> None:
+    path = kubeconfig_with(tmp_path, user)
+    with pytest.raises(ConfigError, match=f"--kubeconfig: .*{what}.*kubectl create token"):
+        load_configuration(KubernetesSettings(kubeconfig=str(path)))
+
+
+def test_kubeconfig_tls_settings(tmp_path: Path) -> None:
+    insecure = kubeconfig_with(
+        tmp_path, "token: t", "server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true"
+    )
+    cfg = load_configuration(KubernetesSettings(kubeconfig=str(insecure)))
+    assert cfg.ssl_context is not None and cfg.ssl_context.verify_mode == ssl.CERT_NONE
+    missing_ca = kubeconfig_with(
+        tmp_path, "token: t", "server: 'https://127.0.0.1:1', certificate-authority: nope.crt"
+    )
+    with pytest.raises(ConfigError, match="--kubeconfig: cannot use"):
+        load_configuration(KubernetesSettings(kubeconfig=str(missing_ca)))
+    half_cert = kubeconfig_with(tmp_path, "client-certificate: a.crt")
+    with pytest.raises(ConfigError, match="both the certificate and its key"):
+        load_configuration(KubernetesSettings(kubeconfig=str(half_cert)))
+
+
+def test_token_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
+    """Bound service-account tokens rotate: the kubelet swaps the projected file's symlink."""
+    data = tmp_path / "..data"
+    data.mkdir()
+    (data / "token").write_text("first\n")
+    link = tmp_path / "token"
+    link.symlink_to(data / "token")
+    source = TokenSource(path=str(link))
+    assert source.get() == "first"
+    fresh = tmp_path / "..data2"
+    fresh.mkdir()
+    (fresh / "token").write_text("second")
+    tmp_link = tmp_path / "token.tmp"
+    tmp_link.symlink_to(fresh / "token")
+    tmp_link.replace(link)
+    assert source.get() == "second"
+    link.unlink()  # mid-rotation: the last token read stays in use
+    assert source.get() == "second"
 
 
 def closed_port() -> int:

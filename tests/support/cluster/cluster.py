@@ -769,6 +769,22 @@ class Cluster(Closing):
             n += 1
         return n
 
+    def list_count(self, *, since: float = 0.0, resource: str | None = None) -> int:
+        """LISTs, and watch-lists (a WATCH with sendInitialEvents=true, audited as a watch):
+        every request that asks for a whole collection."""
+        n = 0
+        for ev in self.audit_events():
+            if ev.get("stage") != "RequestReceived":
+                continue
+            if resource and (ev.get("objectRef") or {}).get("resource") != resource:
+                continue
+            if since and _rfc3339(ev.get("requestReceivedTimestamp", "")) < since:
+                continue
+            uri = str(ev.get("requestURI", ""))
+            if ev.get("verb") == "list" or "sendInitialEvents=true" in uri:
+                n += 1
+        return n
+
     # ----- teardown ---------------------------------------------------------------------
 
     @property

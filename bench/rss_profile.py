@@ -45,7 +45,7 @@ def where(tb: tracemalloc.Traceback) -> str:
         if "/exporter/" in path:
             return "exporter/" + path.split("/exporter/", 1)[1]
     path = tb[-1].filename if len(tb) else "?"
-    for marker in ("/site-packages/", "/lib/python3"):
+    for marker in ("/site-packages/", "/lib/python3.11/", "/lib/python3.12/"):
         if marker in path:
             return path.split(marker, 1)[1]
     return path
@@ -86,12 +86,14 @@ def main() -> int:
     result: dict[str, Any] = {"steps": steps, "argv": argv}
 
     def watch() -> None:
-        for _ in range(int(300 / 0.05)):
+        for _ in range(int(180 / 0.05)):
             if ready(port):
+                result["ready_s"] = time.monotonic() - started
+                step(steps, "ready (/readyz 200)")
                 break
             time.sleep(0.05)
-        result["ready_s"] = time.monotonic() - started
-        step(steps, "ready (/readyz 200)")
+        else:
+            step(steps, "not ready after 180 s")
         time.sleep(settle)
         step(steps, f"settled ({settle:.0f} s after ready)")
         current, peak = tracemalloc.get_traced_memory()

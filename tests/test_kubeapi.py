@@ -9,6 +9,8 @@ kube-apiserver in tests/test_cluster_kubeapi.py.
 
 from __future__ import annotations
 
+import http.server
+import json
 import logging
 import socket
 import ssl
@@ -200,3 +202,58 @@ def test_silent_watch_stream_fails_after_the_read_timeout(silent_stream: int) ->
     with pytest.raises(ConnectionFailed):
         list(watch.events())
     assert 0.9 <= time.monotonic() - started < 5
+
+
+@pytest.fixture
+def pre_watchlist_server() -> Iterator[tuple[int, list[str]]]:
+    """A stand-in for an API server older than 1.27, which no real server here can be: it
+    ignores sendInitialEvents, so a watch-list is a plain watch (an ADDED event, then a
+    bookmark without the k8s.io/initial-events-end annotation), and it answers LISTs."""
+    paths: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            paths.append(self.path)
+            pod = {"metadata": {"name": "p", "namespace": NS, "resourceVersion": "7"}}
+            if "watch=true" in self.path:
+                lines = [
+                    {"type": "ADDED", "object": pod},
+                    {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "8"}}},
+                ]
+                body = b"".join(json.dumps(x).encode() + b"\n" for x in lines)
+            else:
+                body = json.dumps({"metadata": {"resourceVersion": "9"}, "items": [pod]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], paths
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_a_server_that_ignores_send_initial_events_gets_paginated_lists(
+    pre_watchlist_server: tuple[int, list[str]],
+) -> None:
+    port, paths = pre_watchlist_server
+    api = KubeApi(configuration(port))
+    items, rv = api.list(Resource("pods", NS, SEL), 5.0)
+    assert [obj["metadata"]["name"] for obj in items] == ["p"]
+    assert rv == "9"  # the LIST's, not the plain watch's bookmark
+    assert "sendInitialEvents=true" in paths[0]
+    assert "watch" not in paths[1] and "resourceVersion" not in paths[1]
+    api.list(Resource("pods", NS, SEL), 5.0)
+    assert len(paths) == 3 and "watch" not in paths[2]  # no second try at streaming

@@ -63,6 +63,7 @@ Results go to ``bench/out/apiserver-bench-<UTC time>.json`` (the exporter's log 
 from __future__ import annotations
 
 import argparse
+import base64
 import concurrent.futures as cf
 import contextlib
 import datetime as dt
@@ -74,6 +75,7 @@ import json
 import os
 import random
 import select
+import shutil
 import signal
 import socket
 import ssl
@@ -1574,6 +1576,21 @@ def memory_exporter(
 
     env = dict(os.environ, PYTHONPATH=str(tree))
     cmd = ["nsenter", f"--net={node.ns.path}", python, "-m", "exporter", *argv]
+    if (tree / "opt" / "pingmesh").is_dir():
+        # An image's file tree: its own Python and site-packages, as the image's user, with
+        # the environment of the image (bytecode compiled at build time, none written).
+        env = {"PATH": "/opt/pingmesh/bin:/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
+        cmd = [
+            "nsenter",
+            f"--net={node.ns.path}",
+            shutil.which("chroot") or "/usr/sbin/chroot",  # the image's PATH below lacks it
+            "--userspec=65534:65534",
+            str(tree),
+            "/opt/pingmesh/bin/python",
+            "-m",
+            "exporter",
+            *argv,
+        ]
     out: dict[str, Any] = {"tree": str(tree), "python": python, "argv": argv}
     with open(log_path, "wb") as log:
         started = time.monotonic()
@@ -1694,6 +1711,8 @@ def memory_main(args: argparse.Namespace) -> int:
     trees = {"after": ROOT}
     if args.before_tree:
         trees = {"before": args.before_tree.resolve(), "after": ROOT}
+    if args.image_rootfs:
+        trees["image"] = args.image_rootfs.resolve()
     result: dict[str, Any] = {
         "plan": {"peers": args.memory, "settle_s": args.exporter_settle_seconds or 20.0},
         "machine": machine_facts(versions=versions()),
@@ -1722,6 +1741,21 @@ def memory_main(args: argparse.Namespace) -> int:
         kubeconfig = exporter_kubeconfig(cluster, cluster.dir / "kubeconfig-bench-sa")
         node0 = cluster.add_node(EXPORTER_NODE, node_labels(0, args.zones))
         rest = Rest(cluster.cp, cluster.server, cluster.pki.ca, cluster.pki.tokens["admin"])
+        if "image" in trees:
+            # As the DaemonSet's securityContext.sysctls does: datagram ICMP for its user.
+            node0.ns.run(["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"])
+            # The same kubeconfig inside the image's tree, with the CA inline (the cluster's
+            # directory is outside the chroot), readable by the image's user.
+            doc = json.loads(kubeconfig.read_text())
+            ca = base64.b64encode(cluster.pki.ca.read_bytes()).decode()
+            doc["clusters"][0]["cluster"] = {
+                "server": cluster.server,
+                "certificate-authority-data": ca,
+            }
+            inside = trees["image"] / "tmp" / "kubeconfig-bench-sa"
+            inside.write_text(json.dumps(doc))
+            os.chown(inside, 65534, 65534)
+            inside.chmod(0o600)
         # Start-up in static mode first: no API server involved.
         result["static"] = {
             name: memory_exporter(
@@ -1746,6 +1780,8 @@ def memory_main(args: argparse.Namespace) -> int:
             size["list_requests"] = list_probe(rest)
             for name, tree in trees.items():
                 argv = exporter_argv(node0, kubeconfig)
+                if name == "image":
+                    argv = exporter_argv(node0, Path("/tmp/kubeconfig-bench-sa"))
                 size[name] = memory_exporter(
                     node=node0,
                     argv=argv,
@@ -1755,7 +1791,8 @@ def memory_main(args: argparse.Namespace) -> int:
                     log_path=OUT_DIR / f"memory-bench-{stamp}-{peers}-{name}.log",
                 )
                 save()
-            for name, tree in trees.items() if args.profile else ():
+            profiled = {k: v for k, v in trees.items() if k != "image"} if args.profile else {}
+            for name, tree in profiled.items():
                 size[f"{name}_profile"] = memory_profile(
                     node=node0,
                     argv=exporter_argv(node0, kubeconfig),
@@ -2252,6 +2289,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--before-tree",
         type=Path,
         help="with --memory: also measure the exporter of this source tree (git archive)",
+    )
+    ap.add_argument(
+        "--image-rootfs",
+        type=Path,
+        help="with --memory: also measure the exporter of this extracted image file tree "
+        "(chroot, its /opt/pingmesh Python, as 65534)",
     )
     ap.add_argument(
         "--profile",

@@ -15,7 +15,8 @@
 # the build (`make`); the build fails without them.
 #
 # Bytecode is compiled at build time: the pod's root file system is read-only, and without
-# it every start would compile each module (the kubernetes client is large) in memory.
+# it every start would compile each module in memory (135 MiB against 75 MiB measured with the
+# official kubernetes client, which the exporter no longer uses).
 ARG PYTHON_VERSION=3.12
 ARG BUILD_BASE=python:${PYTHON_VERSION}
 ARG RUNTIME_BASE=python:${PYTHON_VERSION}-slim

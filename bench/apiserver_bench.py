@@ -63,6 +63,7 @@ Results go to ``bench/out/apiserver-bench-<UTC time>.json`` (the exporter's log 
 from __future__ import annotations
 
 import argparse
+import base64
 import concurrent.futures as cf
 import contextlib
 import datetime as dt
@@ -74,6 +75,7 @@ import json
 import os
 import random
 import select
+import shutil
 import signal
 import socket
 import ssl
@@ -555,9 +557,11 @@ def pod_status(created: dict[str, Any], i: int, t: str) -> dict[str, Any]:
 SMP = "application/strategic-merge-patch+json"
 
 
-def populate(rest: Rest, nodes: int, zones: int, concurrency: int) -> dict[str, Any]:
+def populate(
+    rest: Rest, nodes: int, zones: int, concurrency: int, start: int = 0
+) -> dict[str, Any]:
     """Every Node (but the exporter's, made by add_node: only its status), then every pod and
-    its status. Returns timings."""
+    its status, from index start (a cluster grown in steps). Returns timings."""
     template = load_pod_template()
     t = now_rfc3339()
     out: dict[str, Any] = {"concurrency": concurrency}
@@ -591,7 +595,7 @@ def populate(rest: Rest, nodes: int, zones: int, concurrency: int) -> dict[str, 
         started = time.monotonic()
         done = 0
         with cf.ThreadPoolExecutor(concurrency, thread_name_prefix=f"populate-{what}") as pool:
-            futures = [pool.submit(fn, i) for i in range(nodes)]
+            futures = [pool.submit(fn, i) for i in range(start, nodes)]
             for fut in cf.as_completed(futures):
                 fut.result()
                 done += 1
@@ -600,13 +604,14 @@ def populate(rest: Rest, nodes: int, zones: int, concurrency: int) -> dict[str, 
                         f"  {what}: {done}/{nodes} ({time.monotonic() - started:.0f} s)", flush=True
                     )
         took = time.monotonic() - started
+        made = nodes - start
         out[what] = {
-            "objects": nodes,
-            "writes": nodes * writes,
+            "objects": made,
+            "writes": made * writes,
             "seconds": took,
-            "writes_per_s": nodes * writes / took,
+            "writes_per_s": made * writes / took,
         }
-        print(f"{nodes} {what} in {took:.1f} s ({nodes * writes / took:.0f} writes/s)", flush=True)
+        print(f"{made} {what} in {took:.1f} s ({made * writes / took:.0f} writes/s)", flush=True)
     out["retries"] = rest.retries
     out["seconds"] = out["nodes"]["seconds"] + out["pods"]["seconds"]
     return out
@@ -777,9 +782,10 @@ def child_main(args: argparse.Namespace) -> int:
             super().__init__(cfg)
             self.counts = counts
 
-        def _call(self, res: Any, **kw: Any) -> Any:
-            watch = bool(kw.get("watch"))
-            resp = super()._call(res, **kw)
+        def _get(self, res: Any, query: dict[str, str], read_timeout: float) -> Any:
+            # A watch-list (sendInitialEvents) is the list, streamed: counted as one page.
+            watch = query.get("watch") == "true" and "sendInitialEvents" not in query
+            resp = super()._get(res, query, read_timeout)
             if not watch:
                 self.counts.add(self.counts.pages, res.name, 1)
             return Counted(resp, self.counts, f"{res.name}/{'watch' if watch else 'list'}")
@@ -1390,6 +1396,433 @@ def run_exporter(
 
 
 # --------------------------------------------------------------------------------------------
+# --memory: one real exporter's RSS in sampled mode, and which LIST request bounds it
+
+# The API server's own account of where a list was served from: the watch cache
+# (apiserver_cache_list_*), etcd (apiserver_storage_list_*, etcd_requests_total), and the
+# consistent reads the cache served or passed on (apiserver_watch_cache_consistent_read_total).
+LIST_METRICS = (
+    "apiserver_cache_list_total",
+    "apiserver_cache_list_fetched_objects_total",
+    "apiserver_cache_list_returned_objects_total",
+    "apiserver_storage_list_total",
+    "apiserver_storage_list_fetched_objects_total",
+    "apiserver_storage_list_returned_objects_total",
+    "apiserver_watch_cache_consistent_read_total",
+    "etcd_requests_total",
+    "apiserver_request_total",
+    "apiserver_watch_list_duration_seconds_count",
+)
+LIST_VARIANTS = {
+    "rv0": "resourceVersion=0&limit=500",
+    "consistent": "limit=500",
+    "consistent100": "limit=100",
+    "watchlist": (
+        "watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
+        "&allowWatchBookmarks=true&timeoutSeconds=600"
+    ),
+}
+
+
+def list_metrics(rest: Rest) -> Samples:
+    status, raw = rest.raw("GET", "/metrics")
+    return parse(raw.decode(errors="replace"), LIST_METRICS) if status == 200 else []
+
+
+def samples_delta(a: Samples, b: Samples) -> dict[str, float]:
+    """Every sample that moved, as name{labels} -> delta."""
+    before = {(n, tuple(sorted(lb.items()))): v for n, lb, v in a}
+    out = {}
+    for n, lb, v in b:
+        key = (n, tuple(sorted(lb.items())))
+        d = v - before.get(key, 0.0)
+        if d:
+            out[n + "{" + ",".join(f"{k}={x}" for k, x in key[1]) + "}"] = d
+    return out
+
+
+def one_list_request(rest: Rest, path: str, query: str, accept: str) -> dict[str, Any]:
+    """One list as the variant asks, read the way the exporter reads it: page by page, or a
+    watch-list line by line up to its initial-events-end bookmark."""
+    out: dict[str, Any] = {"pages": 0, "bytes": 0, "max_page_bytes": 0, "objects": 0}
+    started = time.monotonic()
+    headers = {"Authorization": f"Bearer {rest.token}", "Accept": accept}
+    conn = _NsHTTPS(rest.ns, rest.host, rest.port, rest.ctx, 120.0)
+    try:
+        if "watch=true" in query:
+            conn.request("GET", f"{path}?{query}", headers=headers)
+            resp = conn.getresponse()
+            out["status"] = resp.status
+            for _ in range(10_000_000):
+                line = resp.readline()
+                if not line:
+                    out["error"] = "stream ended before the initial-events-end bookmark"
+                    break
+                out["bytes"] += len(line)
+                out["max_page_bytes"] = max(out["max_page_bytes"], len(line))
+                ev = json.loads(line)
+                if ev["type"] == "ADDED":
+                    out["objects"] += 1
+                    continue
+                ann = (ev["object"].get("metadata") or {}).get("annotations") or {}
+                if ev["type"] == "BOOKMARK" and ann.get("k8s.io/initial-events-end") == "true":
+                    out["resource_version"] = ev["object"]["metadata"]["resourceVersion"]
+                    break
+                out["error"] = f"{ev['type']} before the end of the initial events"
+                break
+        else:
+            cont = ""
+            for _ in range(100_000):
+                q = query + (f"&continue={cont}" if cont else "")
+                conn.request("GET", f"{path}?{q}", headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                out["status"] = resp.status
+                if resp.status != 200:
+                    out["error"] = body[:300].decode(errors="replace")
+                    break
+                doc = json.loads(body)
+                out["pages"] += 1
+                out["bytes"] += len(body)
+                out["max_page_bytes"] = max(out["max_page_bytes"], len(body))
+                out["objects"] += len(doc.get("items") or [])
+                cont = (doc.get("metadata") or {}).get("continue") or ""
+                if not cont:
+                    out["resource_version"] = doc["metadata"].get("resourceVersion")
+                    break
+    finally:
+        conn.close()
+    out["seconds"] = time.monotonic() - started
+    return out
+
+
+def list_probe(rest: Rest) -> dict[str, Any]:
+    """Each way of listing the exporter's two big resources, with the API server's metrics
+    before and after (nothing else lists in between: the cluster is quiet)."""
+    from exporter.discovery.kubeapi import METADATA_LIST, METADATA_OBJECT
+
+    targets = {
+        "pods": (
+            f"/api/v1/namespaces/{NAMESPACE}/pods",
+            f"labelSelector={SELECTOR}",
+            "application/json",
+            "application/json",
+        ),
+        "nodes (metadata)": ("/api/v1/nodes", "", METADATA_LIST, METADATA_OBJECT),
+    }
+    out: dict[str, Any] = {}
+    for what, (path, sel, accept_list, accept_watch) in targets.items():
+        for variant, query in LIST_VARIANTS.items():
+            q = "&".join(x for x in (sel.replace("=", "%3D", 1), query) if x)
+            accept = accept_watch if variant == "watchlist" else accept_list
+            a = list_metrics(rest)
+            r = one_list_request(
+                rest, path, q.replace("labelSelector%3D", "labelSelector="), accept
+            )
+            time.sleep(1.0)
+            r["apiserver"] = samples_delta(a, list_metrics(rest))
+            out[f"{what}: {variant}"] = r
+            print(
+                f"  {what} {variant}: {r['objects']} objects, {r['pages']} pages, largest "
+                f"{r['max_page_bytes'] / 2**20:.2f} MiB, {r['seconds']:.2f} s, "
+                f"{r.get('error', 'ok')}; etcd/cache: "
+                + ", ".join(
+                    f"{k}={v:.0f}"
+                    for k, v in r["apiserver"].items()
+                    if k.startswith(("apiserver_cache_list_total", "apiserver_storage_list_total"))
+                    or ("etcd_requests_total" in k and "list" in k.lower())
+                    or "consistent_read" in k
+                ),
+                flush=True,
+            )
+    return out
+
+
+def exporter_argv(node: Any, kubeconfig: Path) -> list[str]:
+    """python -m exporter as the DaemonSet runs it (sampled mode: default --mesh.peers)."""
+    return [
+        "--discovery=kubernetes",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--kubernetes.node-name",
+        EXPORTER_NODE,
+        "--kubernetes.namespace",
+        NAMESPACE,
+        "--kubernetes.pod-name",
+        f"pingmesh-exporter-{pod_suffix(0)}",
+        "--web.listen-address",
+        f"127.0.0.1:{EXPORTER_PORT}",
+        "--log.format=json",
+    ]
+
+
+def static_argv() -> list[str]:
+    return [
+        "--discovery=static",
+        "--target",
+        "198.18.0.1,198.18.0.2",
+        "--web.listen-address",
+        f"127.0.0.1:{EXPORTER_PORT}",
+        "--log.format=json",
+    ]
+
+
+def memory_exporter(
+    *, node: Any, argv: list[str], tree: Path, python: str, settle_s: float, log_path: Path
+) -> dict[str, Any]:
+    """One exporter process from tree: time to /readyz, RSS at ready, RSS sampled every 0.1 s
+    for settle_s, RSS at the end (settled) and VmHWM (peak)."""
+    from tests.support.exporter_proc import http_get
+
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    cmd = ["nsenter", f"--net={node.ns.path}", python, "-m", "exporter", *argv]
+    if (tree / "opt" / "pingmesh").is_dir():
+        # An image's file tree: its own Python and site-packages, as the image's user, with
+        # the environment of the image (bytecode compiled at build time, none written).
+        env = {"PATH": "/opt/pingmesh/bin:/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
+        cmd = [
+            "nsenter",
+            f"--net={node.ns.path}",
+            shutil.which("chroot") or "/usr/sbin/chroot",  # the image's PATH below lacks it
+            "--userspec=65534:65534",
+            str(tree),
+            "/opt/pingmesh/bin/python",
+            "-m",
+            "exporter",
+            *argv,
+        ]
+    out: dict[str, Any] = {"tree": str(tree), "python": python, "argv": argv}
+    with open(log_path, "wb") as log:
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            cmd,
+            cwd=tree,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            pid = exec_pid(proc.pid, "exporter")
+            rss: list[tuple[float, float]] = []
+            for _ in range(int(180 / 0.05)):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"exporter exited with {proc.returncode}: {log_path}")
+                with contextlib.suppress(OSError, ValueError):
+                    rss.append((time.monotonic() - started, status_kib(pid, "VmRSS") / 1024))
+                with contextlib.suppress(OSError):
+                    if http_get(node.ns, EXPORTER_PORT, "/readyz", timeout=5)[0] == 200:
+                        break
+                time.sleep(0.05)
+            else:
+                raise RuntimeError(f"exporter not ready after 180 s: {log_path}")
+            out["ready_s"] = time.monotonic() - started
+            out["rss_ready_mib"] = status_kib(pid, "VmRSS") / 1024
+            out["hwm_ready_mib"] = status_kib(pid, "VmHWM") / 1024
+            until = time.monotonic() + settle_s
+            while time.monotonic() < until:
+                rss.append((time.monotonic() - started, status_kib(pid, "VmRSS") / 1024))
+                time.sleep(0.1)
+            out["rss_settled_mib"] = status_kib(pid, "VmRSS") / 1024
+            out["hwm_mib"] = status_kib(pid, "VmHWM") / 1024
+            out["rss_max_sampled_mib"] = max(r for _, r in rss)
+            out["rss_timeline"] = rss[:: max(1, len(rss) // 200)]
+            code, _, body = http_get(node.ns, EXPORTER_PORT, "/metrics", timeout=60)
+            samples = parse(body.decode()) if code == 200 else []
+            out["metrics"] = {
+                "mesh_peers": value(samples, "pingmesh_mesh_peers", default=0.0),
+                "selected_peers": value(samples, "pingmesh_mesh_selected_peers", default=0.0),
+                "targets": len(
+                    {
+                        (
+                            lb.get("kind"),
+                            lb.get("target_node"),
+                            lb.get("target"),
+                            lb.get("ip_family"),
+                        )
+                        for n, lb, _ in samples
+                        if n == "pingmesh_target_up"
+                    }
+                ),
+                "discovery_up": value(samples, "pingmesh_discovery_up", default=0.0),
+            }
+            print(
+                f"  {tree.name or tree}: ready {out['ready_s']:.2f} s at "
+                f"{out['rss_ready_mib']:.1f} MiB; settled {out['rss_settled_mib']:.1f} MiB, "
+                f"peak {out['hwm_mib']:.1f} MiB; peers {out['metrics']['mesh_peers']:.0f}, "
+                f"targets {out['metrics']['targets']}",
+                flush=True,
+            )
+        finally:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=10)
+    return out
+
+
+def memory_profile(
+    *,
+    node: Any,
+    argv: list[str],
+    tree: Path,
+    settle_s: float,
+    out_json: Path,
+    log_path: Path,
+    import_kubernetes: bool,
+) -> dict[str, Any]:
+    """bench/rss_profile.py over the exporter of tree (its steps and tracemalloc snapshot);
+    import_kubernetes prices the official client's import as a step of its own."""
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    flags = ["--import-kubernetes"] if import_kubernetes else []
+    cmd = [
+        "nsenter",
+        f"--net={node.ns.path}",
+        sys.executable,
+        str(ROOT / "bench" / "rss_profile.py"),
+        str(out_json),
+        str(settle_s),
+        *flags,
+        "--",
+        *argv,
+    ]
+    try:
+        with open(log_path, "wb") as log:
+            subprocess.run(
+                cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=400
+            )
+        return dict(json.loads(out_json.read_text()))
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        # A profile is an attribution aid: its failure must not cost the run's figures.
+        return {"error": f"{type(exc).__name__}: {exc}", "steps": []}
+
+
+def memory_main(args: argparse.Namespace) -> int:
+    from tests.support.cluster.cluster import Cluster, binaries
+    from tests.support.netbed import require_root
+
+    why = require_root() or binaries()
+    if why:
+        print(f"cannot run: {why}", file=sys.stderr)
+        return 2
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = OUT_DIR / f"memory-bench-{stamp}.json"
+    trees = {"after": ROOT}
+    if args.before_tree:
+        trees = {"before": args.before_tree.resolve(), "after": ROOT}
+    if args.image_rootfs:
+        trees["image"] = args.image_rootfs.resolve()
+    result: dict[str, Any] = {
+        "plan": {"peers": args.memory, "settle_s": args.exporter_settle_seconds or 20.0},
+        "machine": machine_facts(versions=versions()),
+        "trees": {k: str(v) for k, v in trees.items()},
+        "sizes": [],
+    }
+    settle = args.exporter_settle_seconds or 20.0
+
+    def save() -> None:
+        path.write_text(json.dumps(_jsonable(result), indent=1) + "\n")
+
+    with Cluster(dual_stack=False) as cluster:
+        restart_controller_manager(cluster)
+        for f in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml"):
+            cluster.kubectl("apply", "-f", str(ROOT / "deploy" / "base" / f))
+        cluster.wait_for(
+            lambda: (
+                cluster.kubectl(
+                    "get", "serviceaccount", SA, "-n", NAMESPACE, check=False
+                ).returncode
+                == 0
+            ),
+            "the exporter's ServiceAccount",
+            timeout=30,
+        )
+        kubeconfig = exporter_kubeconfig(cluster, cluster.dir / "kubeconfig-bench-sa")
+        node0 = cluster.add_node(EXPORTER_NODE, node_labels(0, args.zones))
+        rest = Rest(cluster.cp, cluster.server, cluster.pki.ca, cluster.pki.tokens["admin"])
+        if "image" in trees:
+            # As the DaemonSet's securityContext.sysctls does: datagram ICMP for its user.
+            node0.ns.run(["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"])
+            # The same kubeconfig inside the image's tree, with the CA inline (the cluster's
+            # directory is outside the chroot), readable by the image's user.
+            doc = json.loads(kubeconfig.read_text())
+            ca = base64.b64encode(cluster.pki.ca.read_bytes()).decode()
+            doc["clusters"][0]["cluster"] = {
+                "server": cluster.server,
+                "certificate-authority-data": ca,
+            }
+            inside = trees["image"] / "tmp" / "kubeconfig-bench-sa"
+            inside.write_text(json.dumps(doc))
+            os.chown(inside, 65534, 65534)
+            inside.chmod(0o600)
+        # Start-up in static mode first: no API server involved.
+        result["static"] = {
+            name: memory_exporter(
+                node=node0,
+                argv=static_argv(),
+                tree=tree,
+                python=sys.executable,
+                settle_s=5.0,
+                log_path=OUT_DIR / f"memory-bench-{stamp}-static-{name}.log",
+            )
+            for name, tree in trees.items()
+        }
+        save()
+        made = 0
+        for peers in args.memory:
+            nodes = peers + 1
+            print(f"\n== {peers} peers ({nodes} nodes and pods) ==", flush=True)
+            size: dict[str, Any] = {"peers": peers, "nodes": nodes}
+            size["populate"] = populate(rest, nodes, args.zones, args.concurrency, start=made)
+            made = nodes
+            size["quiet"] = wait_quiet(rest)
+            size["list_requests"] = list_probe(rest)
+            for name, tree in trees.items():
+                argv = exporter_argv(node0, kubeconfig)
+                if name == "image":
+                    argv = exporter_argv(node0, Path("/tmp/kubeconfig-bench-sa"))
+                size[name] = memory_exporter(
+                    node=node0,
+                    argv=argv,
+                    tree=tree,
+                    python=sys.executable,
+                    settle_s=settle,
+                    log_path=OUT_DIR / f"memory-bench-{stamp}-{peers}-{name}.log",
+                )
+                save()
+            # Not the old tree: under tracemalloc its exporter spun at 100 % CPU for minutes
+            # before serving (two runs), so it gave no snapshot.
+            profiled = {"after": ROOT} if args.profile else {}
+            for name, tree in profiled.items():
+                size[f"{name}_profile"] = memory_profile(
+                    node=node0,
+                    argv=exporter_argv(node0, kubeconfig),
+                    tree=tree,
+                    settle_s=settle,
+                    out_json=OUT_DIR / f"memory-bench-{stamp}-{peers}-{name}-profile.json",
+                    log_path=OUT_DIR / f"memory-bench-{stamp}-{peers}-{name}-profile.log",
+                    import_kubernetes=name == "before",
+                )
+                steps = size[f"{name}_profile"]["steps"]
+                print(
+                    f"  profile {name}: "
+                    + "; ".join(f"{s['step']} {s['rss_mib']:.1f}" for s in steps),
+                    flush=True,
+                )
+            result["sizes"].append(size)
+            save()
+    print(f"\nresults: {path.relative_to(ROOT)}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # Set-up of the cluster
 
 
@@ -1853,6 +2286,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="JSON",
         help="print the Markdown of an earlier result instead of running",
     )
+    ap.add_argument(
+        "--memory",
+        type=parse_watchers,
+        metavar="PEERS",
+        help="instead: one real exporter's RSS in sampled mode at these peer counts "
+        "(comma-separated, ascending), the LIST requests compared, and a profile",
+    )
+    ap.add_argument(
+        "--before-tree",
+        type=Path,
+        help="with --memory: also measure the exporter of this source tree (git archive)",
+    )
+    ap.add_argument(
+        "--image-rootfs",
+        type=Path,
+        help="with --memory: also measure the exporter of this extracted image file tree "
+        "(chroot, its /opt/pingmesh Python, as 65534)",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="with --memory: also run bench/rss_profile.py (tracemalloc) at each size",
+    )
     ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--kubeconfig", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -1861,6 +2317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report:
         print(markdown(json.loads(args.report.read_text())))
         return 0
+    if args.memory:
+        return memory_main(args)
     if not 2 <= args.nodes <= MAX_NODES:
         ap.error(f"--nodes: 2 to {MAX_NODES}")
     small = args.nodes < 1000

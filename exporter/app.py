@@ -54,7 +54,7 @@ def loopback_defaults() -> list[str]:
 
 
 def kube_api(settings: KubernetesSettings) -> Api:
-    # Imported here: the client library costs ~25 MiB, and static mode never needs it.
+    # Imported here: static mode never needs the Kubernetes edge (urllib3, PyYAML, ssl).
     from exporter.discovery.kubeapi import KubeApi, load_configuration
 
     return KubeApi(load_configuration(settings))

@@ -148,7 +148,7 @@ def test_restart_gives_a_real_410_and_keeps_targets(faults: Cluster) -> None:
         timeout=60,
     )
     full(faults, "node-a")
-    lists = faults.audit_count(since=since, verb="list")
+    lists = faults.list_count(since=since)
     print(
         f"API server restart: discovery back {time.monotonic() - started:.1f} s after the "
         f"restart began; {lists} LISTs from {len(NODES)} exporters"
@@ -196,14 +196,14 @@ def test_api_unreachable_for_three_minutes(faults: Cluster) -> None:
     print(
         f"3-minute outage: probes received {received - received0:.0f} during it, "
         f"{api_errors:.0f} failed requests, discovery back {time.monotonic() - restored:.1f} s "
-        f"after the drop rule went, {faults.audit_count(since=since, verb='list')} LISTs"
+        f"after the drop rule went, {faults.list_count(since=since)} LISTs"
     )
     assert probe_series(s) == watch.want
     # Failures backed off (capped at 2 s here; 30 s by default), and urllib3 added no
     # immediate retries of its own.
     assert api_errors < 4 * 180 / 1.0, api_errors
     assert "Retrying (Retry(" not in exporter_log(faults, "node-b")
-    assert faults.audit_count(since=since, verb="list") <= 4 * len(NODES)
+    assert faults.list_count(since=since) <= 4 * len(NODES)
     assert container_restarts(faults) == 0
 
 

@@ -110,7 +110,12 @@ def test_every_request_is_granted_and_every_grant_is_used(three: Cluster) -> Non
         )
         assert (ev.get("responseStatus") or {}).get("code", 200) < 400, ev
     want = granted(render(ROOT / "deploy"))
-    assert used == want, f"used, not granted: {used - want}; granted, unused: {want - used}"
+    # The exporter lists by a streaming watch-list (kubeapi.KubeApi.list): the API server
+    # audits it as a watch. The list grants are for its fallback, the paginated LIST of a
+    # server that does not stream lists; this one does, so they go unused.
+    fallback = {(scope, g, r, v) for scope, g, r, v in want if v == "list"}
+    assert used - want == set(), f"used, not granted: {used - want}"
+    assert want - used <= fallback, f"granted, unused: {want - used - fallback}"
 
 
 def test_every_peer_is_discovered_and_answers(three: Cluster) -> None:
@@ -142,7 +147,7 @@ def test_no_periodic_list_and_no_watch_storm(three: Cluster) -> None:
     settle(60)
     counts = {
         r: (
-            three.audit_count(since=since, verb="list", resource=r),
+            three.list_count(since=since, resource=r),
             three.audit_count(since=since, verb="watch", resource=r),
         )
         for r in ("pods", "nodes", "services", "endpointslices")

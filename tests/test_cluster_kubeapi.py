@@ -14,7 +14,7 @@ import pytest
 
 from exporter.config import KubernetesSettings
 from exporter.discovery.api import Api, Resource, WatchStream
-from exporter.discovery.kubeapi import KubeApi, load_configuration
+from exporter.discovery.kubeapi import LIST_PAGE, KubeApi, load_configuration
 from exporter.discovery.objects import parse_node_meta
 from exporter.discovery.reflector import Reflector
 from exporter.objects import NodeMeta
@@ -124,3 +124,44 @@ def test_label_selector_reaches_the_server(apiserver: Cluster) -> None:
         return [obj["metadata"]["name"] for obj in items]
 
     assert in_namespace(apiserver.cp, listed) == ["n3"]
+
+
+def test_lists_fall_back_to_pages_where_the_server_does_not_stream_them() -> None:
+    """kube-apiserver with the WatchList feature gate off answers 422 to sendInitialEvents,
+    as a server that cannot stream lists does: the client switches to paginated LISTs
+    (no resourceVersion, LIST_PAGE objects a page) and still gets every object."""
+    many = "pingmesh.test/many"
+    with make_cluster(dual_stack=False, apiserver_args=["--feature-gates=WatchList=false"]) as c:
+        items = [
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": f"m{i}", "labels": {many: "1"}},
+            }
+            for i in range(LIST_PAGE + 5)
+        ]
+        c.apply({"apiVersion": "v1", "kind": "List", "items": items})
+        gets: list[dict[str, str]] = []
+
+        def listed() -> tuple[list[str], str, bool]:
+            api = admin_api(c)
+            inner = api._get
+
+            def counting(res: Resource, query: dict[str, str], read_timeout: float) -> Any:
+                gets.append(query)
+                return inner(res, query, read_timeout)
+
+            api._get = counting  # type: ignore[method-assign]
+            res = Resource("nodes", label_selector=f"{many}=1", metadata_only=True)
+            got, rv = api.list(res, 10.0)
+            again, _ = api.list(res, 10.0)  # the switch holds: straight to pages
+            assert len(again) == len(got)
+            return [obj["metadata"]["name"] for obj in got], rv, api._watch_list
+
+        names, rv, streaming = in_namespace(c.cp, listed)
+    assert sorted(names) == sorted(f"m{i}" for i in range(LIST_PAGE + 5))
+    assert rv and not streaming
+    assert gets[0].get("sendInitialEvents") == "true"  # tried once, refused
+    pages = [q for q in gets if "watch" not in q]
+    assert len(pages) == 4 and all("resourceVersion" not in q for q in pages)
+    assert [("continue" in q) for q in pages] == [False, True, False, True]

@@ -1,5 +1,5 @@
-"""What discovery needs of the Kubernetes API, as plain Python types. The client library
-itself is only imported by exporter.discovery.kubeapi, and only with --discovery=kubernetes."""
+"""What discovery needs of the Kubernetes API, as plain Python types. The HTTP client itself
+(urllib3) is only imported by exporter.discovery.kubeapi, and only with --discovery=kubernetes."""
 
 from __future__ import annotations
 

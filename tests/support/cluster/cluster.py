@@ -269,6 +269,7 @@ class Cluster(Closing):
         etcd_compaction_interval: str = "5m",
         proxy_mode: str = "iptables",
         workdir: Path | None = None,
+        apiserver_args: Sequence[str] = (),
     ) -> None:
         why = binaries()
         if why:
@@ -280,6 +281,8 @@ class Cluster(Closing):
         self.watch_cache = watch_cache
         self.etcd_compaction_interval = etcd_compaction_interval
         self.proxy_mode = proxy_mode
+        # Extra kube-apiserver flags (a feature gate turned off, say), after the usual ones.
+        self.apiserver_args = list(apiserver_args)
         self.dir = workdir or Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
         # Pods run as other users and read their volumes below it (keys stay 0600).
         self.dir.chmod(0o755)
@@ -420,6 +423,7 @@ class Cluster(Closing):
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",
+            *self.apiserver_args,
         ]
 
     def start_apiserver(self) -> None:
@@ -767,6 +771,22 @@ class Cluster(Closing):
             if since and _rfc3339(ev.get("requestReceivedTimestamp", "")) < since:
                 continue
             n += 1
+        return n
+
+    def list_count(self, *, since: float = 0.0, resource: str | None = None) -> int:
+        """LISTs, and watch-lists (a WATCH with sendInitialEvents=true, audited as a watch):
+        every request that asks for a whole collection."""
+        n = 0
+        for ev in self.audit_events():
+            if ev.get("stage") != "RequestReceived":
+                continue
+            if resource and (ev.get("objectRef") or {}).get("resource") != resource:
+                continue
+            if since and _rfc3339(ev.get("requestReceivedTimestamp", "")) < since:
+                continue
+            uri = str(ev.get("requestURI", ""))
+            if ev.get("verb") == "list" or "sendInitialEvents=true" in uri:
+                n += 1
         return n
 
     # ----- teardown ---------------------------------------------------------------------

@@ -53,6 +53,28 @@ ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(os.environ.get("PINGMESH_CACHE", "/var/cache/pingmesh-exporter")) / "bin"
 
 
+def settle_ipv6(netns: str, veth: str, timeout: float = 10.0) -> None:
+    """Wait until duplicate address detection has finished on both ends of a pod's veth, as
+    the real CNI plugins do before they return (ptp and bridge settle the addresses): until
+    then the node side's fe80::1, the pod's IPv6 gateway, is tentative and answers nothing,
+    so for about two seconds every IPv6 packet to and from a new pod would be lost."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tentative = [
+            subprocess.run(
+                [*prefix, "ip", "-6", "addr", "show", "dev", dev, "tentative"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            for prefix, dev in (([], veth), (["ip", "netns", "exec", netns], "eth0"))
+        ]
+        if not any(tentative):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"IPv6 addresses of {veth} / {netns} still tentative after {timeout}s")
+
+
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -271,6 +293,8 @@ class Standin:
             capture_output=True,
             timeout=30,
         )
+        if any(":" in ip for ip in ips):
+            settle_ipv6(netns, veth)
         psc = spec.get("securityContext") or {}
         for s in psc.get("sysctls") or []:
             sh("ip", "netns", "exec", netns, "sysctl", "-q", "-w", f"{s['name']}={s['value']}")

@@ -99,6 +99,7 @@ from bench.common import (
     machine_facts,
     parse,
     status_kib,
+    summary,
     value,
 )
 
@@ -1137,19 +1138,6 @@ def reflector_totals(stats: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def summary(xs: list[float]) -> dict[str, Any]:
-    if not xs:
-        return {"n": 0}
-    s = sorted(xs)
-    return {
-        "n": len(s),
-        "median": statistics.median(s),
-        "min": s[0],
-        "max": s[-1],
-        "mean": statistics.fmean(s),
-    }
-
-
 # --------------------------------------------------------------------------------------------
 # One N
 
@@ -1732,19 +1720,7 @@ def memory_main(args: argparse.Namespace) -> int:
 
     with Cluster(dual_stack=False) as cluster:
         restart_controller_manager(cluster)
-        for f in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml"):
-            cluster.kubectl("apply", "-f", str(ROOT / "deploy" / "base" / f))
-        cluster.wait_for(
-            lambda: (
-                cluster.kubectl(
-                    "get", "serviceaccount", SA, "-n", NAMESPACE, check=False
-                ).returncode
-                == 0
-            ),
-            "the exporter's ServiceAccount",
-            timeout=30,
-        )
-        kubeconfig = exporter_kubeconfig(cluster, cluster.dir / "kubeconfig-bench-sa")
+        kubeconfig = exporter_identity(cluster, cluster.dir / "kubeconfig-bench-sa")
         node0 = cluster.add_node(EXPORTER_NODE, node_labels(0, args.zones))
         rest = Rest(cluster.cp, cluster.server, cluster.pki.ca, cluster.pki.tokens["admin"])
         if "image" in trees:
@@ -1833,6 +1809,22 @@ def restart_controller_manager(cluster: Any) -> None:
     cluster.processes["kube-controller-manager"].stop()
     cluster._kcm_argv = argv
     cluster._proc("kube-controller-manager", argv)
+
+
+def exporter_identity(cluster: Any, path: Path) -> Path:
+    """The shipped Namespace, ServiceAccount and RBAC applied, and a kubeconfig at path with a
+    bound token of that ServiceAccount: the exporter's own identity, as the DaemonSet has it."""
+    for f in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml"):
+        cluster.kubectl("apply", "-f", str(ROOT / "deploy" / "base" / f))
+    cluster.wait_for(
+        lambda: (
+            cluster.kubectl("get", "serviceaccount", SA, "-n", NAMESPACE, check=False).returncode
+            == 0
+        ),
+        "the exporter's ServiceAccount",
+        timeout=30,
+    )
+    return exporter_kubeconfig(cluster, path)
 
 
 def exporter_kubeconfig(cluster: Any, path: Path) -> Path:
@@ -2364,19 +2356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"load average before: {load0:.2f}", flush=True)
     with Cluster(dual_stack=False) as cluster:
         restart_controller_manager(cluster)
-        for f in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml"):
-            cluster.kubectl("apply", "-f", str(ROOT / "deploy" / "base" / f))
-        cluster.wait_for(
-            lambda: (
-                cluster.kubectl(
-                    "get", "serviceaccount", SA, "-n", NAMESPACE, check=False
-                ).returncode
-                == 0
-            ),
-            "the exporter's ServiceAccount",
-            timeout=30,
-        )
-        kubeconfig = exporter_kubeconfig(cluster, cluster.dir / "kubeconfig-bench-sa")
+        kubeconfig = exporter_identity(cluster, cluster.dir / "kubeconfig-bench-sa")
         node0 = cluster.add_node(EXPORTER_NODE, node_labels(0, args.zones))
         rest = Rest(cluster.cp, cluster.server, cluster.pki.ca, cluster.pki.tokens["admin"])
         pids = {}

@@ -12,8 +12,10 @@ import gzip
 import math
 import os
 import platform
+import statistics
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,4 +224,19 @@ def machine_facts(**extra: Any) -> dict[str, Any]:
         "exporter_tree_modified": git("status", "--porcelain", "--", "exporter"),
         **extra,
         "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def summary(values: Sequence[float]) -> dict[str, Any]:
+    """Count, median, spread and mean of some measurements, as the benches report them."""
+    if not values:
+        return {"n": 0}
+    ordered = sorted(values)
+    return {
+        "n": len(ordered),
+        "median": statistics.median(ordered),
+        "min": ordered[0],
+        "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+        "max": ordered[-1],
+        "mean": statistics.fmean(ordered),
     }

@@ -97,7 +97,7 @@ from typing import IO, Any
 from bench.apiserver_bench import (
     SMP,
     Rest,
-    exporter_kubeconfig,
+    exporter_identity,
     load_pod_template,
     node_name,
     now_rfc3339,
@@ -115,6 +115,7 @@ from bench.common import (
     machine_facts,
     parse,
     status_kib,
+    summary,
     value,
 )
 from tests.support.cluster.cluster import Cluster, binaries
@@ -863,19 +864,6 @@ def window_cost(samples: Sequence[dict[str, Any]], t0: float, t1: float) -> dict
     }
 
 
-def summary(values: Sequence[float]) -> dict[str, Any]:
-    if not values:
-        return {"n": 0}
-    ordered = sorted(values)
-    return {
-        "n": len(ordered),
-        "median": statistics.median(ordered),
-        "min": ordered[0],
-        "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
-        "max": ordered[-1],
-    }
-
-
 # Latency trials
 
 
@@ -1508,9 +1496,7 @@ def prepare_cluster(cluster: Cluster, kubeconfig_path: Path) -> Path:
     a bound token of that ServiceAccount."""
     for name in ("kube-controller-manager", "kube-scheduler"):
         cluster.processes[name].stop()
-    for f in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml"):
-        cluster.kubectl("apply", "-f", str(ROOT / "deploy" / "base" / f))
-    return exporter_kubeconfig(cluster, kubeconfig_path)
+    return exporter_identity(cluster, kubeconfig_path)
 
 
 def wait_authorized(cluster: Cluster, kubeconfig: Path) -> None:

@@ -23,6 +23,7 @@ from exporter.metrics.targets import (
     RTT,
     SENT,
     UP,
+    PerTarget,
     TargetLabels,
     snapshot,
 )
@@ -142,27 +143,19 @@ def encode(metrics: Iterable[Metric], classic: bool) -> bytes:
     return b"".join(delimited(family(m, classic)) for m in metrics)
 
 
-class LabelBytes:
-    """Each target's labels as a serialized Metric message holding only them: made once per
-    target, then merged into each of its series at every scrape, which the runtime does in
-    a fraction of the time of adding the pairs one by one."""
+class LabelBytes(PerTarget[bytes]):
+    """Each target's labels as a serialized Metric message holding only them, merged into
+    each of its series at every scrape, which the runtime does in a fraction of the time of
+    adding the pairs one by one."""
 
     def __init__(self, labels: TargetLabels) -> None:
+        super().__init__(self.serialize)
         self.labels = labels
-        self._bytes: dict[TargetState, bytes] = {}
 
-    def of(self, states: Sequence[TargetState]) -> list[bytes]:
-        known = self._bytes
-        out = []
-        for st in states:
-            data = known.get(st)
-            if data is None:
-                pairs = [pb.LabelPair(name=k, value=v) for k, v in self.labels.pairs(st)]
-                data = known[st] = pb.Metric(label=pairs).SerializeToString()
-            out.append(data)
-        if len(known) > len(states):
-            self._bytes = dict(zip(states, out, strict=True))
-        return out
+    def serialize(self, st: TargetState) -> bytes:
+        pairs = [pb.LabelPair(name=k, value=v) for k, v in self.labels.pairs(st)]
+        data: bytes = pb.Metric(label=pairs).SerializeToString()
+        return data
 
 
 def target_chunks(

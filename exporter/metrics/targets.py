@@ -7,9 +7,9 @@ to starve the probing loop (prometheus_client's generic path is several times sl
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 from exporter.metrics.text import format_le, label_text, source_labels
 from exporter.probing.stats import TargetState
@@ -21,17 +21,40 @@ RECEIVED = "pingmesh_probe_received_total"
 ERRORS = "pingmesh_probe_errors_total"
 UP = "pingmesh_target_up"
 
+T = TypeVar("T")
+
 CHUNK_TARGETS = 250  # targets per chunk of a streamed /metrics response
 
 
-class TargetLabels:
-    """Each target's label text: rendered once, when a scrape first sees the target, and kept
-    while the target is probed. Keyed by the prober's state object, which lives exactly as
-    long as the target's series."""
+class PerTarget(Generic[T]):
+    """Something made once per target, when a scrape first sees the target, and kept while
+    the target is probed. Keyed by the prober's state object, which lives exactly as long as
+    the target's series."""
+
+    def __init__(self, make: Callable[[TargetState], T]) -> None:
+        self.make = make
+        self._known: dict[TargetState, T] = {}
+
+    def of(self, states: Sequence[TargetState]) -> list[T]:
+        """The values of states, in order; forgets targets that have left."""
+        known = self._known
+        out = []
+        for st in states:
+            value = known.get(st)
+            if value is None:
+                value = known[st] = self.make(st)
+            out.append(value)
+        if len(known) > len(states):
+            self._known = dict(zip(states, out, strict=True))
+        return out
+
+
+class TargetLabels(PerTarget[str]):
+    """Each target's label text, with this exporter's source_node first."""
 
     def __init__(self, source_node: str | None) -> None:
+        super().__init__(self.render)
         self.source = source_labels(source_node)
-        self._text: dict[TargetState, str] = {}
 
     def pairs(self, st: TargetState) -> tuple[tuple[str, str], ...]:
         t = st.target
@@ -39,19 +62,6 @@ class TargetLabels:
 
     def render(self, st: TargetState) -> str:
         return label_text(self.pairs(st))
-
-    def of(self, states: Sequence[TargetState]) -> list[str]:
-        """The label texts of states, in order; forgets targets that have left."""
-        known = self._text
-        out = []
-        for st in states:
-            text = known.get(st)
-            if text is None:
-                text = known[st] = self.render(st)
-            out.append(text)
-        if len(known) > len(states):
-            self._text = dict(zip(states, out, strict=True))
-        return out
 
 
 class _Snapshot(NamedTuple):

@@ -221,8 +221,10 @@ class App:
         s = self.settings
         node = s.kubernetes.node_name
         registry = build_registry(parts.collectors(node))
+        # Only a mesh exporter has a network to name; static targets keep their labels.
+        network = s.mesh.source_network if s.discovery == "kubernetes" else None
         document = MetricsDocument(
-            parts.prober, registry, TargetLabels(node), s.web.protobuf_classic_buckets
+            parts.prober, registry, TargetLabels(node, network), s.web.protobuf_classic_buckets
         )
         stall_limit = max(10.0, 3 * s.probe.interval)
         health = Health()

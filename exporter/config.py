@@ -59,6 +59,7 @@ SocketMode = Literal["auto", "datagram", "raw"]
 DiscoveryMode = Literal["auto", "static", "kubernetes"]
 LogLevel = Literal["debug", "info", "warn", "error"]
 LogFormat = Literal["logfmt", "json"]
+SourceNetwork = Literal["pod", "host"]
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,13 @@ class MeshSettings(Group):
         Boolean(),
         "`target_zone` labels from `topology.kubernetes.io/zone`, and a peer in every other "
         "zone (watches node metadata)",
+    )
+    source_network: SourceNetwork = option(
+        "pod",
+        Choice(SourceNetwork),
+        "where this exporter runs: `pod` (the pod network: probes peer pods and their nodes) "
+        "or `host` (`hostNetwork: true`: probes only the nodes of host-network peers); the "
+        "`source_network` label of every probe series",
     )
 
 

@@ -7,6 +7,11 @@ pod IP. A peer that is not Ready is still probed (a readiness probe failing says
 its network) and its readiness is exposed on its own. One target per peer node and family for
 the pod network and for the node network; labels name the peer's node, never its pod, so a
 rollout moves addresses without creating series.
+
+An exporter in the host network (``hostNetwork: true``) and one in the pod network are two
+meshes that never mix: each counts only peers of its own network, so a selector that catches
+the other DaemonSet's pods cannot make a host-network pod's IP (its node's) a pod target, nor
+a pod's IP a host-to-host target. A host-network exporter makes node targets only.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from exporter.config import MeshSettings
+from exporter.config import MeshSettings, SourceNetwork
 from exporter.objects import NodeMeta, Peer
 from exporter.selection import NodeInfo, Ring, Selector
 from exporter.targets import Target
@@ -26,6 +31,11 @@ class Identity:
 
     node: str
     pod_name: str | None = None
+    network: SourceNetwork = "pod"  # where this exporter runs (--mesh.source-network)
+
+    @property
+    def host_network(self) -> bool:
+        return self.network == "host"
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,8 @@ class MeshPlan:
 def counts(peer: Peer, me: Identity) -> bool:
     if not peer.node or peer.node == me.node or peer.name == me.pod_name:
         return False
+    if peer.host_network != me.host_network:
+        return False  # the other mesh's pod (see the module docstring)
     return peer.phase == "Running" and not peer.terminating and bool(peer.pod_ips)
 
 
@@ -65,7 +77,13 @@ def _labels(kind: str, node: str, zone: str | None) -> tuple[tuple[str, str], ..
 
 def _targets(node: str, peer: Peer, zone: str | None) -> tuple[Target, ...]:
     targets: list[Target] = []
-    for kind, ips in (("pod", peer.pod_ips), ("node", peer.host_ips)):
+    # A host-network peer's pod IPs are its node's: they make node targets, never pod ones.
+    kinds = (
+        (("node", peer.host_ips or peer.pod_ips),)
+        if peer.host_network
+        else (("pod", peer.pod_ips), ("node", peer.host_ips))
+    )
+    for kind, ips in kinds:
         seen: set[int] = set()
         for ip in ips:
             fam = 6 if ":" in ip else 4  # already validated and canonical

@@ -27,6 +27,7 @@ class Peer:
     terminating: bool
     created: str
     bad_ips: int = 0  # IP strings that did not parse, counted and left out
+    host_network: bool = False  # spec.hostNetwork: its pod IPs are its node's IPs
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,7 @@ def test_bad_environment_names_variable_and_flag() -> None:
         (["--web.listen-address", "nope"], "--web.listen-address"),
         (["--web.telemetry-path", "metrics"], "--web.telemetry-path"),
         (["--log.format", "xml"], "--log.format"),
+        (["--mesh.source-network", "node"], "--mesh.source-network"),
         (["--kubernetes.startup-denial-timeout", "1"], "--kubernetes.startup-denial-timeout"),
         (["--no-such-flag"], "--no-such-flag"),
     ],

@@ -57,6 +57,15 @@ def test_parse_pod_from_api_json() -> None:
     assert parse_pod(obj).host_ips == ("198.18.2.9",)  # type: ignore[union-attr]
 
 
+def test_parse_pod_host_network() -> None:
+    obj = make_pod("pm-1", "mon", "node-1", ["198.18.2.1"], ["198.18.2.1"], host_network=True)
+    assert parse_pod(obj).host_network is True  # type: ignore[union-attr]
+    obj["spec"]["hostNetwork"] = "yes"  # not a boolean: not believed
+    assert parse_pod(obj).host_network is False  # type: ignore[union-attr]
+    plain = parse_pod(make_pod("pm-2", "mon", "node-1", ["198.18.1.1"]))
+    assert isinstance(plain, Peer) and plain.host_network is False
+
+
 def test_parse_pod_malformed() -> None:
     assert parse_pod({"metadata": {}}) == Skip("malformed")
     assert parse_pod({"metadata": {"name": "a"}, "spec": [], "status": {}}) == Skip("malformed")
@@ -171,3 +180,54 @@ def test_sampled_above_full_mesh_max() -> None:
     assert 10 <= p.expected_probers <= 30
     full = plan(ME, peers[:100], None, MeshSettings(full_mesh_max=100, peers=20))
     assert len(full.selected) == 100 == full.expected_probers
+
+
+HOST_ME = replace(ME, network="host")
+
+
+def host_peer(
+    node: str,
+    ips: tuple[str, ...] = ("198.18.2.1",),
+    host_ips: tuple[str, ...] | None = None,
+    **kw: object,
+) -> Peer:
+    """A host-network exporter pod: its pod IPs are its node's."""
+    return peer(
+        node, ips=ips, host_ips=ips if host_ips is None else host_ips, host_network=True, **kw
+    )
+
+
+def test_a_pod_network_exporter_ignores_host_network_pods() -> None:
+    peers = [peer("node-1"), host_peer("node-2"), host_peer("node-1", key="ns/h-1", name="h-1")]
+    p = plan(ME, peers, None, MeshSettings())
+    assert p.selected == ("node-1",) and p.peers_total == 1
+    got = {(t.kind, dict(t.labels)["target_node"], t.address) for t in p.targets}
+    # node-1's host pod (ready, newer or not) never displaces its pod-network peer.
+    assert got == {("pod", "node-1", "198.18.1.1"), ("node", "node-1", "198.18.2.1")}
+
+
+def test_a_host_network_exporter_probes_only_the_nodes_of_host_network_peers() -> None:
+    peers = [
+        host_peer("node-1", ("198.18.2.1", "2001:db8:2::1")),
+        peer("node-2", ips=("198.18.1.2",), host_ips=("198.18.2.2",)),  # a pod-network pod
+        host_peer("node-3", ("198.18.2.3",), host_ips=()),  # hostIPs not reported yet
+        host_peer("node-0"),  # itself, by node
+    ]
+    p = plan(HOST_ME, peers, None, MeshSettings())
+    assert p.selected == ("node-1", "node-3") and p.peers_total == 2
+    got = {(t.kind, dict(t.labels)["target_node"], t.family, t.address) for t in p.targets}
+    assert got == {
+        ("node", "node-1", 4, "198.18.2.1"),
+        ("node", "node-1", 6, "2001:db8:2::1"),
+        ("node", "node-3", 4, "198.18.2.3"),
+    }
+    # No pod target, and no address of the pod-network pod, from the host network.
+    assert "198.18.1.2" not in {t.address for t in p.targets}
+
+
+def test_host_network_targets_keep_the_pod_networks_label_set() -> None:
+    """From the host the node targets are the same label sets as from a pod: the two
+    exporters' series differ only by source_network, so rules can set them side by side."""
+    pod_side = plan(ME, [peer("node-1", host_ips=("198.18.2.1",))], None, MeshSettings())
+    host_side = plan(HOST_ME, [host_peer("node-1")], None, MeshSettings())
+    assert [t for t in pod_side.targets if t.kind == "node"] == list(host_side.targets)

@@ -60,6 +60,19 @@ def test_exposition_parses_and_histograms_are_consistent() -> None:
     assert TargetLabels(None).render(b).endswith('ip_family="ipv6"')
 
 
+def test_source_network_follows_source_node_on_every_probe_series() -> None:
+    t = Target((("kind", "node"), ("target_node", "n2")), 4, "198.18.0.2")
+    prober = _prober([t])
+    registry = build_registry([ProbeCollector(prober)])
+    text = MetricsDocument(prober, registry, TargetLabels("n1", "host")).render().decode()
+    per_target = [line for line in text.splitlines() if "target_node=" in line]
+    assert len(per_target) > 20 and all(
+        line.startswith(line.split("{")[0] + '{source_node="n1",source_network="host",kind=')
+        for line in per_target
+    )
+    assert TargetLabels("n1").render(prober.states[0]).startswith('source_node="n1",kind=')
+
+
 def test_removed_target_series_disappear() -> None:
     prober = _prober(
         [static_target("198.18.0.1", "198.18.0.1"), static_target("198.18.0.2", "198.18.0.2")]

@@ -8,7 +8,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.config import MeshSettings
+from exporter.config import MeshSettings, SourceNetwork
 from exporter.mesh import Identity, Planner, plan
 from exporter.objects import NodeMeta, Peer
 
@@ -34,7 +34,18 @@ def _pod(i: int, node: str, serial: int) -> Peer:
 events = st.lists(
     st.tuples(
         st.sampled_from(
-            ["pod", "delete", "ready", "ip", "phase", "terminating", "node", "unnode", "relist"]
+            [
+                "pod",
+                "delete",
+                "ready",
+                "ip",
+                "phase",
+                "terminating",
+                "hostnet",
+                "node",
+                "unnode",
+                "relist",
+            ]
         ),
         st.integers(0, 59),
         st.integers(0, 4),
@@ -51,13 +62,20 @@ events = st.lists(
     zones=st.sampled_from([1, 2, 3]),
     peers=st.sampled_from([1, 2, 4]),
     full_mesh_max=st.sampled_from([0, 3, 10]),
+    network=st.sampled_from(["pod", "host"]),
     seq=events,
 )
 def test_planner_equals_plan_from_scratch_after_every_event(
-    zoned: bool, zones: int, peers: int, full_mesh_max: int, seq: list[tuple[str, int, int, int]]
+    zoned: bool,
+    zones: int,
+    peers: int,
+    full_mesh_max: int,
+    network: SourceNetwork,
+    seq: list[tuple[str, int, int, int]],
 ) -> None:
     cfg = MeshSettings(full_mesh_max=full_mesh_max, peers=peers, zones=zoned)
-    planner = Planner(ME, cfg)
+    me = replace(ME, network=network)
+    planner = Planner(me, cfg)
     pods: dict[str, Peer] = {}
     metas: dict[str, NodeMeta] = {}
 
@@ -84,6 +102,9 @@ def test_planner_equals_plan_from_scratch_after_every_event(
             pods[key] = replace(old, phase="Pending" if old.phase == "Running" else "Running")
         elif old is not None and kind == "terminating":
             pods[key] = replace(old, terminating=True)
+        elif old is not None and kind == "hostnet":
+            # The other DaemonSet's pod under the same selector: it joins the other mesh.
+            pods[key] = replace(old, host_network=not old.host_network)
         elif kind == "node":
             metas[node] = NodeMeta(node, zone(z), None)
             changed_nodes.add(node)
@@ -98,7 +119,7 @@ def test_planner_equals_plan_from_scratch_after_every_event(
             planner.sync_pods(pods, changed_pods)
             planner.sync_nodes(metas, changed_nodes)
         zone_map = {m.name: m.zone for m in metas.values()} if zoned else None
-        assert planner.plan() == plan(ME, pods.values(), zone_map, cfg)
+        assert planner.plan() == plan(me, pods.values(), zone_map, cfg)
 
 
 def test_a_readiness_or_ip_change_reuses_the_selection() -> None:

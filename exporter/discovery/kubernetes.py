@@ -31,7 +31,7 @@ class KubernetesDiscovery:
         publish: Callable[[list[Target]], None],
     ) -> None:
         assert k.node_name and k.namespace
-        self.me = Identity(k.node_name, k.pod_name)
+        self.me = Identity(k.node_name, k.pod_name, mesh.source_network)
         self.mesh = mesh
         self.publish = publish
         timing = {

@@ -84,6 +84,7 @@ def parse_pod(obj: Any) -> Peer | Skip:
         terminating=meta.get("deletionTimestamp") is not None,
         created=created if isinstance(created, str) else "",
         bad_ips=bad_pod + bad_host,
+        host_network=spec.get("hostNetwork") is True,
     )
 
 

@@ -50,11 +50,11 @@ class PerTarget(Generic[T]):
 
 
 class TargetLabels(PerTarget[str]):
-    """Each target's label text, with this exporter's source_node first."""
+    """Each target's label text, with this exporter's source_node and source_network first."""
 
-    def __init__(self, source_node: str | None) -> None:
+    def __init__(self, source_node: str | None, source_network: str | None = None) -> None:
         super().__init__(self.render)
-        self.source = source_labels(source_node)
+        self.source = source_labels(source_node, source_network)
 
     def pairs(self, st: TargetState) -> tuple[tuple[str, str], ...]:
         t = st.target

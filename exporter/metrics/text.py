@@ -19,7 +19,12 @@ def label_text(pairs: Iterable[tuple[str, str]]) -> str:
     return ",".join(f'{k}="{escape(v)}"' for k, v in pairs)
 
 
-def source_labels(source_node: str | None) -> tuple[tuple[str, str], ...]:
-    """The label every probe and check series of this exporter carries, when the node is
-    known (in Kubernetes); a static exporter has none."""
-    return (("source_node", source_node),) if source_node else ()
+def source_labels(
+    source_node: str | None, source_network: str | None = None
+) -> tuple[tuple[str, str], ...]:
+    """The labels every probe series of this exporter carries, when they are known (in
+    Kubernetes): its node, and the network it probes from (``pod`` or ``host``: two
+    DaemonSets on one node probe the same node IPs, from two places). A static exporter has
+    neither."""
+    pairs = (("source_node", source_node),) if source_node else ()
+    return (*pairs, ("source_network", source_network)) if source_network else pairs

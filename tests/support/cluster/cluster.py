@@ -70,6 +70,8 @@ CLUSTER_CIDRS = ("198.19.0.0/16", "2001:db8:c0::/48")
 API_PORT = 6443
 CLUSTER_DOMAIN = "cluster.local"
 EXPORTER_SA = "system:serviceaccount:pingmesh:pingmesh-exporter"
+# The host-network DaemonSet's (deploy/overlays/host-network), in a namespace of its own.
+HOST_EXPORTER_SA = "system:serviceaccount:pingmesh-host:pingmesh-exporter"
 
 _cluster_ids = itertools.count(1)
 
@@ -228,7 +230,7 @@ AUDIT_POLICY = {
     # statuses at the end; ResponseStarted would only duplicate each watch.
     "omitStages": ["ResponseStarted"],
     "rules": [
-        {"level": "Metadata", "users": [EXPORTER_SA]},
+        {"level": "Metadata", "users": [EXPORTER_SA, HOST_EXPORTER_SA]},
         {"level": "None"},
     ],
 }

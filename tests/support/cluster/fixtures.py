@@ -63,11 +63,12 @@ def install_dns(cluster: Cluster) -> None:
     cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
 
 
-def install_exporter(cluster: Cluster, how: str = "-k") -> None:
+def install_exporter(cluster: Cluster, how: str = "-k", overlay: str = "") -> None:
     """The shipped manifests, exactly as the README says: `kubectl apply -k deploy`, or
-    `kubectl apply -f deploy/pingmesh-exporter.yaml`."""
+    `kubectl apply -f deploy/pingmesh-exporter.yaml`; with ``overlay``, `kubectl apply -k
+    deploy/<overlay>`."""
     target = ROOT / "deploy" if how == "-k" else ROOT / "deploy" / "pingmesh-exporter.yaml"
-    cluster.kubectl("apply", how, str(target))
+    cluster.kubectl("apply", how, str(target / overlay if overlay else target))
 
 
 def ready_pods(
@@ -121,9 +122,10 @@ def http_get(
         conn.close()
 
 
-def scrape(node: Node, pod: dict[str, Any]) -> Samples:
-    """An exporter pod's /metrics, fetched from its node over the pod network."""
-    status, body = http_get(node.ns, pod["status"]["podIP"], 9871, "/metrics")
+def scrape(node: Node, pod: dict[str, Any], port: int = 9871) -> Samples:
+    """An exporter pod's /metrics, fetched from its node over the pod network (from the
+    node itself for a host-network pod, whose pod IP is the node's)."""
+    status, body = http_get(node.ns, pod["status"]["podIP"], port, "/metrics")
     if status != 200:
         raise ClusterError(f"/metrics of {pod['metadata']['name']} answered {status}")
     return parse(body.decode())

@@ -9,12 +9,17 @@ NodeRestriction judge every request for real):
 
 - keeps its Node Ready (status addresses, conditions, heartbeats) and its Lease renewed;
 - for each pod bound to the node: a network namespace with a veth to the node (addresses from
-  the node's pod ranges), the pod's sysctls, a bound service-account token from the
+  the node's pod ranges), or, for a ``hostNetwork: true`` pod, the node's own namespace and
+  addresses (a net.* sysctl then fails the pod with ``SysctlForbidden``, as the kubelet's
+  admission does), the pod's sysctls, a bound service-account token from the
   TokenRequest API (as the kubelet's projected volume), configMap volumes, and the first
   container's program (the exporter, or CoreDNS: images map to programs on this machine) run
   with the container's args and downward-API environment, under the pod's runAsUser and
   runAsGroup with only the capabilities it adds, its token at the in-cluster path (in a
-  private mount namespace);
+  private mount namespace). Added capabilities are in effect for root, and for another user
+  only where the real image's binary carries them as file capabilities (CoreDNS's does, the
+  exporter's does not): Kubernetes sets no ambient capabilities, so under a real runtime a
+  non-root exporter holds none of the capabilities its container adds;
 - writes the pod's status (phase, podIPs, hostIPs, Ready from the container's own HTTP
   readinessProbe);
 - on deletion stops the process within the grace period and removes the pod.
@@ -145,6 +150,7 @@ class Pod:
     exited_at: float | None = None
     started_at: str = field(default_factory=now)
     terminating: bool = False
+    host_network: bool = False
 
 
 class Standin:
@@ -161,6 +167,7 @@ class Standin:
         self.service_host, self.service_port = args.kubernetes_service.rsplit(":", 1)
         self.extra_args: list[str] = args.exporter_arg
         self.pods: dict[str, Pod] = {}
+        self.rejected: set[str] = set()  # uids of pods admission refused
         self.next_host = 2  # .1 of each pod range is the node's side of every pod link
         self.seq = 0
         self.stop = threading.Event()
@@ -253,8 +260,18 @@ class Standin:
                 env[item["name"]] = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
         return env
 
-    def start_pod(self, obj: dict[str, Any]) -> Pod:
-        meta, spec = obj["metadata"], obj["spec"]
+    def start_pod(self, obj: dict[str, Any]) -> Pod | None:
+        """The pod started, or None when it is rejected (its status says why)."""
+        spec = obj["spec"]
+        psc = spec.get("securityContext") or {}
+        if spec.get("hostNetwork") is True:
+            forbidden = [
+                s["name"] for s in psc.get("sysctls") or [] if s["name"].startswith("net.")
+            ]
+            if forbidden:
+                self.reject(obj, "SysctlForbidden", f"{forbidden[0]} not allowed with host net")
+                return None
+            return self.start_host_pod(obj)
         self.seq += 1
         netns, veth = f"{self.prefix}{self.seq}", f"p{self.seq}"
         ips = self.allocate()
@@ -295,9 +312,35 @@ class Standin:
         )
         if any(":" in ip for ip in ips):
             settle_ipv6(netns, veth)
-        psc = spec.get("securityContext") or {}
         for s in psc.get("sysctls") or []:
             sh("ip", "netns", "exec", netns, "sysctl", "-q", "-w", f"{s['name']}={s['value']}")
+        return self.run_pod(obj, netns, veth, ips)
+
+    def start_host_pod(self, obj: dict[str, Any]) -> Pod:
+        """A hostNetwork pod: the node's namespace (where the stand-in runs) and addresses;
+        the node's own sysctls apply."""
+        psc = obj["spec"].get("securityContext") or {}
+        for s in psc.get("sysctls") or []:
+            # Not net.*: those were rejected. The others are not namespaced per pod here.
+            log.warning("sysctl %s of a host-network pod not applied", s["name"])
+        return self.run_pod(obj, "", "", list(self.ips))
+
+    def reject(self, obj: dict[str, Any], reason: str, message: str) -> None:
+        """The kubelet's admission refusing a pod: it fails at once and is never started."""
+        meta = obj["metadata"]
+        self.rejected.add(meta["uid"])
+        log.warning("rejected pod %s/%s: %s", meta["namespace"], meta["name"], message)
+        status = {"phase": "Failed", "reason": reason, "message": f"Pod was rejected: {message}"}
+        self.api.call(
+            "PATCH",
+            f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
+            {"status": status},
+            "application/merge-patch+json",
+        )
+
+    def run_pod(self, obj: dict[str, Any], netns: str, veth: str, ips: list[str]) -> Pod:
+        meta, spec = obj["metadata"], obj["spec"]
+        psc = spec.get("securityContext") or {}
         container = spec["containers"][0]
         csc = container.get("securityContext") or {}
         uid = int(csc.get("runAsUser", psc.get("runAsUser", 0)))
@@ -317,6 +360,7 @@ class Standin:
             grace_s=float(spec.get("terminationGracePeriodSeconds", 30)),
             readiness=self.readiness(container),
             container=container["name"],
+            host_network=not netns,
         )
         self.write_token(pod, spec.get("serviceAccountName", "default"))
         os.chmod(secret_dir, 0o755)
@@ -337,7 +381,9 @@ class Standin:
             f"--bounding-set=-all{keep}",
             "--no-new-privs",
         ]
-        if caps:
+        if caps and uid != 0 and "pingmesh-exporter" not in str(container.get("image", "")):
+            # Ambient capabilities stand in for the image binary's file capabilities
+            # (CoreDNS's setcap); the exporter's image has none (see the module docstring).
             drop.append(f"--ambient-caps={keep[1:]}")
         # A private mount namespace gives the process its token at the in-cluster path.
         script = (
@@ -345,9 +391,10 @@ class Standin:
             f"mkdir -p {TOKEN_PATH} && mount --bind {secret_dir} {TOKEN_PATH} && "
             f'cd {ROOT} && exec "$@"'
         )
+        # A host-network pod stays in the stand-in's namespace, the node's.
+        enter = [] if pod.host_network else ["nsenter", f"--net=/run/netns/{netns}"]
         pod.argv = [
-            "nsenter",
-            f"--net=/run/netns/{netns}",
+            *enter,
             "unshare",
             "--mount",
             "--propagation",
@@ -521,8 +568,9 @@ class Standin:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pod.proc.pid, signal.SIGKILL)
                 pod.proc.wait(timeout=10)
-        sh("ip", "netns", "delete", pod.netns, check=False)
-        sh("ip", "link", "delete", pod.veth, check=False)
+        if not pod.host_network:
+            sh("ip", "netns", "delete", pod.netns, check=False)
+            sh("ip", "link", "delete", pod.veth, check=False)
 
     def finish_delete(self, pod: Pod) -> None:
         body = {
@@ -564,10 +612,12 @@ class Standin:
                     pod.terminating = True
                     threading.Thread(target=self.terminate, args=(pod,), daemon=True).start()
                 continue
-            if pod is not None and pod.terminating:
+            if (pod is not None and pod.terminating) or uid in self.rejected:
                 continue
             if pod is None:
                 pod = self.start_pod(obj)
+                if pod is None:
+                    continue
             if pod.proc is not None and pod.proc.poll() is not None:
                 self.restart(pod)
             ready = self.probe_ready(pod)
@@ -581,7 +631,7 @@ class Standin:
 
     def terminate(self, pod: Pod) -> None:
         try:
-            if pod.netns:
+            if pod.netns or pod.host_network:
                 self.stop_pod(pod)
             self.finish_delete(pod)
         finally:

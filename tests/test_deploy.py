@@ -160,3 +160,146 @@ def granted(docs: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
                         for v in rule["verbs"]:
                             out.add((scope, g, r, v))
     return out
+
+
+HOST_OVERLAY = DEPLOY / "overlays" / "host-network"
+
+
+def _daemonsets(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["namespace"]: d for d in by_kind(docs, "DaemonSet")}
+
+
+def test_host_network_overlay_is_the_base_plus_its_own_daemonset() -> None:
+    base, host = render(DEPLOY), render(HOST_OVERLAY)
+    key = lambda d: (d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"])  # noqa: E731
+    assert {key(d) for d in base} < {key(d) for d in host}
+    added = sorted(key(d) for d in host if key(d) not in {key(b) for b in base})
+    assert added == [
+        ("ClusterRole", "", "pingmesh-exporter-host"),
+        ("ClusterRoleBinding", "", "pingmesh-exporter-host"),
+        ("DaemonSet", "pingmesh-host", "pingmesh-exporter-host"),
+        ("Namespace", "", "pingmesh-host"),
+        ("Role", "pingmesh-host", "pingmesh-exporter"),
+        ("RoleBinding", "pingmesh-host", "pingmesh-exporter"),
+        ("ServiceAccount", "pingmesh-host", "pingmesh-exporter"),
+    ]
+    # The base objects are the base's, unchanged.
+    assert [d for d in host if key(d) in {key(b) for b in base}] == base
+
+
+def test_host_network_overlay_validates_against_the_openapi_schemas(tmp_path: Path) -> None:
+    docs = render(HOST_OVERLAY)
+    out = tmp_path / "host.yaml"
+    out.write_text(yaml.safe_dump_all(docs))
+    validate = Path(sys.executable).parent / "kubernetes-validate"
+    cmd = [str(validate)] if validate.exists() else [sys.executable, "-m", "kubernetes_validate"]
+    proc = subprocess.run([*cmd, "--strict", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("passed") == len(docs)
+
+
+def _args(ds: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for a in ds["spec"]["template"]["spec"]["containers"][0]["args"]:
+        name, _, val = a.partition("=")
+        out[name] = val
+    return out
+
+
+def test_host_network_daemonset_selects_only_its_own_pods_on_its_own_port() -> None:
+    sets = _daemonsets(render(HOST_OVERLAY))
+    pod_ds, host_ds = sets["pingmesh"], sets["pingmesh-host"]
+    sel = host_ds["spec"]["selector"]["matchLabels"]
+    assert sel == host_ds["spec"]["template"]["metadata"]["labels"]
+    assert sel["app.kubernetes.io/component"] == "host-network"
+    # The base selector is immutable once installed: the overlay leaves it, and the two
+    # DaemonSets (namespaced selectors) live in two namespaces.
+    assert pod_ds["spec"]["selector"] == _daemonsets(render(DEPLOY))["pingmesh"]["spec"]["selector"]
+    args, pod_args = _args(host_ds), _args(pod_ds)
+    terms = set(args["--kubernetes.peer-selector"].split(","))
+    assert terms == {f"{k}={v}" for k, v in sel.items()}
+    assert "--kubernetes.peer-selector" not in pod_args  # the default: name only, own namespace
+    assert args["--mesh.source-network"] == "host" and "--mesh.source-network" not in pod_args
+    assert args["--probe.socket"] == "auto" and args["--services"] == "false"
+    pod = host_ds["spec"]["template"]
+    (port,) = pod["spec"]["containers"][0]["ports"]
+    assert (
+        port["containerPort"] == 9872 == int(pod["metadata"]["annotations"]["prometheus.io/port"])
+    )
+    assert args["--web.listen-address"] == ":9872"
+    assert pod["spec"]["hostNetwork"] is True
+    assert pod["spec"]["dnsPolicy"] == "ClusterFirstWithHostNet"
+
+
+def test_host_network_daemonset_has_the_least_privilege_that_opens_icmp() -> None:
+    docs = render(HOST_OVERLAY)
+    pod = _daemonsets(docs)["pingmesh-host"]["spec"]["template"]["spec"]
+    psc = pod["securityContext"]
+    # A hostNetwork pod may set no net.* sysctl: the kubelet rejects it.
+    assert "sysctls" not in psc
+    assert psc["seccompProfile"]["type"] == "RuntimeDefault"
+    for key in ("hostPID", "hostIPC", "volumes", "initContainers"):
+        assert key not in pod
+    (c,) = pod["containers"]
+    sc = c["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_RAW"]}
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert "privileged" not in sc
+    # NET_RAW is in effect only for root (no ambient capabilities in Kubernetes).
+    assert psc["runAsUser"] == 0
+    (ns,) = [d for d in by_kind(docs, "Namespace") if d["metadata"]["name"] == "pingmesh-host"]
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    host_sa = [d for d in docs if d["metadata"].get("namespace") == "pingmesh-host"]
+    host_roles = [
+        d
+        for d in docs
+        if d["kind"] in ("Role", "ClusterRole")
+        and (d in host_sa or d["metadata"]["name"] == "pingmesh-exporter-host")
+    ]
+    assert granted(host_roles) == {
+        ("pingmesh-host", "", "pods", "list"),
+        ("pingmesh-host", "", "pods", "watch"),
+        ("*", "", "nodes", "list"),
+        ("*", "", "nodes", "watch"),
+    }
+
+
+# Where the host-network pod differs from the base pod, and why (the overlay's comments).
+HOST_DIFFERENCES = {
+    "metadata.labels",
+    "metadata.annotations",
+    "spec.hostNetwork",
+    "spec.dnsPolicy",
+    "spec.securityContext",
+    "spec.containers.0.args",
+    "spec.containers.0.ports",
+    "spec.containers.0.securityContext",
+}
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            path = f"{prefix}.{k}" if prefix else k
+            out.update(_flat(v, path) if path not in HOST_DIFFERENCES else {path: v})
+        return out
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(_flat(v, f"{prefix}.{i}"))
+        return out
+    return {prefix: value}
+
+
+def test_host_network_pod_differs_from_the_base_only_where_it_must() -> None:
+    """The overlay repeats the base's pod template: anything else that drifts (probes,
+    resources, env, tolerations, priority) fails here."""
+    sets = _daemonsets(render(HOST_OVERLAY))
+    pod_t, host_t = (sets[ns]["spec"]["template"] for ns in ("pingmesh", "pingmesh-host"))
+    a, b = _flat(pod_t), _flat(host_t)
+    differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    assert differ <= HOST_DIFFERENCES, sorted(differ - HOST_DIFFERENCES)
+    common = ("updateStrategy",)
+    for k in common:
+        assert sets["pingmesh"]["spec"][k] == sets["pingmesh-host"]["spec"][k]

@@ -20,11 +20,13 @@ WIDTH = 24
 Panel = dict[str, Any]
 
 # Selectors shared by the panels; multi-value variables only ever appear in regex matchers.
+# source_network: pod-network and host-network exporters (deploy/overlays/host-network)
+# probe the same node IPs from one node; the variable picks either path or both.
 PAIR = (
-    'source_node=~"$source_node", target_node=~"$target_node", kind=~"$kind", '
-    'ip_family=~"$ip_family"'
+    'source_node=~"$source_node", source_network=~"$source_network", '
+    'target_node=~"$target_node", kind=~"$kind", ip_family=~"$ip_family"'
 )
-KIND_FAMILY = 'kind=~"$kind", ip_family=~"$ip_family"'
+KIND_FAMILY = 'kind=~"$kind", ip_family=~"$ip_family", source_network=~"$source_network"'
 SVC = (
     'namespace=~"$namespace", service=~"$service", source_node=~"$source_node", '
     'ip_family=~"$ip_family"'
@@ -409,7 +411,7 @@ def _matrices(lay: Layout) -> None:
         lay.row(f"{network}: source x target")
         sel = (
             f'kind="{kind}", source_node=~"$source_node", target_node=~"$target_node", '
-            'ip_family=~"$ip_family"'
+            'ip_family=~"$ip_family", source_network=~"$source_network"'
         )
         lay.add(
             matrix(
@@ -470,7 +472,7 @@ def _worst(lay: Layout) -> None:
 
 def _per_node(lay: Layout) -> None:
     lay.row("Per node: $source_node to $target_node")
-    pair = "{{source_node}} -> {{target_node}} {{kind}} {{ip_family}}"
+    pair = "{{source_node}} ({{source_network}}) -> {{target_node}} {{kind}} {{ip_family}}"
     lay.add(
         timeseries(
             "RTT p50 and p99",
@@ -858,6 +860,11 @@ def variables() -> list[dict[str, Any]]:
         },
         _query_variable("kind", "Kind", f"label_values({mesh}, kind)"),
         _query_variable("ip_family", "IP family", f"label_values({mesh}, ip_family)"),
+        _query_variable(
+            "source_network",
+            "Source network",
+            f"label_values({mesh}, source_network)",
+        ),
         _query_variable(
             "source_node", "Source node", "label_values(pingmesh_probe_sent_total, source_node)"
         ),

@@ -272,7 +272,8 @@ def test_template_variables() -> None:
     variables = template_variables(load_dashboard())
     ds = variables["datasource"]
     assert ds["type"] == "datasource" and ds["query"] == "prometheus"
-    for name in ("source_node", "target_node", "kind", "ip_family", "namespace", "service"):
+    names = ("source_network", "source_node", "target_node", "kind", "ip_family", "namespace")
+    for name in (*names, "service"):
         var = variables[name]
         assert var["type"] == "query", name
         assert var["datasource"] == DS, name

@@ -95,12 +95,14 @@ def privilege_message(mode: str) -> str:
         lines.append(
             f"  Datagram ICMP needs this process's group ({gid}) inside net.ipv4.ping_group_range "
             f"(now '{_ping_group_range()}'): sysctl -w net.ipv4.ping_group_range='0 2147483647', "
-            "or in Kubernetes set it in the pod's securityContext.sysctls."
+            "or in Kubernetes set it in the pod's securityContext.sysctls (a hostNetwork pod "
+            "cannot: set it on the node)."
         )
     if mode in ("auto", "raw"):
         lines.append(
-            "  Raw ICMP needs the CAP_NET_RAW capability (run as root, or add NET_RAW to the "
-            "container's capabilities)."
+            "  Raw ICMP needs the CAP_NET_RAW capability in effect: run as root (in a "
+            "container: as user 0 with NET_RAW added; Kubernetes sets no ambient capabilities, "
+            "so a non-root container never holds the capabilities it adds)."
         )
     return "\n".join(lines)
 

@@ -57,6 +57,20 @@ def counts(peer: Peer, me: Identity) -> bool:
     return peer.phase == "Running" and not peer.terminating and bool(peer.pod_ips)
 
 
+def network_mismatch(me: Identity, own: Peer | None) -> str | None:
+    """Why this exporter's own pod contradicts --mesh.source-network, or None. A
+    host-network pod left at ``pod`` (or the reverse) counts none of its DaemonSet's pods
+    and probes nothing: worth saying once, loudly."""
+    if own is None or own.host_network == me.host_network:
+        return None
+    actual = "host" if own.host_network else "pod"
+    return (
+        f"flag --mesh.source-network is {me.network!r} but this pod ({own.key}) runs in the "
+        f"{actual} network (spec.hostNetwork={str(own.host_network).lower()}): its peers, "
+        f"pods of the same network, are not counted; set --mesh.source-network={actual}"
+    )
+
+
 def one_per_node(peers: Iterable[Peer], me: Identity) -> dict[str, Peer]:
     """A node briefly runs two exporter pods during a surge rollout: prefer the ready one,
     then the newer, so the choice is the same on every node."""

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
-from exporter.config import MeshSettings
+import pytest
+
+from exporter.config import KubernetesSettings, MeshSettings
+from exporter.discovery.kubernetes import KubernetesDiscovery
 from exporter.discovery.objects import parse_node_meta, parse_pod
-from exporter.mesh import Identity, plan
+from exporter.mesh import Identity, network_mismatch, plan
 from exporter.objects import Peer, Skip
+from exporter.targets import Target
+from tests.support.fakeapi import FakeApi
 from tests.support.kubeobjects import make_node, make_pod
 
 ME = Identity("node-0", "pm-0")
@@ -231,3 +237,30 @@ def test_host_network_targets_keep_the_pod_networks_label_set() -> None:
     pod_side = plan(ME, [peer("node-1", host_ips=("198.18.2.1",))], None, MeshSettings())
     host_side = plan(HOST_ME, [host_peer("node-1")], None, MeshSettings())
     assert [t for t in pod_side.targets if t.kind == "node"] == list(host_side.targets)
+
+
+def test_a_pod_in_the_other_network_than_its_flag_says_is_named() -> None:
+    own = host_peer("node-0", key="ns/pm-0", name="pm-0")
+    said = network_mismatch(ME, own)
+    assert said is not None
+    assert "--mesh.source-network" in said and "--mesh.source-network=host" in said
+    assert network_mismatch(HOST_ME, own) is None
+    assert network_mismatch(ME, peer("node-0", key="ns/pm-0", name="pm-0")) is None
+    assert network_mismatch(HOST_ME, peer("node-0")) is not None
+    assert network_mismatch(ME, None) is None
+
+
+def test_discovery_warns_once_when_its_own_pod_contradicts_the_flag(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    k = KubernetesSettings(namespace="ns", node_name="node-0", pod_name="pm-0")
+    found: list[list[Target]] = []
+    d = KubernetesDiscovery(k, MeshSettings(), FakeApi(), found.append)
+    d.pods.store["ns/pm-0"] = host_peer("node-0", key="ns/pm-0", name="pm-0")
+    d.pods.store["ns/pm-1"] = host_peer("node-1", key="ns/pm-1", name="pm-1")
+    with caplog.at_level(logging.WARNING, logger="exporter.discovery.kubernetes"):
+        d.recompute()
+        d.recompute()
+    warned = [r.getMessage() for r in caplog.records if "--mesh.source-network" in r.getMessage()]
+    assert len(warned) == 1 and "ns/pm-0" in warned[0]
+    assert found == [[], []]  # the host-network peer is not counted from the pod network

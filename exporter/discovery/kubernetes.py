@@ -5,6 +5,7 @@ peer pods' status.hostIPs, so full Node objects are never fetched."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,9 +14,11 @@ from exporter.config import KubernetesSettings, MeshSettings
 from exporter.discovery.api import Api, Resource
 from exporter.discovery.objects import parse_node_meta, parse_pod
 from exporter.discovery.reflector import Reflector
-from exporter.mesh import Identity, MeshPlan, Planner
+from exporter.mesh import Identity, MeshPlan, Planner, network_mismatch
 from exporter.objects import NodeMeta, Peer, Skip
 from exporter.targets import Target
+
+log = logging.getLogger("exporter.discovery.kubernetes")
 
 COALESCE_SECONDS = 0.05  # a rollout's burst of events makes one recomputation, not hundreds
 
@@ -32,6 +35,8 @@ class KubernetesDiscovery:
     ) -> None:
         assert k.node_name and k.namespace
         self.me = Identity(k.node_name, k.pod_name, mesh.source_network)
+        self.namespace = k.namespace
+        self._checked_network = False  # once, at the first plan: the own pod is in the store
         self.mesh = mesh
         self.publish = publish
         timing = {
@@ -93,6 +98,12 @@ class KubernetesDiscovery:
     def recompute(self) -> None:
         # Only what changed since the last plan: a pod event at 5,000 peers then costs
         # tens of microseconds instead of a selection over every peer.
+        if not self._checked_network and self.me.pod_name:
+            self._checked_network = True
+            own = self.pods.store.get(f"{self.namespace}/{self.me.pod_name}")
+            mismatch = network_mismatch(self.me, own)
+            if mismatch is not None:
+                log.warning("%s", mismatch)
         self.planner.sync_pods(self.pods.store, self.pods.take_changes())
         if self.nodes is not None:
             self.planner.sync_nodes(self.nodes.store, self.nodes.take_changes())

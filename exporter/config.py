@@ -220,6 +220,15 @@ class MeshSettings(Group):
         "`target_zone` labels from `topology.kubernetes.io/zone`, and a peer in every other "
         "zone (watches node metadata)",
     )
+    # On by default: one target per family, and the pod-to-host path through the CNI (what
+    # the kubelet's probes of this node's pods take) is one no peer measures; on one node it
+    # is the only mesh target there is.
+    own_node: bool = option(
+        True,
+        Boolean(),
+        'also probe this node\'s own IPs from the pod (`kind="node"`, `target_node` = this '
+        "node): the pod-to-host path, and on one node the only mesh target",
+    )
 
 
 @dataclass(frozen=True)

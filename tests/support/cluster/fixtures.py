@@ -182,10 +182,17 @@ def mesh_is(want: set[tuple[str, ...]]) -> Callable[[Samples], bool]:
     return check
 
 
-def expected_mesh(nodes: Sequence[Node], source: str) -> set[tuple[str, ...]]:
+def expected_mesh(
+    nodes: Sequence[Node], source: str, own_node: bool = True
+) -> set[tuple[str, ...]]:
+    """Every peer's pod and node targets, and (--mesh.own-node, the default) the source's
+    own node IPs."""
     out: set[tuple[str, ...]] = set()
     for n in nodes:
         if n.name == source:
+            if own_node:
+                for fam in ("ipv4", "ipv6") if n.dual_stack else ("ipv4",):
+                    out.add((source, "node", source, fam))
             continue
         for kind in ("pod", "node"):
             for fam in ("ipv4", "ipv6") if n.dual_stack else ("ipv4",):

@@ -63,7 +63,8 @@ def describe(p: MeshPlan, services: bool) -> tuple[str, ...]:
     else:
         own = " and this node's IPs" if p.own_node_targets else ""
         lines.append(
-            f"mesh: {p.peers_total} peers on other nodes, probing {len(p.selected)} of them{own}"
+            f"mesh: {p.peers_total} peer{'' if p.peers_total == 1 else 's'} on other nodes, "
+            f"probing {len(p.selected)} of them{own}"
         )
     if p.zone_labels is not None and p.zone_labels[0] and not p.zone_labels[1]:
         lines.append(

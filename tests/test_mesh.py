@@ -200,7 +200,7 @@ def test_own_node_targets_stay_beside_the_mesh_and_keep_their_series() -> None:
     assert [t.key for t in mesh.targets[-2:]] == [t.key for t in alone.targets]
     assert mesh.own_node_targets == 2
     assert describe(mesh, services=True) == (
-        "mesh: 1 peers on other nodes, probing 1 of them and this node's IPs",
+        "mesh: 1 peer on other nodes, probing 1 of them and this node's IPs",
     )
     # The own pod replaced in a rollout: the same series, from the new pod's hostIPs.
     rolled = plan(

@@ -118,7 +118,7 @@ class KubernetesDiscovery:
         lines = describe(plan, self.services)
         if _gist(lines) != _gist(self.said):
             for line in lines:
-                (log.warning if line.startswith("--") else log.info)("%s", line)
+                log.info("%s", line)
         self.said = lines
 
 

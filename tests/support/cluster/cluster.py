@@ -485,6 +485,16 @@ class Cluster(Closing):
 
     # ----- kubectl ----------------------------------------------------------------------
 
+    def kubectl_argv(self, kubeconfig: Path | None = None) -> list[str]:
+        """kubectl as the admin (or ``kubeconfig``), in the control plane's namespace: for a
+        command that streams (``get -w``); ``kubectl()`` runs one to its end."""
+        argv = [
+            str(BIN / "kubectl"),
+            f"--kubeconfig={kubeconfig or self.admin_kubeconfig}",
+            f"--cache-dir={self.dir / 'kubectl-cache'}",
+        ]
+        return _nsenter(self.cp, argv)
+
     def kubectl(
         self,
         *args: str,
@@ -493,14 +503,8 @@ class Cluster(Closing):
         kubeconfig: Path | None = None,
         timeout: float = 60.0,
     ) -> subprocess.CompletedProcess[str]:
-        argv = [
-            str(BIN / "kubectl"),
-            f"--kubeconfig={kubeconfig or self.admin_kubeconfig}",
-            f"--cache-dir={self.dir / 'kubectl-cache'}",
-            *args,
-        ]
         proc = subprocess.run(
-            _nsenter(self.cp, argv),
+            [*self.kubectl_argv(kubeconfig), *args],
             input=input,
             capture_output=True,
             text=True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -68,6 +69,25 @@ def install_exporter(cluster: Cluster, how: str = "-k") -> None:
     `kubectl apply -f deploy/pingmesh-exporter.yaml`."""
     target = ROOT / "deploy" if how == "-k" else ROOT / "deploy" / "pingmesh-exporter.yaml"
     cluster.kubectl("apply", how, str(target))
+
+
+def install_with_image(cluster: Cluster, image: str, overlay: Path) -> None:
+    """The README's quick start: the `images:` entry that `kustomize edit set image
+    pingmesh-exporter=<image>` writes, in an overlay over deploy/, applied with
+    `kubectl apply -k` (kubectl's own kustomize)."""
+    name, _, tag = image.rpartition(":")
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(ROOT / "deploy", overlay)],  # kustomize: relative
+                "images": [{"name": "pingmesh-exporter", "newName": name, "newTag": tag}],
+            }
+        )
+    )
+    cluster.kubectl("apply", "-k", str(overlay))
 
 
 def ready_pods(

@@ -173,7 +173,10 @@ def test_a_cni_that_drops_icmp_shows_as_loss_of_the_own_node_targets(one: Cluste
         assert own(s, "pingmesh_probe_errors_total", "ipv6", "unreachable") > 0
         assert own(s, "pingmesh_probe_errors_total", "ipv4", "unreachable") == 0
         assert value(s, "pingmesh_service_up", service="kubernetes", ip_family="ipv4") == 1
-        assert value(s, "pingmesh_service_up", service="kube-dns", ip_family="ipv4") == 1
+        assert (
+            value(s, "pingmesh_service_up", service="kube-dns", protocol="dns", ip_family="ipv4")
+            == 1
+        )
         sent = own(s, "pingmesh_probe_sent_total", "ipv4")
         received = own(s, "pingmesh_probe_received_total", "ipv4")
         later = wait_metrics(
@@ -211,6 +214,7 @@ def test_pod_security_rejection_is_named_in_the_events(one: Cluster) -> None:
             return None
 
         message = one.wait_for(refused, "a FailedCreate event naming Pod Security", 60)
+        print(f"pod security: {message}")
         assert "NET_RAW" in message
         assert message.startswith("Error creating: pods ")
     finally:
@@ -312,7 +316,12 @@ def test_one_real_node_with_the_image_set() -> None:
     with make_cluster() as c:
         c.start_kubelet(c.add_node("node-real"))
         install_with_image(c, images.exporter_image, c.dir / "overlay")
-        wait_ready_pods(c, 1, timeout=180)
+        out = c.kubectl(
+            "-n", "pingmesh", "rollout", "status", "ds/pingmesh-exporter", "--timeout=180s",
+            timeout=200,
+        )  # fmt: skip
+        assert "successfully rolled out" in out.stdout, out.stdout
+        wait_ready_pods(c, 1, timeout=30)
         pod = pod_on(c, "node-real")
         assert pod["spec"]["containers"][0]["image"] == images.exporter_image
 
@@ -330,6 +339,9 @@ def test_one_real_node_with_the_image_set() -> None:
         assert probe_series(s) == expected_mesh(list(c.nodes.values()), "node-real")
         code, page = http_get(c.nodes["node-real"].ns, pod["status"]["podIP"], 9871, "/")
         assert code == 200 and "one node: no peers to probe" in page.decode()
+
+        logs = c.kubectl("-n", "pingmesh", "logs", "ds/pingmesh-exporter").stdout
+        assert ALONE in [json.loads(line)["msg"] for line in logs.splitlines()]
 
         # The quick start's port-forward, from the control plane's namespace (kubectl's
         # place here), and what it promises at / and /metrics.
@@ -379,3 +391,10 @@ def test_one_real_node_with_the_image_set() -> None:
 
         reason, message = c.wait_for(pull_error, "ErrImagePull", 120)
         assert reason in ("ErrImagePull", "ImagePullBackOff") and "not-loaded" in message
+        print(f"pull error: {reason}: {message}")
+
+        # The quick start's uninstall leaves nothing of the exporter behind.
+        c.kubectl("delete", "-k", str(c.dir / "overlay"), timeout=180)
+        for kind in ("namespace/pingmesh", "clusterrole", "clusterrolebinding"):
+            got = c.kubectl("get", kind, "-o", "name", check=False)
+            assert "pingmesh" not in got.stdout, got.stdout

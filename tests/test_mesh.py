@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from exporter.config import MeshSettings
 from exporter.discovery.objects import parse_node_meta, parse_pod
+from exporter.http import _landing
 from exporter.mesh import Identity, describe, own_pod, plan
 from exporter.objects import Peer, Skip
 from tests.support.kubeobjects import make_node, make_pod
@@ -230,3 +231,9 @@ def test_own_node_zone_and_zones_without_labels() -> None:
     # Nothing is lost without labels: the same peers as without zones, and a warning.
     assert bare.selected == plan(ME, [own(), peer("node-1")], None, MeshSettings()).selected
     assert describe(bare, True)[1].startswith("--mesh.zones: no node has the label")
+
+
+def test_landing_page_shows_the_mesh_state_escaped() -> None:
+    page = _landing("/metrics", describe(plan(ME, [own()], None, MeshSettings()), True)).decode()
+    assert "one node: no peers to probe; probing this node&#x27;s IPs and the Services" in page
+    assert '<p class="status">' not in _landing("/metrics").decode()

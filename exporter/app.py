@@ -139,6 +139,10 @@ class Parts:
         age = time.monotonic() - self.prober.last_tick_monotonic
         return (age < stall_limit, f"probe loop last ran {age:.1f}s ago")
 
+    def notes(self) -> tuple[str, ...]:
+        """What the landing page says beyond its links: the mesh's state in Kubernetes."""
+        return self.kube.status if self.kube is not None else ()
+
     def ready(self) -> tuple[bool, str]:
         if (self.kube is not None and not self.kube.ready) or (
             self.services is not None and not self.services.services.synced.is_set()
@@ -207,7 +211,11 @@ class App:
         if kubernetes:
             api = self.seams.kube_api(s.kubernetes)
             parts.kube = KubernetesDiscovery(
-                s.kubernetes, s.mesh, api, lambda t: table.publish("kubernetes", t)
+                s.kubernetes,
+                s.mesh,
+                api,
+                lambda t: table.publish("kubernetes", t),
+                services=s.services.enabled,
             )
             if s.services.enabled:
                 parts.checker = ServiceChecker(s.services)
@@ -230,6 +238,7 @@ class App:
         health = Health()
         health.live = lambda: parts.live(stall_limit)
         health.ready = parts.ready
+        health.notes = parts.notes
         host, port = s.web.host_port
         server = HttpServer(host, port, s.web.telemetry_path, document.negotiate, health)
         server.start()

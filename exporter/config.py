@@ -228,6 +228,16 @@ class MeshSettings(Group):
         "or `host` (`hostNetwork: true`: probes only the nodes of host-network peers); the "
         "`source_network` label of every probe series",
     )
+    # On by default: one target per family, and the pod-to-host path through the CNI (what
+    # the kubelet's probes of this node's pods take) is one no peer measures; on one node it
+    # is the only mesh target there is.
+    own_node: bool = option(
+        True,
+        Boolean(),
+        'also probe this node\'s own IPs from the pod (`kind="node"`, `target_node` = this '
+        "node): the pod-to-host path, and on one node the only mesh target (pod network "
+        "only: from the host network it would never leave the node)",
+    )
 
 
 @dataclass(frozen=True)

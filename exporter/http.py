@@ -14,7 +14,7 @@ import selectors
 import socket
 import threading
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from exporter import __version__
@@ -31,6 +31,8 @@ class Health:
     def __init__(self) -> None:
         self.live: Callable[[], tuple[bool, str]] = lambda: (True, "ok")
         self.ready: Callable[[], tuple[bool, str]] = lambda: (False, "starting")
+        # Lines for the landing page (the mesh's state): read per request, never cached.
+        self.notes: Callable[[], Sequence[str]] = lambda: ()
 
 
 class _Server(ThreadingHTTPServer):
@@ -109,7 +111,11 @@ class _Handler(BaseHTTPRequestHandler):
                 ok, why = (srv.health.live if path == "/healthz" else srv.health.ready)()
                 self._send(200 if ok else 503, (why + "\n").encode(), "text/plain; charset=utf-8")
             elif path == "/":
-                self._send(200, _landing(srv.telemetry_path), "text/html; charset=utf-8")
+                self._send(
+                    200,
+                    _landing(srv.telemetry_path, srv.health.notes()),
+                    "text/html; charset=utf-8",
+                )
             else:
                 self._send(404, b"not found\n", "text/plain; charset=utf-8")
         except (BrokenPipeError, ConnectionResetError):
@@ -119,12 +125,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(500, b"internal error\n", "text/plain; charset=utf-8")
 
 
-def _landing(telemetry_path: str) -> bytes:
+def _landing(telemetry_path: str, notes: Sequence[str] = ()) -> bytes:
     p = html.escape(telemetry_path)
+    said = "".join(f'<p class="status">{html.escape(n)}</p>' for n in notes)
     return (
         "<!doctype html><html><head><title>pingmesh-exporter</title></head><body>"
         f"<h1>pingmesh-exporter {__version__}</h1>"
         "<p>ICMP and Service mesh monitoring for Kubernetes.</p>"
+        f"{said}"
         f'<ul><li><a href="{p}">metrics</a></li><li><a href="/healthz">healthz</a></li>'
         '<li><a href="/readyz">readyz</a></li></ul></body></html>\n'
     ).encode()

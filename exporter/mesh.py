@@ -12,6 +12,11 @@ An exporter in the host network (``hostNetwork: true``) and one in the pod netwo
 meshes that never mix: each counts only peers of its own network, so a selector that catches
 the other DaemonSet's pods cannot make a host-network pod's IP (its node's) a pod target, nor
 a pod's IP a host-to-host target. A host-network exporter makes node targets only.
+
+With ``own_node`` the exporter also probes its own node's IPs (``kind="node"``,
+``target_node`` = its own node), taken from its own pod's status.hostIPs, which the peer
+watch reports anyway: the pod-to-host path, and on a one-node cluster the only mesh target
+(from the pod network only: see ``own_node_probed``).
 """
 
 from __future__ import annotations
@@ -47,6 +52,37 @@ class MeshPlan:
     selected: tuple[str, ...]  # nodes this exporter probes
     expected_probers: int  # other nodes expected to probe this one
     readiness: tuple[tuple[str, bool], ...]  # (node, ready) of every selected peer
+    own_node_targets: int = 0  # of targets, those to this node's own IPs (the last ones)
+    # With zones: how many nodes the API knows, and how many of them carry a zone label.
+    zone_labels: tuple[int, int] | None = None
+
+    @property
+    def alone(self) -> bool:
+        """No peer on another node: a one-node cluster (or every other exporter is down)."""
+        return self.peers_total == 0
+
+
+def describe(p: MeshPlan, services: bool) -> tuple[str, ...]:
+    """What the plan means to a person: the log lines at a change and the landing page's."""
+    probed = (["this node's IPs"] if p.own_node_targets else []) + (
+        ["the Services"] if services else []
+    )
+    what = " and ".join(probed) if probed else "nothing"
+    lines: list[str] = []
+    if p.alone:
+        lines.append(f"one node: no peers to probe; probing {what}")
+    else:
+        own = " and this node's IPs" if p.own_node_targets else ""
+        lines.append(
+            f"mesh: {p.peers_total} peer{'' if p.peers_total == 1 else 's'} on other nodes, "
+            f"probing {len(p.selected)} of them{own}"
+        )
+    if p.zone_labels is not None and p.zone_labels[0] and not p.zone_labels[1]:
+        lines.append(
+            "--mesh.zones: no node has the label topology.kubernetes.io/zone; every "
+            'target_zone is "" and peers are chosen as without zones'
+        )
+    return tuple(lines)
 
 
 def counts(peer: Peer, me: Identity) -> bool:
@@ -84,6 +120,34 @@ def one_per_node(peers: Iterable[Peer], me: Identity) -> dict[str, Peer]:
     return best
 
 
+def own_node_probed(me: Identity, settings: MeshSettings) -> bool:
+    """--mesh.own-node applies to the pod network only: from the host network, the node's own
+    IPs are local addresses, and a probe of them never leaves the kernel."""
+    return settings.own_node and not me.host_network
+
+
+def own_pod(pods: Iterable[Peer], me: Identity) -> Peer | None:
+    """The pod whose status.hostIPs are this node's: this exporter's own pod by name, else
+    another one on this node (during a rollout both carry the same node IPs)."""
+    best: Peer | None = None
+    for p in pods:
+        if p.node != me.node or not p.host_ips:
+            continue
+        if best is None or _own_rank(p, me) > _own_rank(best, me):
+            best = p
+    return best
+
+
+def _own_rank(p: Peer, me: Identity) -> tuple[bool, bool, str, str]:
+    return (p.name == me.pod_name, not p.terminating, p.created, p.name)
+
+
+def _own_targets(node: str, pod: Peer | None, zone: str | None) -> tuple[Target, ...]:
+    if pod is None:
+        return ()
+    return tuple(t for t in _targets(node, pod, zone) if t.kind == "node")
+
+
 def _labels(kind: str, node: str, zone: str | None) -> tuple[tuple[str, str], ...]:
     base = (("kind", kind), ("target_node", node))
     return base if zone is None else (*base, ("target_zone", zone))
@@ -117,6 +181,7 @@ def plan(
     """zones is None when zone awareness is off; else every node the API knows, by name, with
     its zone (None if unlabelled). With zones on, a peer whose node is gone from the API is
     dropped at once instead of waiting for the pod garbage collector."""
+    peers = list(peers)
     by_node = one_per_node(peers, me)
     if zones is not None:
         by_node = {n: p for n, p in by_node.items() if n in zones}
@@ -126,12 +191,21 @@ def plan(
     selector = Selector(nodes, replace(settings, zones=zones is not None))
     chosen = selector.peers_of(me.node)
     targets = [t for node in chosen for t in _targets(node, by_node[node], zone_of(node))]
+    own = (
+        _own_targets(me.node, own_pod(peers, me), zone_of(me.node))
+        if own_node_probed(me, settings)
+        else ()
+    )
     return MeshPlan(
-        targets=tuple(targets),
+        targets=(*targets, *own),
         peers_total=len(by_node),
         selected=tuple(chosen),
         expected_probers=selector.probers_of(me.node),
         readiness=tuple((n, by_node[n].ready) for n in chosen),
+        own_node_targets=len(own),
+        zone_labels=None
+        if zones is None
+        else (len(zones), sum(1 for z in zones.values() if z is not None)),
     )
 
 
@@ -148,12 +222,15 @@ class Planner:
     def __init__(self, me: Identity, settings: MeshSettings) -> None:
         self.me = me
         self.zoned = settings.zones
+        self.own_node = own_node_probed(me, settings)
         self._ring = Ring(settings)
         self._pods: dict[str, Peer] = {}  # every pod set, by key, counted or not
         self._on_node: dict[str, dict[str, Peer]] = {}  # the counted pods, by node
         self._best: dict[str, Peer] = {}  # one_per_node of the counted pods
         self._node_zone: dict[str, str | None] = {}  # with zones: every node the API knows
         self._node_key: dict[str, str] = {}  # node store key -> node name
+        self._with_zone = 0  # nodes of _node_zone whose zone is not None
+        self._own_pods: dict[str, Peer] = {}  # every pod on this node, self included
         self._dirty: set[str] = {me.node}  # nodes whose place in the ring may have changed
         self._built: dict[str, tuple[Peer, str | None, tuple[Target, ...]]] = {}
         self._chosen: tuple[tuple[str, ...], int] | None = None  # while the ring stays
@@ -165,6 +242,9 @@ class Planner:
         old = self._pods.pop(key, None)
         if pod is not None:
             self._pods[key] = pod
+        self._own_pods.pop(key, None)
+        if pod is not None and pod.node == self.me.node:
+            self._own_pods[key] = pod
         for node in {p.node for p in (old, pod) if p is not None}:
             on_node = self._on_node.get(node, {})
             on_node.pop(key, None)
@@ -185,11 +265,13 @@ class Planner:
         """With zones: a Node added, relabelled (``meta``) or deleted (None)."""
         old = self._node_key.pop(key, None)
         if old is not None:
-            self._node_zone.pop(old, None)
+            self._with_zone -= self._node_zone.pop(old, None) is not None
             self._dirty.add(old)
         if meta is not None:
             self._node_key[key] = meta.name
+            self._with_zone -= self._node_zone.get(meta.name) is not None
             self._node_zone[meta.name] = meta.zone
+            self._with_zone += meta.zone is not None
             self._dirty.add(meta.name)
 
     def sync_pods(self, store: Mapping[str, Peer], keys: Iterable[str] | None) -> None:
@@ -242,10 +324,17 @@ class Planner:
         # Only what is probed stays built: a full mesh of 5,000 is the most it can hold.
         if len(self._built) > len(chosen):
             self._built = {node: self._built[node] for node in chosen}
+        own: tuple[Target, ...] = ()
+        if self.own_node:  # a pod or two on this node: cheap enough to build every time
+            own = _own_targets(
+                self.me.node, own_pod(self._own_pods.values(), self.me), self._zone(self.me.node)
+            )
         return MeshPlan(
-            targets=tuple(targets),
+            targets=(*targets, *own),
             peers_total=len(self._ring) - 1,
             selected=chosen,
             expected_probers=probers,
             readiness=tuple((n, self._best[n].ready) for n in chosen),
+            own_node_targets=len(own),
+            zone_labels=(len(self._node_zone), self._with_zone) if self.zoned else None,
         )

@@ -133,10 +133,18 @@ def stat(
     *,
     description: str = "",
     decimals: int | None = None,
+    texts: dict[str, str] | None = None,
 ) -> Panel:
     defaults: dict[str, Any] = {"unit": unit, "thresholds": steps, "color": {"mode": "thresholds"}}
     if decimals is not None:
         defaults["decimals"] = decimals
+    if texts:  # a value shown as words: what it means beats the number
+        defaults["mappings"] = [
+            {
+                "type": "value",
+                "options": {v: {"text": t, "index": i} for i, (v, t) in enumerate(texts.items())},
+            }
+        ]
     return {
         "type": "stat",
         "title": title,
@@ -367,7 +375,7 @@ def _overview(lay: Layout) -> None:
             count_steps,
             description="Source and target pairs the loss alerts consider.",
         ),
-        4,
+        3,
         4,
     )
     lay.add(
@@ -379,7 +387,7 @@ def _overview(lay: Layout) -> None:
             description="Nodes whose exporter pod answers fewer "
             "than half of the peers probing it (pod network).",
         ),
-        4,
+        3,
         4,
     )
     lay.add(
@@ -390,7 +398,7 @@ def _overview(lay: Layout) -> None:
             count_steps,
             description="Services at least one node cannot reach through the ClusterIP.",
         ),
-        4,
+        3,
         4,
     )
     lay.add(
@@ -400,6 +408,23 @@ def _overview(lay: Layout) -> None:
             "short",
             count_steps,
             description="Exporter pods Prometheus cannot scrape.",
+        ),
+        3,
+        4,
+    )
+    lay.add(
+        stat(
+            "Peer nodes",
+            f"max(pingmesh_mesh_peers{{{JOB}}})",
+            "short",
+            _steps(("orange", None), ("green", 1)),
+            texts={"0": "one node"},
+            description="Nodes with an exporter each exporter can probe, besides its own "
+            '(the most any exporter sees). "one node": a one-node cluster (minikube, kind), '
+            "or every other exporter is gone: there is no pod network to measure, so the pod "
+            "network panels stay empty and each exporter probes only its own node's IPs "
+            "(the node network matrix's diagonal) and the Services. A second node forms the "
+            "mesh without a restart.",
         ),
         4,
         4,
@@ -423,7 +448,12 @@ def _matrices(lay: Layout) -> None:
                 column="target_node",
                 decimals=1,
                 description="Rows: the probing node. Columns: the probed "
-                "node. The worse IP family of each pair.",
+                "node. The worse IP family of each pair."
+                + (
+                    " The diagonal: each node's own IPs from its exporter pod (--mesh.own-node)."
+                    if kind == "node"
+                    else ""
+                ),
             ),
             12,
             12,

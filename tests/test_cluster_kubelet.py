@@ -4,19 +4,18 @@ securityContext. Beside it a stand-in node, so the two exporters probe each othe
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.support.cluster.cluster import ROOT, Cluster
+from tests.support.cluster.cluster import Cluster
 from tests.support.cluster.fixtures import (
     FAST_ARGS,
     expected_mesh,
+    install_with_image,
     make_cluster,
     mesh_is,
     pod_on,
@@ -36,22 +35,7 @@ def real() -> Iterator[Cluster]:
     with make_cluster() as c:
         c.start_kubelet(c.add_node("node-real"))
         c.start_standin(c.add_node("node-standin"), extra_args=FAST_ARGS)
-        # The README's install with the image set: the `images:` entry that `kustomize edit
-        # set image pingmesh-exporter=<image>` writes, over deploy/, with `kubectl apply -k`.
-        name, _, tag = images.exporter_image.rpartition(":")
-        overlay = c.dir / "overlay"
-        overlay.mkdir()
-        (overlay / "kustomization.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                    "kind": "Kustomization",
-                    "resources": [os.path.relpath(ROOT / "deploy", overlay)],  # kustomize: relative
-                    "images": [{"name": "pingmesh-exporter", "newName": name, "newTag": tag}],
-                }
-            )
-        )
-        c.kubectl("apply", "-k", str(overlay))
+        install_with_image(c, images.exporter_image, c.dir / "overlay")
         wait_ready_pods(c, 2, timeout=180)
         yield c
 

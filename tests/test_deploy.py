@@ -303,3 +303,33 @@ def test_host_network_pod_differs_from_the_base_only_where_it_must() -> None:
     common = ("updateStrategy",)
     for k in common:
         assert sets["pingmesh"]["spec"][k] == sets["pingmesh-host"]["spec"][k]
+def _readme_block(after: str, lang: str) -> str:
+    """The first ```lang block after the line ``after`` in the README."""
+    text = (DEPLOY.parent / "README.md").read_text()
+    rest = text[text.index(after) :]
+    start = rest.index(f"```{lang}\n") + len(f"```{lang}\n")
+    return rest[start : rest.index("```", start)]
+
+
+def test_quick_start_overlay_is_the_one_the_cluster_test_applies(tmp_path: Path) -> None:
+    """The quick start's overlay, as the README shows it (what `kustomize edit set image`
+    writes), renders the shipped objects with only the image changed; it carries exactly
+    the entry that tests/support/cluster/fixtures.install_with_image writes and
+    tests/test_cluster_onenode.py applies on the real cluster."""
+    doc = yaml.safe_load(_readme_block("`kustomize edit set image` writes this", "yaml"))
+    assert doc == {
+        "resources": ["../deploy"],
+        "images": [{"name": "pingmesh-exporter", "newName": "pingmesh-exporter", "newTag": "dev"}],
+    }
+    commands = _readme_block("Install with the image set", "sh")
+    assert "kustomize edit set image pingmesh-exporter=pingmesh-exporter:dev" in commands
+    overlay = tmp_path / "overlay-dev"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump({**doc, "resources": [os.path.relpath(DEPLOY, overlay)]})
+    )
+    shipped, mine = render(DEPLOY), render(overlay)
+    (ds,) = by_kind(mine, "DaemonSet")
+    assert ds["spec"]["template"]["spec"]["containers"][0]["image"] == "pingmesh-exporter:dev"
+    ds["spec"]["template"]["spec"]["containers"][0]["image"] = "pingmesh-exporter:0.1.0"
+    assert mine == shipped

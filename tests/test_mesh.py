@@ -10,7 +10,8 @@ import pytest
 from exporter.config import KubernetesSettings, MeshSettings
 from exporter.discovery.kubernetes import KubernetesDiscovery
 from exporter.discovery.objects import parse_node_meta, parse_pod
-from exporter.mesh import Identity, network_mismatch, plan
+from exporter.http import _landing
+from exporter.mesh import Identity, describe, network_mismatch, own_pod, plan
 from exporter.objects import Peer, Skip
 from exporter.targets import Target
 from tests.support.fakeapi import FakeApi
@@ -264,3 +265,66 @@ def test_discovery_warns_once_when_its_own_pod_contradicts_the_flag(
     warned = [r.getMessage() for r in caplog.records if "--mesh.source-network" in r.getMessage()]
     assert len(warned) == 1 and "ns/pm-0" in warned[0]
     assert found == [[], []]  # the host-network peer is not counted from the pod network
+def own(node: str = "node-0", **kw: object) -> Peer:
+    """This exporter's own pod (ME's name), on ME's node unless told."""
+    return replace(peer(node, host_ips=("198.18.2.100", "2001:db8:2::100")), name="pm-0", **kw)  # type: ignore[arg-type]
+
+
+def test_one_node_probes_its_own_node_ips() -> None:
+    p = plan(ME, [own()], None, MeshSettings())
+    assert p.alone and p.peers_total == 0 and p.selected == ()
+    got = {(t.kind, dict(t.labels)["target_node"], t.family, t.address) for t in p.targets}
+    assert got == {("node", "node-0", 4, "198.18.2.100"), ("node", "node-0", 6, "2001:db8:2::100")}
+    assert p.own_node_targets == 2
+    assert describe(p, services=True) == (
+        "one node: no peers to probe; probing this node's IPs and the Services",
+    )
+    off = plan(ME, [own()], None, MeshSettings(own_node=False))
+    assert off.targets == () and off.own_node_targets == 0
+    assert describe(off, services=True) == ("one node: no peers to probe; probing the Services",)
+    assert describe(off, services=False) == ("one node: no peers to probe; probing nothing",)
+
+
+def test_own_node_targets_stay_beside_the_mesh_and_keep_their_series() -> None:
+    alone = plan(ME, [own()], None, MeshSettings())
+    mesh = plan(ME, [own(), peer("node-1")], None, MeshSettings())
+    assert not mesh.alone and mesh.selected == ("node-1",)
+    assert [t.key for t in mesh.targets[-2:]] == [t.key for t in alone.targets]
+    assert mesh.own_node_targets == 2
+    assert describe(mesh, services=True) == (
+        "mesh: 1 peer on other nodes, probing 1 of them and this node's IPs",
+    )
+    # The own pod replaced in a rollout: the same series, from the new pod's hostIPs.
+    rolled = plan(
+        ME, [replace(own(), name="pm-new", created="2026-03-01T00:00:00Z")], None, MeshSettings()
+    )
+    assert [t.key for t in rolled.targets] == [t.key for t in alone.targets]
+
+
+def test_own_pod_preferred_by_name_then_not_terminating() -> None:
+    mine = own(host_ips=("198.18.2.100",))
+    other = replace(peer("node-0", host_ips=("198.18.2.200",)), name="pm-b", key="ns/pm-b")
+    assert own_pod([other, mine], ME) is mine
+    assert own_pod([other, replace(mine, node="node-9")], ME) is other  # not on this node
+    assert own_pod([replace(mine, host_ips=())], ME) is None  # no hostIPs yet: no target
+    assert plan(ME, [replace(mine, host_ips=())], None, MeshSettings()).targets == ()
+
+
+def test_own_node_zone_and_zones_without_labels() -> None:
+    p = plan(ME, [own(), peer("node-1")], {"node-0": "a", "node-1": "b"}, MeshSettings(zones=True))
+    assert {dict(t.labels)["target_zone"] for t in p.targets if t.labels[1][1] == "node-0"} == {"a"}
+    assert p.zone_labels == (2, 2) and len(describe(p, True)) == 1
+    bare = plan(
+        ME, [own(), peer("node-1")], {"node-0": None, "node-1": None}, MeshSettings(zones=True)
+    )
+    assert bare.zone_labels == (2, 0)
+    assert {dict(t.labels)["target_zone"] for t in bare.targets} == {""}
+    # Nothing is lost without labels: the same peers as without zones, and a warning.
+    assert bare.selected == plan(ME, [own(), peer("node-1")], None, MeshSettings()).selected
+    assert describe(bare, True)[1].startswith("--mesh.zones: no node has the label")
+
+
+def test_landing_page_shows_the_mesh_state_escaped() -> None:
+    page = _landing("/metrics", describe(plan(ME, [own()], None, MeshSettings()), True)).decode()
+    assert "one node: no peers to probe; probing this node&#x27;s IPs and the Services" in page
+    assert '<p class="status">' not in _landing("/metrics").decode()

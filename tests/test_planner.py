@@ -59,6 +59,7 @@ events = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(
     zoned=st.booleans(),
+    own_node=st.booleans(),
     zones=st.sampled_from([1, 2, 3]),
     peers=st.sampled_from([1, 2, 4]),
     full_mesh_max=st.sampled_from([0, 3, 10]),
@@ -67,13 +68,14 @@ events = st.lists(
 )
 def test_planner_equals_plan_from_scratch_after_every_event(
     zoned: bool,
+    own_node: bool,
     zones: int,
     peers: int,
     full_mesh_max: int,
     network: SourceNetwork,
     seq: list[tuple[str, int, int, int]],
 ) -> None:
-    cfg = MeshSettings(full_mesh_max=full_mesh_max, peers=peers, zones=zoned)
+    cfg = MeshSettings(full_mesh_max=full_mesh_max, peers=peers, zones=zoned, own_node=own_node)
     me = replace(ME, network=network)
     planner = Planner(me, cfg)
     pods: dict[str, Peer] = {}
@@ -135,3 +137,20 @@ def test_a_readiness_or_ip_change_reuses_the_selection() -> None:
     assert second.selected is first.selected  # the ring answered without recomputing
     assert second == plan(ME, pods.values(), None, cfg)
     assert ("pod", "198.18.9.9") in {(t.kind, t.address) for t in second.targets}
+
+
+def test_a_second_node_joining_forms_the_mesh_and_keeps_the_own_node_targets() -> None:
+    planner = Planner(ME, MeshSettings())
+    me = replace(_pod(0, ME.node, 1), key="mon/pm-me", name="pm-me")
+    planner.sync_pods({me.key: me}, None)
+    alone = planner.plan()
+    assert alone.alone and [t.kind for t in alone.targets] == ["node"]
+    pods = {me.key: me, "mon/pm-1": _pod(1, "node-01", 2)}
+    planner.sync_pods(pods, {"mon/pm-1"})
+    mesh = planner.plan()
+    assert mesh.selected == ("node-01",) and mesh.peers_total == 1
+    assert mesh.targets[-1] == alone.targets[0]
+    assert mesh == plan(ME, pods.values(), None, MeshSettings())
+    del pods["mon/pm-1"]
+    planner.sync_pods(pods, {"mon/pm-1"})
+    assert planner.plan() == alone

@@ -14,7 +14,7 @@ from exporter.config import KubernetesSettings, MeshSettings
 from exporter.discovery.api import Api, Resource
 from exporter.discovery.objects import parse_node_meta, parse_pod
 from exporter.discovery.reflector import Reflector
-from exporter.mesh import Identity, MeshPlan, Planner, network_mismatch
+from exporter.mesh import Identity, MeshPlan, Planner, describe, network_mismatch
 from exporter.objects import NodeMeta, Peer, Skip
 from exporter.targets import Target
 
@@ -32,6 +32,7 @@ class KubernetesDiscovery:
         mesh: MeshSettings,
         api: Api,
         publish: Callable[[list[Target]], None],
+        services: bool = False,
     ) -> None:
         assert k.node_name and k.namespace
         self.me = Identity(k.node_name, k.pod_name, mesh.source_network)
@@ -39,6 +40,8 @@ class KubernetesDiscovery:
         self._checked_network = False  # once, at the first plan: the own pod is in the store
         self.mesh = mesh
         self.publish = publish
+        self.services = services  # whether the Service checks run: only for what is said
+        self.said: tuple[str, ...] = ()
         timing = {
             "request_timeout": k.request_timeout,
             "watch_timeout": k.watch_timeout,
@@ -110,3 +113,23 @@ class KubernetesDiscovery:
         self.plan = self.planner.plan()
         self.publish(list(self.plan.targets))
         self.last_publish = time.time()
+        self._say(self.plan)
+
+    @property
+    def status(self) -> tuple[str, ...]:
+        """What the landing page says of the mesh: nothing before the first sync."""
+        return describe(self.plan, self.services) if self.plan is not None else ()
+
+    def _say(self, plan: MeshPlan) -> None:
+        # Logged when its meaning changes (one node, a mesh, zones without labels), not
+        # at every peer count: a rollout would otherwise log a line per pod.
+        lines = describe(plan, self.services)
+        if _gist(lines) != _gist(self.said):
+            for line in lines:
+                log.info("%s", line)
+        self.said = lines
+
+
+def _gist(lines: tuple[str, ...]) -> tuple[str, ...]:
+    """Status lines as far as logging them again is worth it: a mesh's peer count is not."""
+    return tuple("mesh" if line.startswith("mesh:") else line for line in lines)

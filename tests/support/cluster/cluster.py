@@ -337,6 +337,12 @@ class Cluster(Closing):
         if self.dual_stack:
             ips += [CP_V6, "2001:db8:c0:ffff::1"]
         self.pki.create(ips)
+        # What the API server shows a real kubelet for logs, exec and port-forward: the
+        # kubelet trusts the cluster CA (kubelet.py), and its authorization allows any
+        # authenticated client.
+        self.kubelet_client = self.pki.client_cert(
+            "kube-apiserver-kubelet-client", "system:masters"
+        )
         (self.dir / "audit-policy.json").write_text(json.dumps(AUDIT_POLICY))
         self.start_etcd()
         self.start_apiserver()
@@ -423,6 +429,10 @@ class Cluster(Closing):
             f"--watch-cache={'true' if self.watch_cache else 'false'}",
             f"--etcd-compaction-interval={self.etcd_compaction_interval}",
             "--allow-privileged=true",
+            f"--kubelet-client-certificate={self.kubelet_client[0]}",
+            f"--kubelet-client-key={self.kubelet_client[1]}",
+            # Node names resolve in a real cluster's DNS only: reach kubelets by address.
+            "--kubelet-preferred-address-types=InternalIP",
             "--profiling=false",
             "--v=1",
             *self.apiserver_args,
@@ -487,6 +497,16 @@ class Cluster(Closing):
 
     # ----- kubectl ----------------------------------------------------------------------
 
+    def kubectl_argv(self, kubeconfig: Path | None = None) -> list[str]:
+        """kubectl as the admin (or ``kubeconfig``), in the control plane's namespace: for a
+        command that streams (``get -w``); ``kubectl()`` runs one to its end."""
+        argv = [
+            str(BIN / "kubectl"),
+            f"--kubeconfig={kubeconfig or self.admin_kubeconfig}",
+            f"--cache-dir={self.dir / 'kubectl-cache'}",
+        ]
+        return _nsenter(self.cp, argv)
+
     def kubectl(
         self,
         *args: str,
@@ -495,14 +515,8 @@ class Cluster(Closing):
         kubeconfig: Path | None = None,
         timeout: float = 60.0,
     ) -> subprocess.CompletedProcess[str]:
-        argv = [
-            str(BIN / "kubectl"),
-            f"--kubeconfig={kubeconfig or self.admin_kubeconfig}",
-            f"--cache-dir={self.dir / 'kubectl-cache'}",
-            *args,
-        ]
         proc = subprocess.run(
-            _nsenter(self.cp, argv),
+            [*self.kubectl_argv(kubeconfig), *args],
             input=input,
             capture_output=True,
             text=True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -69,6 +70,25 @@ def install_exporter(cluster: Cluster, how: str = "-k", overlay: str = "") -> No
     deploy/<overlay>`."""
     target = ROOT / "deploy" if how == "-k" else ROOT / "deploy" / "pingmesh-exporter.yaml"
     cluster.kubectl("apply", how, str(target / overlay if overlay else target))
+
+
+def install_with_image(cluster: Cluster, image: str, overlay: Path) -> None:
+    """The README's quick start: the `images:` entry that `kustomize edit set image
+    pingmesh-exporter=<image>` writes, in an overlay over deploy/, applied with
+    `kubectl apply -k` (kubectl's own kustomize)."""
+    name, _, tag = image.rpartition(":")
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(ROOT / "deploy", overlay)],  # kustomize: relative
+                "images": [{"name": "pingmesh-exporter", "newName": name, "newTag": tag}],
+            }
+        )
+    )
+    cluster.kubectl("apply", "-k", str(overlay))
 
 
 def ready_pods(
@@ -184,10 +204,17 @@ def mesh_is(want: set[tuple[str, ...]]) -> Callable[[Samples], bool]:
     return check
 
 
-def expected_mesh(nodes: Sequence[Node], source: str) -> set[tuple[str, ...]]:
+def expected_mesh(
+    nodes: Sequence[Node], source: str, own_node: bool = True
+) -> set[tuple[str, ...]]:
+    """Every peer's pod and node targets, and (--mesh.own-node, the default) the source's
+    own node IPs."""
     out: set[tuple[str, ...]] = set()
     for n in nodes:
         if n.name == source:
+            if own_node:
+                for fam in ("ipv4", "ipv6") if n.dual_stack else ("ipv4",):
+                    out.add((source, "node", source, fam))
             continue
         for kind in ("pod", "node"):
             for fam in ("ipv4", "ipv6") if n.dual_stack else ("ipv4",):

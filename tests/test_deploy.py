@@ -303,6 +303,8 @@ def test_host_network_pod_differs_from_the_base_only_where_it_must() -> None:
     common = ("updateStrategy",)
     for k in common:
         assert sets["pingmesh"]["spec"][k] == sets["pingmesh-host"]["spec"][k]
+
+
 def _readme_block(after: str, lang: str) -> str:
     """The first ```lang block after the line ``after`` in the README."""
     text = (DEPLOY.parent / "README.md").read_text()

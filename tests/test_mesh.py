@@ -265,6 +265,8 @@ def test_discovery_warns_once_when_its_own_pod_contradicts_the_flag(
     warned = [r.getMessage() for r in caplog.records if "--mesh.source-network" in r.getMessage()]
     assert len(warned) == 1 and "ns/pm-0" in warned[0]
     assert found == [[], []]  # the host-network peer is not counted from the pod network
+
+
 def own(node: str = "node-0", **kw: object) -> Peer:
     """This exporter's own pod (ME's name), on ME's node unless told."""
     return replace(peer(node, host_ips=("198.18.2.100", "2001:db8:2::100")), name="pm-0", **kw)  # type: ignore[arg-type]

@@ -113,6 +113,9 @@ def test_bad_environment_names_variable_and_flag() -> None:
         (["--log.format", "xml"], "--log.format"),
         (["--kubernetes.startup-denial-timeout", "1"], "--kubernetes.startup-denial-timeout"),
         (["--no-such-flag"], "--no-such-flag"),
+        (["--probe.flows", "0"], "--probe.flows"),
+        (["--probe.tcp", "sometimes"], "--probe.tcp"),
+        (["--probe.tcp-port", "70000"], "--probe.tcp-port"),
     ],
 )
 def test_bad_flag_exits_2_naming_it(argv: list[str], flag: str) -> None:

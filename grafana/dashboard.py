@@ -941,7 +941,7 @@ def _tcp(lay: Layout) -> None:
             [
                 target(
                     f"max by (source_node, target_node, ip_family) "
-                    f"(pingmesh_tcp_lossy_flows{{{PAIR}}}) > 0",
+                    f"(pingmesh_tcp_lossy_flows{{{PAIR}}})",
                     "{{source_node}} -> {{target_node}} {{ip_family}}",
                 ),
                 target(f"max(pingmesh_tcp_flows{{{JOB}}})", "flows per target"),

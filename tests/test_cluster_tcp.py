@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import TypedDict
 
 import pytest
 import yaml
@@ -22,6 +23,12 @@ from tests.support.metrics import Samples, value
 pytestmark = pytest.mark.netns
 
 NODES = ("node-a", "node-b", "node-c")
+
+
+class Labels(TypedDict):
+    kind: str
+    target_node: str
+    ip_family: str
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +83,7 @@ def test_tcp_reaches_every_peer_pod_beside_the_echo(policed: Cluster, source: st
 
     s = wait_metrics(policed, source, meshed, f"TCP from {source} to every peer pod", timeout=60)
     for _kind, peer, fam in want:
-        labels = {"kind": "pod", "target_node": peer, "ip_family": fam}
+        labels: Labels = {"kind": "pod", "target_node": peer, "ip_family": fam}
         failed = sum(
             v
             for n, lb, v in s

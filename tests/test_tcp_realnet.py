@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypedDict
 
 import pytest
 
@@ -24,6 +25,11 @@ INTERVAL = "100ms"
 TIMEOUT = "300ms"
 RUN_SECONDS = 3.0
 OUTCOMES = ("ok", "refused", "timeout", "unreachable")
+
+
+class Labels(TypedDict):
+    target: str
+    ip_family: str
 
 
 @dataclass
@@ -90,7 +96,7 @@ def run() -> Iterator[Run]:
 @pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("outcome", OUTCOMES)
 def test_each_target_reads_its_one_outcome(run: Run, outcome: str, family: int) -> None:
-    labels = {"target": run.targets[(outcome, family)], "ip_family": f"ipv{family}"}
+    labels: Labels = {"target": run.targets[(outcome, family)], "ip_family": f"ipv{family}"}
     got = {
         lb["result"]: v
         for name, lb, v in run.samples
@@ -262,7 +268,7 @@ def test_icmp_takes_one_path_whatever_its_identifier(multipath: Multipath, famil
 def test_one_flow_sees_all_or_nothing(multipath: Multipath) -> None:
     samples, seen = _run_flows(multipath, 1)
     for fam in (4, 6):
-        labels = {"target": multipath.targets[fam], "ip_family": f"ipv{fam}"}
+        labels: Labels = {"target": multipath.targets[fam], "ip_family": f"ipv{fam}"}
         ok = value(samples, "pingmesh_tcp_probe_total", default=0, result="ok", **labels)
         lost = value(samples, "pingmesh_tcp_probe_total", default=0, result="timeout", **labels)
         assert ok + lost >= 30
@@ -282,7 +288,7 @@ def test_eight_flows_see_the_broken_path(multipath: Multipath) -> None:
     samples, seen = _run_flows(multipath, 8)
     all_ports = set(range(FLOW_PORTS[0], FLOW_PORTS[1] + 1))
     for fam, source in ((4, multipath.mp.src_v4), (6, multipath.mp.src_v6)):
-        labels = {"target": multipath.targets[fam], "ip_family": f"ipv{fam}"}
+        labels: Labels = {"target": multipath.targets[fam], "ip_family": f"ipv{fam}"}
         ok = value(samples, "pingmesh_tcp_probe_total", default=0, result="ok", **labels)
         lost = value(samples, "pingmesh_tcp_probe_total", default=0, result="timeout", **labels)
         total = ok + lost

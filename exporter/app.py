@@ -150,7 +150,7 @@ class Parts:
         if self.checker is not None:
             found.append(ServicesCollector(self.checker, source_node))
         if self.tcp is not None:
-            found.append(TcpCollector(self.tcp, source_node))
+            found.append(TcpCollector(self.tcp))
         return found
 
     def live(self, stall_limit: float) -> tuple[bool, str]:
@@ -242,7 +242,7 @@ class App:
         node = s.kubernetes.node_name
         registry = build_registry(parts.collectors(node))
         document = MetricsDocument(
-            parts.prober, registry, TargetLabels(node), s.web.protobuf_classic_buckets
+            parts.prober, registry, TargetLabels(node), s.web.protobuf_classic_buckets, parts.tcp
         )
         stall_limit = max(10.0, 3 * s.probe.interval)
         health = Health()

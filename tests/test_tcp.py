@@ -4,7 +4,9 @@ collector's series and the settings that turn them on."""
 from __future__ import annotations
 
 import errno
+import shutil
 import struct
+import subprocess
 from typing import Any
 
 import pytest
@@ -143,8 +145,8 @@ def test_set_targets_keeps_state_across_moves_and_drops_leavers() -> None:
 
 def _doc(prober: TcpProber, accept: str = "") -> bytes:
     icmp = Prober(ProbeSettings(), {})
-    registry = build_registry([TcpCollector(prober, "node-a")])
-    return MetricsDocument(icmp, registry, TargetLabels("node-a")).render(accept)
+    registry = build_registry([TcpCollector(prober)])
+    return MetricsDocument(icmp, registry, TargetLabels("node-a"), True, prober).render(accept)
 
 
 def test_collector_series_per_target_and_none_for_leavers() -> None:
@@ -186,6 +188,13 @@ def test_connect_seconds_is_a_native_histogram_in_protobuf() -> None:
         assert h.sample_count == 1 and h.schema == 3 and sum(h.positive_delta) == 1
         assert len(h.bucket) == len(ProbeSettings().rtt_buckets)  # classic ones beside
         assert fams["pingmesh_tcp_probe_total"].metric[0].counter.value == 1
+        labels = {lp.name: lp.value for lp in fams["pingmesh_tcp_lossy_flows"].metric[0].label}
+        assert labels == {
+            "source_node": "node-a",
+            "kind": "pod",
+            "target_node": "n1",
+            "ip_family": "ipv4",
+        }
     finally:
         p.close()
 
@@ -201,3 +210,18 @@ def test_tcp_is_on_by_default_only_with_kubernetes() -> None:
         ["--discovery=kubernetes", "--probe.tcp=false"], {"NODE_NAME": "n", "POD_NAMESPACE": "p"}
     )
     assert not off.probe.tcp_enabled
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_the_text_document_passes_promtool() -> None:
+    p = _prober(flows=2)
+    try:
+        p.set_targets(index([_pod("n1", "198.18.0.1"), _pod("n2", "2001:db8::2")]))
+        p.states[0].record(0, "ok", 80_000)
+        p.states[1].record(0, "reset", None)
+        proc = subprocess.run(
+            ["promtool", "check", "metrics"], input=_doc(p), capture_output=True, timeout=60
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    finally:
+        p.close()

@@ -48,10 +48,12 @@ def _reject_rules(dst: Dst, targets: dict[tuple[str, int], str]) -> None:
         dst.ns.run([tool, "-w", "-A", "INPUT", *refused, "--reject-with", "tcp-reset"])
         dropped = ["-d", targets[("timeout", fam)], *port, "-j", "DROP"]
         dst.ns.run([tool, "-w", "-A", "INPUT", *dropped])
-    # IPv4: a host unreachable from afar. IPv6: the dst's ICMPv6 error reaches the
-    # connecting socket while connect() still holds it (the veth hands it over within the
-    # same softirq), which the kernel keeps as a soft error until the SYN is retransmitted
-    # a second later; a route that says unreachable tells the same story at once.
+    # IPv4: a host unreachable from afar. IPv6 from afar did not work here: with an ICMPv6
+    # address unreachable from the dst's REJECT, the first SYN's error did not end the
+    # connect (the rule counted two SYNs, the retransmitted one a second later, before
+    # connect() failed with EHOSTUNREACH), likely because over a veth the error arrives
+    # while connect() still holds the socket, where the kernel keeps it as a soft error.
+    # A route that says unreachable in src gives the same result at once.
     unreach = ["-d", targets[("unreachable", 4)], "-p", "tcp", "-j", "REJECT"]
     dst.ns.run(
         ["iptables", "-w", "-A", "INPUT", *unreach, "--reject-with", "icmp-host-unreachable"]

@@ -27,9 +27,11 @@ from exporter.metrics.document import MetricsDocument, build_registry
 from exporter.metrics.probe import ProbeCollector
 from exporter.metrics.services import ServicesCollector
 from exporter.metrics.targets import TargetLabels
+from exporter.metrics.tcp import TcpCollector
 from exporter.objects import Service, SliceCounts
 from exporter.probing.engine import Prober
 from exporter.probing.icmpsocket import PrivilegeError, ProbeSocket, open_socket
+from exporter.probing.tcp import TargetSource, TcpProber, every_target, of_kinds
 from exporter.services.checker import ServiceChecker
 from exporter.services.plan import endpoint_counts, plan_checks
 from exporter.targets import Target, merge
@@ -75,11 +77,26 @@ class TargetTable:
     """Every discovery source's latest targets, merged into the prober's table."""
 
     prober: Prober
+    tcp: TcpProber | None = None
     sources: dict[str, list[Target]] = field(default_factory=dict)
 
     def publish(self, source: str, targets: list[Target]) -> None:
         self.sources[source] = targets
-        self.prober.set_targets(merge(self.sources))
+        table = merge(self.sources)
+        self.prober.set_targets(table)
+        if self.tcp is not None:
+            self.tcp.set_targets(table)
+
+
+def tcp_source(settings: Settings) -> TargetSource:
+    """Which targets get TCP probes: the peer exporters (their metrics port listens already)
+    with Kubernetes discovery, every static target in static mode. From the host network the
+    peer exporters listen on their nodes' IPs, the node targets (which then hold no own-node
+    target: see exporter.mesh.own_node_probed)."""
+    port = settings.probe.tcp_port or settings.web.host_port[1]
+    if settings.discovery == "kubernetes":
+        return of_kinds(port, "node" if settings.mesh.source_network == "host" else "pod")
+    return every_target(port)
 
 
 def open_sockets(settings: Settings, opener: SocketOpener) -> dict[int, ProbeSocket]:
@@ -112,6 +129,7 @@ class Parts:
     prober: Prober
     static: StaticDiscovery
     table: TargetTable | None = None
+    tcp: TcpProber | None = None
     kube: KubernetesDiscovery | None = None
     services: ServiceDiscovery | None = None
     checker: ServiceChecker | None = None
@@ -133,6 +151,8 @@ class Parts:
             found.append(MeshCollector(self.kube))
         if self.checker is not None:
             found.append(ServicesCollector(self.checker, source_node))
+        if self.tcp is not None:
+            found.append(TcpCollector(self.tcp))
         return found
 
     def live(self, stall_limit: float) -> tuple[bool, str]:
@@ -206,7 +226,9 @@ class App:
         kubernetes = s.discovery == "kubernetes"
         defaults = [] if kubernetes else self.seams.defaults()
         parts = Parts(prober, StaticDiscovery(s.static, defaults, self.seams.resolver))
-        table = parts.table = TargetTable(prober)
+        if s.probe.tcp_enabled:
+            parts.tcp = TcpProber(s.probe, tcp_source(s))
+        table = parts.table = TargetTable(prober, parts.tcp)
         table.publish("static", await parts.static.initial())
         if kubernetes:
             api = self.seams.kube_api(s.kubernetes)
@@ -232,7 +254,11 @@ class App:
         # Only a mesh exporter has a network to name; static targets keep their labels.
         network = s.mesh.source_network if s.discovery == "kubernetes" else None
         document = MetricsDocument(
-            parts.prober, registry, TargetLabels(node, network), s.web.protobuf_classic_buckets
+            parts.prober,
+            registry,
+            TargetLabels(node, network),
+            s.web.protobuf_classic_buckets,
+            parts.tcp,
         )
         stall_limit = max(10.0, 3 * s.probe.interval)
         health = Health()
@@ -268,6 +294,8 @@ class App:
                 parts.static.run(lambda t: table.publish("static", t)), name="discovery.static"
             ),
         ]
+        if parts.tcp is not None:
+            tasks.append(asyncio.create_task(parts.tcp.run(), name="probe.tcp"))
         if parts.kube is not None:
             tasks.append(asyncio.create_task(parts.kube.run(), name="discovery.kubernetes"))
         if parts.services is not None:

@@ -60,6 +60,7 @@ DiscoveryMode = Literal["auto", "static", "kubernetes"]
 LogLevel = Literal["debug", "info", "warn", "error"]
 LogFormat = Literal["logfmt", "json"]
 SourceNetwork = Literal["pod", "host"]
+TcpMode = Literal["auto", "true", "false"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,29 @@ class ProbeSettings(Group):
         "RTT histogram bucket bounds, comma-separated durations (`default`: 25us doubling "
         "to 6.5536s)",
     )
+    # auto is resolved at parse time: ProbeSettings.tcp is true or false.
+    tcp: TcpMode = option(
+        "auto",
+        Choice(TcpMode),
+        "TCP connects to every peer exporter pod beside the echo (`auto`: with Kubernetes "
+        "discovery; `true` in static mode connects to every static target)",
+    )
+    tcp_port: int | None = option(
+        None,
+        Integer(1, 65535),
+        "port of the TCP probes",
+        shown_default="the port of --web.listen-address",
+    )
+    flows: int = option(
+        1,
+        Integer(1, 64, unit="flows"),
+        "source ports per TCP target, one per probe in turn, so that N intervals cover N "
+        "flow hashes (the kernel's multipath hash ignores the ICMP identifier)",
+    )
+
+    @property
+    def tcp_enabled(self) -> bool:
+        return self.tcp == "true"
 
 
 @dataclass(frozen=True)
@@ -336,4 +360,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
                     f"flag {name}: required with --discovery=kubernetes; set it "
                     "from the downward API"
                 )
-    return replace(settings, discovery=discovery)
+    probe = settings.probe
+    if probe.tcp == "auto":
+        probe = replace(probe, tcp="true" if discovery == "kubernetes" else "false")
+    return replace(settings, discovery=discovery, probe=probe)

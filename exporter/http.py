@@ -12,6 +12,7 @@ import html
 import logging
 import selectors
 import socket
+import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -43,6 +44,14 @@ class _Server(ThreadingHTTPServer):
     render: Render
     telemetry_path: str
     health: Health
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # Peers' TCP probes connect and reset at once: a connection reset before its
+        # request is their normal end, not an error worth a traceback.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError):
+            return
+        log.exception("error handling a connection from %s", client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

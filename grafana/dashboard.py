@@ -914,9 +914,90 @@ def variables() -> list[dict[str, Any]]:
     ]
 
 
+def _tcp(lay: Layout) -> None:
+    """TCP to the peer exporters beside the echo, and the flows that tell one broken path
+    apart (kind="pod" from the pod network, kind="node" from the host network)."""
+    lay.row("TCP to peers and flows")
+    sel = (
+        'source_node=~"$source_node", source_network=~"$source_network", '
+        'target_node=~"$target_node", ip_family=~"$ip_family"'
+    )
+    lay.add(
+        matrix(
+            "TCP connect failures (5m)",
+            f"max by (source_node, target_node) (pingmesh:tcp_probe_failed:ratio5m{{{sel}}})",
+            "percentunit",
+            LOSS_STEPS,
+            row="source_node",
+            column="target_node",
+            decimals=1,
+            description="Share of TCP connects to the peer exporter pod that failed. Beside "
+            "an echo that passes, a NetworkPolicy, conntrack or the CNI's TCP datapath.",
+        ),
+        12,
+        12,
+    )
+    lay.add(
+        timeseries(
+            "TCP results",
+            [
+                target(
+                    f"sum by (result) (rate(pingmesh_tcp_probe_total{{{PAIR}}}[$__rate_interval]))",
+                    "{{result}}",
+                )
+            ],
+            "reqps",
+            stack=True,
+            description="Connects per second by result: ok, refused (a RST or a REJECT), "
+            "timeout (SYN lost), reset, unreachable (ICMP error), error.",
+        ),
+        12,
+        6,
+    )
+    lay.add(
+        timeseries(
+            "TCP handshake time p50 / p99",
+            [
+                target(
+                    quantile("0.5", "pingmesh_tcp_connect_seconds", "ip_family", PAIR),
+                    "p50 {{ip_family}}",
+                ),
+                target(
+                    quantile("0.99", "pingmesh_tcp_connect_seconds", "ip_family", PAIR),
+                    "p99 {{ip_family}}",
+                ),
+            ],
+            "s",
+            description="The kernel's SYN to SYN-ACK round trip of successful connects.",
+        ),
+        12,
+        6,
+    )
+    lay.add(
+        timeseries(
+            "Lossy flows",
+            [
+                target(
+                    f"max by (source_node, target_node, ip_family) "
+                    f"(pingmesh_tcp_lossy_flows{{{PAIR}}})",
+                    "{{source_node}} -> {{target_node}} {{ip_family}}",
+                ),
+                target(f"max(pingmesh_tcp_flows{{{JOB}}})", "flows per target"),
+            ],
+            "short",
+            minimum=0,
+            description="Flows (source ports) of a pair with a failed connect among their "
+            "last probes. Some but not all of the flows: one of several paths drops "
+            "traffic (PingmeshPartialPathLoss). All of them: plain loss.",
+        ),
+        24,
+        8,
+    )
+
+
 def dashboard() -> dict[str, Any]:
     lay = Layout()
-    for section in (_overview, _matrices, _worst, _per_node, _services, _health):
+    for section in (_overview, _matrices, _worst, _tcp, _per_node, _services, _health):
         section(lay)
     return {
         "__requires": [

@@ -114,6 +114,9 @@ def test_bad_environment_names_variable_and_flag() -> None:
         (["--mesh.source-network", "node"], "--mesh.source-network"),
         (["--kubernetes.startup-denial-timeout", "1"], "--kubernetes.startup-denial-timeout"),
         (["--no-such-flag"], "--no-such-flag"),
+        (["--probe.flows", "0"], "--probe.flows"),
+        (["--probe.tcp", "sometimes"], "--probe.tcp"),
+        (["--probe.tcp-port", "70000"], "--probe.tcp-port"),
     ],
 )
 def test_bad_flag_exits_2_naming_it(argv: list[str], flag: str) -> None:

@@ -335,3 +335,39 @@ def test_quick_start_overlay_is_the_one_the_cluster_test_applies(tmp_path: Path)
     assert ds["spec"]["template"]["spec"]["containers"][0]["image"] == "pingmesh-exporter:dev"
     ds["spec"]["template"]["spec"]["containers"][0]["image"] = "pingmesh-exporter:0.1.0"
     assert mine == shipped
+
+
+def test_the_networkpolicy_component_selects_the_pods_and_admits_their_port(
+    tmp_path: Path,
+) -> None:
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(DEPLOY, overlay)],
+                "components": [os.path.relpath(DEPLOY / "networkpolicy", overlay)],
+            }
+        )
+    )
+    docs = render(overlay)
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    (ds,) = by_kind(docs, "DaemonSet")
+    pod = ds["spec"]["template"]
+    assert policy["metadata"]["namespace"] == ds["metadata"]["namespace"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    peers, scrape = policy["spec"]["ingress"]
+    # The peers' rule names no port: the NetworkPolicy API cannot allow ICMP otherwise.
+    assert "ports" not in peers
+    assert peers["from"] == [{"podSelector": policy["spec"]["podSelector"]}]
+    port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+    assert scrape == {"ports": [{"protocol": "TCP", "port": port}]}
+    out = tmp_path / "policy.yaml"
+    out.write_text(yaml.safe_dump(policy))
+    validate = Path(sys.executable).parent / "kubernetes-validate"
+    cmd = [str(validate)] if validate.exists() else [sys.executable, "-m", "kubernetes_validate"]
+    proc = subprocess.run([*cmd, "--strict", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -358,9 +358,10 @@ def recording_rules() -> list[tuple[str, str]]:
 
 
 def needs_a_cluster(expr: str) -> bool:
-    """Service checks run only with Kubernetes discovery: the bed has none."""
+    """Service checks, and TCP probes to peer pods, run only with Kubernetes discovery: the
+    bed has none."""
     names = metric_names(expr)
-    return any(n.startswith("pingmesh_service_") for n in names) or any(
+    return any(n.startswith(("pingmesh_service_", "pingmesh_tcp_")) for n in names) or any(
         n.startswith(tuple(SERVICE_HISTOGRAMS)) for n in names
     )
 

@@ -18,8 +18,10 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.metrics import tcp as tcp_families
 from exporter.metrics.targets import TargetLabels, render_target_chunks
 from exporter.probing.engine import Prober
+from exporter.probing.tcp import TcpProber
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PROTOBUF = "application/vnd.google.protobuf"
@@ -106,8 +108,13 @@ class MetricsDocument:
         registry: CollectorRegistry,
         labels: TargetLabels,
         protobuf_classic_buckets: bool = True,
+        tcp: TcpProber | None = None,
     ) -> None:
         self.prober = prober
+        self.tcp = tcp
+        node = labels.source[0][1] if labels.source else None
+        self.tcp_labels = tcp_families.TcpLabels(node)
+        self.tcp_label_bytes = tcp_families.TcpLabelBytes(node)
         self.registry = registry
         self.labels = labels
         self.classic = protobuf_classic_buckets
@@ -130,6 +137,9 @@ class MetricsDocument:
         p = self.prober
         for chunk in render_target_chunks(p.states, p.buckets, self.labels):
             yield chunk.encode()
+        if self.tcp is not None:
+            for chunk in tcp_families.text_chunks(self.tcp.states, p.buckets, self.tcp_labels):
+                yield chunk.encode()
 
     def _proto(self, protobuf: ModuleType) -> Iterator[bytes]:
         yield protobuf.encode(self.registry.collect(), self.classic)
@@ -137,6 +147,10 @@ class MetricsDocument:
         if self._label_bytes is None:
             self._label_bytes = protobuf.LabelBytes(self.labels)
         yield from protobuf.target_chunks(p.states, p.buckets, self._label_bytes, self.classic)
+        if self.tcp is not None:
+            yield from tcp_families.protobuf_chunks(
+                self.tcp.states, p.buckets, self.tcp_label_bytes, self.classic
+            )
 
     def _timed(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
         """The render time counts only the time spent making pieces, not compressing or

@@ -74,6 +74,10 @@ def _set_native(h: Any, native: Native) -> int:
     return sum(native.counts.values()) + native.zero_count
 
 
+# For the other per-target families written directly (exporter.metrics.tcp).
+set_native = _set_native
+
+
 def _classic(h: Any, cumulative: Sequence[tuple[float, int]]) -> None:
     for bound, count in cumulative:
         if bound != float("inf"):

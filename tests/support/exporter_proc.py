@@ -28,12 +28,13 @@ T = TypeVar("T")
 class _NsConnection(http.client.HTTPConnection):
     """An HTTP connection whose socket is created inside a network namespace."""
 
-    def __init__(self, ns: Namespace, port: int, timeout: float) -> None:
-        super().__init__("127.0.0.1", port, timeout=timeout)
+    def __init__(self, ns: Namespace, port: int, timeout: float, host: str = "127.0.0.1") -> None:
+        super().__init__(host, port, timeout=timeout)
         self._ns = ns
 
     def connect(self) -> None:
-        sock = self._ns.socket(socket.AF_INET, socket.SOCK_STREAM)
+        fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = self._ns.socket(fam, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         sock.connect((self.host, self.port))
         self.sock = sock
@@ -45,8 +46,9 @@ def http_get(
     path: str,
     headers: dict[str, str] | None = None,
     timeout: float = 10.0,
+    host: str = "127.0.0.1",
 ) -> tuple[int, dict[str, str], bytes]:
-    conn = _NsConnection(ns, port, timeout)
+    conn = _NsConnection(ns, port, timeout, host)
     try:
         conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()
@@ -62,9 +64,13 @@ class ExporterProcess:
         args: Sequence[str],
         port: int = 9871,
         no_capabilities: bool = False,
+        client: tuple[Namespace, str] | None = None,
     ) -> None:
         self.ns = ns
         self.port = port
+        # Where the test's HTTP requests come from: by default the exporter's own namespace
+        # over loopback; a (namespace, address) pair keeps them off its port range.
+        self.client = client or (ns, "127.0.0.1")
         argv = [
             sys.executable,
             "-m",
@@ -91,7 +97,7 @@ class ExporterProcess:
                     f"exporter exited with {self.proc.returncode}: {self.output()}"
                 )
             try:
-                code, _, _ = http_get(self.ns, self.port, "/readyz", timeout=2)
+                code, _, _ = self.get("/readyz", timeout=2)
                 if code == 200:
                     return
             except OSError:
@@ -100,7 +106,8 @@ class ExporterProcess:
         raise AssertionError(f"exporter not ready after {timeout}s")
 
     def get(self, path: str, **kw: Any) -> tuple[int, dict[str, str], bytes]:
-        return http_get(self.ns, self.port, path, **kw)
+        ns, host = self.client
+        return http_get(ns, self.port, path, host=host, **kw)
 
     def scrape(self) -> Samples:
         code, headers, body = self.get("/metrics", headers={"Accept-Encoding": "gzip"})

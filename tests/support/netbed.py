@@ -59,6 +59,10 @@ V6_LINKS = ipaddress.IPv6Network("2001:db8:ffff::/48")
 DEFAULT_V4_PREFIXLEN = 19
 MAX_DSTS = 15  # /19 target blocks left in 198.18.0.0/15 after the link block
 
+# fib_multipath_hash_fields: source and destination address, protocol, source and
+# destination port.
+MULTIPATH_HASH_FIELDS = 0x01 | 0x02 | 0x04 | 0x10 | 0x20
+
 DEFAULT_TIMEOUT_S = 60.0
 KILL_GRACE_S = 3.0
 CLONE_NEWNET = 0x40000000
@@ -566,6 +570,60 @@ class Dst:
         return [*new_v4, *new_v6]
 
 
+class MultipathDst(Dst):
+    """A dst reached through a router namespace that spreads flows over two equal-cost
+    paths by the kernel's multipath hash (addresses, protocol and ports), with
+    a fixed hash seed so the same flow always takes the same path. Replies all come back
+    over path a; path b can be made to drop what is forwarded on it (drop_path_b)."""
+
+    def __init__(
+        self,
+        bed: Bed,
+        ns: Namespace,
+        router: Namespace,
+        index: int,
+        v4_prefix: ipaddress.IPv4Network,
+        v6_prefix: ipaddress.IPv6Network,
+        src_if: str,
+        router_if: str,
+        paths: dict[str, tuple[str, str]],
+    ) -> None:
+        # The src link's far end is the router: Dst's dst_v4/dst_v6 are its addresses.
+        super().__init__(bed, ns, index, True, v4_prefix, v6_prefix, src_if, router_if)
+        self.router = router
+        self.router_if = router_if
+        self.paths = paths  # "a"/"b" -> (router's interface, dst's interface)
+
+    @staticmethod
+    def path_links(index: int, path: str) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Network]:
+        """The two path links of a multipath dst, from the top of the link block (dsts
+        take theirs from the bottom)."""
+        n = 1023 - 2 * (index - 1) - (0 if path == "a" else 1)
+        v4 = ipaddress.IPv4Network((int(V4_LINKS.network_address) + 4 * n, 30))
+        v6 = ipaddress.IPv6Network(f"2001:db8:ffff:{0x8000 + n:x}::/64")
+        return v4, v6
+
+    def path_of(self, target: str, source: str, proto: str, sport: int, dport: int) -> str:
+        """The path ("a" or "b") the router's hash picks for one flow from src."""
+        out = self.router.run(
+            [
+                "ip", "route", "get", target, "from", source, "iif", self.router_if,
+                "ipproto", proto, "sport", str(sport), "dport", str(dport),
+            ]
+        ).stdout  # fmt: skip
+        devs = {rif: name for name, (rif, _) in self.paths.items()}
+        for dev, name in devs.items():
+            if f" dev {dev} " in f" {out} ":
+                return name
+        raise NetbedError(f"no path in {out!r}")
+
+    def drop_path_b(self) -> None:
+        """Everything the router forwards over path b is dropped (v4 and v6)."""
+        rif = self.paths["b"][0]
+        for tool in ("iptables", "ip6tables"):
+            self.router.run([tool, "-w", "-A", "FORWARD", "-o", rif, "-j", "DROP"])
+
+
 def _sanitize(hint: str) -> str:
     cleaned = re.sub(r"[^a-z0-9]", "", hint.lower())[:12]
     return cleaned or "dst"
@@ -727,6 +785,90 @@ class Bed(Closing):
         self.dsts.append(dst)
         return dst
 
+    def add_multipath_dst(self, name_hint: str = "mp", hash_seed: int = 1) -> MultipathDst:
+        """A dst behind a router namespace with a two-nexthop route to its targets (IPv4 and
+        IPv6), hashed on addresses, protocol and ports with the given seed."""
+        self._check_open()
+        index = len(self.dsts) + 1
+        v4, v6 = self._pick_prefixes(index, None, None)
+        router = self._new_namespace("rtr")
+        ns = self._new_namespace(_sanitize(name_hint))
+        tag = next(_counter)
+        src_if, router_if = f"pmv{tag}a", f"pmv{tag}b"
+        paths = {p: (f"pmv{tag}r{p}", f"pmv{tag}d{p}") for p in ("a", "b")}
+        dst = MultipathDst(self, ns, router, index, v4, v6, src_if, router_if, paths)
+        router.sysctls(
+            {
+                "net.ipv4.ip_forward": 1,
+                "net.ipv6.conf.all.forwarding": 1,
+                # Policy 3 (these fields: addresses, protocol, ports) and not policy 1:
+                # under policy 1 a packet that already carries an L4 hash is routed by it,
+                # and over a veth that hash is the sending socket's random txhash, so each
+                # connection of one 4-tuple took a path at random. A real NIC's receive
+                # hash is one of the 4-tuple; policy 3 reads the headers, as it would.
+                "net.ipv4.fib_multipath_hash_policy": 3,
+                "net.ipv6.fib_multipath_hash_policy": 3,
+                "net.ipv4.fib_multipath_hash_fields": MULTIPATH_HASH_FIELDS,
+                "net.ipv6.fib_multipath_hash_fields": MULTIPATH_HASH_FIELDS,
+                "net.ipv4.fib_multipath_hash_seed": hash_seed,
+            }
+        )
+        _run(
+            [
+                "ip", "link", "add", src_if, "netns", self.src.name, "type", "veth",
+                "peer", "name", router_if, "netns", router.name,
+            ]
+        )  # fmt: skip
+        router_cmds = [
+            f"link set {router_if} up",
+            f"address add {dst.dst_v4}/30 dev {router_if}",
+            f"address add {dst.dst_v6}/64 dev {router_if} nodad",
+        ]
+        dst_cmds = []
+        hops4, hops6 = [], []
+        for p, (rif, dif) in paths.items():
+            link4, link6 = MultipathDst.path_links(index, p)
+            r4, d4 = link4.network_address + 1, link4.network_address + 2
+            r6, d6 = link6.network_address + 1, link6.network_address + 2
+            _run(
+                [
+                    "ip", "link", "add", rif, "netns", router.name, "type", "veth",
+                    "peer", "name", dif, "netns", ns.name,
+                ]
+            )  # fmt: skip
+            router_cmds += [
+                f"link set {rif} up",
+                f"address add {r4}/30 dev {rif}",
+                f"address add {r6}/64 dev {rif} nodad",
+            ]
+            dst_cmds += [
+                f"link set {dif} up",
+                f"address add {d4}/30 dev {dif}",
+                f"address add {d6}/64 dev {dif} nodad",
+            ]
+            hops4.append(f"nexthop via {d4} dev {rif}")
+            hops6.append(f"nexthop via {d6} dev {rif}")
+            if p == "a":
+                # Replies come back over path a only: a drop on b touches requests alone.
+                dst_cmds += [
+                    f"route add {V4_LINKS} via {r4} dev {dif}",
+                    f"route add {V6_LINKS} via {r6} dev {dif}",
+                ]
+        router_cmds += [f"route add {v4} {' '.join(hops4)}", f"route add {v6} {' '.join(hops6)}"]
+        router.ip_batch(router_cmds)
+        ns.ip_batch(dst_cmds)
+        self.src.ip_batch(
+            [
+                f"link set {src_if} up",
+                f"address add {dst.src_v4}/30 dev {src_if}",
+                f"address add {dst.src_v6}/64 dev {src_if} nodad",
+                f"route add {v4} via {dst.dst_v4} dev {src_if}",
+                f"route add {v6} via {dst.dst_v6} dev {src_if}",
+            ]
+        )
+        self.dsts.append(dst)
+        return dst
+
     # -- impairments ---------------------------------------------------------
 
     _LOSS_CHAIN: ClassVar[str] = "PMTB_LOSS"
@@ -838,6 +980,7 @@ __all__ = [
     "Bed",
     "CommandError",
     "Dst",
+    "MultipathDst",
     "Namespace",
     "NetbedError",
     "Profile",

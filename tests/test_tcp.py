@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.app import tcp_source
 from exporter.config import ProbeSettings, parse_settings
 from exporter.metrics.document import MetricsDocument, build_registry
 from exporter.metrics.targets import TargetLabels
@@ -210,6 +211,20 @@ def test_tcp_is_on_by_default_only_with_kubernetes() -> None:
         ["--discovery=kubernetes", "--probe.tcp=false"], {"NODE_NAME": "n", "POD_NAMESPACE": "p"}
     )
     assert not off.probe.tcp_enabled
+
+
+def test_the_source_network_picks_what_tcp_connects_to() -> None:
+    """From the pod network the peer exporters are the pod targets; from the host network
+    they listen on their nodes' IPs, on the host DaemonSet's port."""
+    table = index([_pod("n1", "198.18.0.1"), _node("n1", "198.18.1.1")])
+    env = {"NODE_NAME": "n", "POD_NAMESPACE": "pingmesh"}
+    pod = parse_settings(["--discovery=kubernetes"], env)
+    host = parse_settings(
+        ["--discovery=kubernetes", "--mesh.source-network=host", "--web.listen-address=:9872"],
+        env,
+    )
+    assert [(t.target.kind, t.port) for t in tcp_source(pod)(table)] == [("pod", 9871)]
+    assert [(t.target.kind, t.port) for t in tcp_source(host)(table)] == [("node", 9872)]
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")

@@ -147,7 +147,8 @@ def test_set_targets_keeps_state_across_moves_and_drops_leavers() -> None:
 def _doc(prober: TcpProber, accept: str = "") -> bytes:
     icmp = Prober(ProbeSettings(), {})
     registry = build_registry([TcpCollector(prober)])
-    return MetricsDocument(icmp, registry, TargetLabels("node-a"), True, prober).render(accept)
+    labels = TargetLabels("node-a", "pod")
+    return MetricsDocument(icmp, registry, labels, True, prober).render(accept)
 
 
 def test_collector_series_per_target_and_none_for_leavers() -> None:
@@ -166,6 +167,8 @@ def test_collector_series_per_target_and_none_for_leavers() -> None:
         assert total == {("n1", "ok"): 1, ("n1", "refused"): 1, ("n2", "timeout"): 1}
         sample = fams["pingmesh_tcp_probe"].samples[0]
         assert sample.labels["source_node"] == "node-a" and sample.labels["kind"] == "pod"
+        # The exporter's own labels, as on the ICMP series of the same target.
+        assert sample.labels["source_network"] == "pod"
         hist = fams["pingmesh_tcp_connect_seconds"].samples
         count = {s.labels["target_node"]: s.value for s in hist if s.name.endswith("_count")}
         assert count == {"n1": 1, "n2": 0}
@@ -192,6 +195,7 @@ def test_connect_seconds_is_a_native_histogram_in_protobuf() -> None:
         labels = {lp.name: lp.value for lp in fams["pingmesh_tcp_lossy_flows"].metric[0].label}
         assert labels == {
             "source_node": "node-a",
+            "source_network": "pod",
             "kind": "pod",
             "target_node": "n1",
             "ip_family": "ipv4",

@@ -112,9 +112,8 @@ class MetricsDocument:
     ) -> None:
         self.prober = prober
         self.tcp = tcp
-        node = labels.source[0][1] if labels.source else None
-        self.tcp_labels = tcp_families.TcpLabels(node)
-        self.tcp_label_bytes = tcp_families.TcpLabelBytes(node)
+        self.tcp_labels = tcp_families.TcpLabels(labels.source)
+        self.tcp_label_bytes = tcp_families.TcpLabelBytes(labels.source)
         self.registry = registry
         self.labels = labels
         self.classic = protobuf_classic_buckets

@@ -147,7 +147,7 @@ def encode(metrics: Iterable[Metric], classic: bool) -> bytes:
     return b"".join(delimited(family(m, classic)) for m in metrics)
 
 
-class LabelBytes(PerTarget[bytes]):
+class LabelBytes(PerTarget[TargetState, bytes]):
     """Each target's labels as a serialized Metric message holding only them, merged into
     each of its series at every scrape, which the runtime does in a fraction of the time of
     adding the pairs one by one."""

@@ -21,21 +21,22 @@ RECEIVED = "pingmesh_probe_received_total"
 ERRORS = "pingmesh_probe_errors_total"
 UP = "pingmesh_target_up"
 
+S = TypeVar("S")  # a prober's per-target state: ICMP's TargetState, TCP's TcpTargetState
 T = TypeVar("T")
 
 CHUNK_TARGETS = 250  # targets per chunk of a streamed /metrics response
 
 
-class PerTarget(Generic[T]):
+class PerTarget(Generic[S, T]):
     """Something made once per target, when a scrape first sees the target, and kept while
     the target is probed. Keyed by the prober's state object, which lives exactly as long as
     the target's series."""
 
-    def __init__(self, make: Callable[[TargetState], T]) -> None:
+    def __init__(self, make: Callable[[S], T]) -> None:
         self.make = make
-        self._known: dict[TargetState, T] = {}
+        self._known: dict[S, T] = {}
 
-    def of(self, states: Sequence[TargetState]) -> list[T]:
+    def of(self, states: Sequence[S]) -> list[T]:
         """The values of states, in order; forgets targets that have left."""
         known = self._known
         out = []
@@ -49,7 +50,7 @@ class PerTarget(Generic[T]):
         return out
 
 
-class TargetLabels(PerTarget[str]):
+class TargetLabels(PerTarget[TargetState, str]):
     """Each target's label text, with this exporter's source_node and source_network first."""
 
     def __init__(self, source_node: str | None, source_network: str | None = None) -> None:

@@ -9,17 +9,18 @@ second a scrape (bench/tcp_bench.py); written directly they cost what the echo's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import accumulate
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.metrics.text import format_le, label_text, source_labels
+from exporter.metrics.targets import PerTarget
+from exporter.metrics.text import format_le, label_text
 from exporter.probing.tcp import TcpProber
 from exporter.probing.tcpstats import TcpTargetState
-from exporter.targets import family_label
+from exporter.targets import Labels, family_label
 
 PROBE = "pingmesh_tcp_probe_total"
 CONNECT = "pingmesh_tcp_connect_seconds"
@@ -35,41 +36,19 @@ LOSSY_HELP = (
 )
 
 CHUNK_TARGETS = 250
-T = TypeVar("T")
 
 
-class PerTcpTarget(Generic[T]):
-    """Something made once per TCP target (its label text or bytes) and kept while the
-    target is probed; keyed by the prober's state object, which lives as long as its series."""
-
-    def __init__(self, make: Callable[[TcpTargetState], T]) -> None:
-        self.make = make
-        self._known: dict[TcpTargetState, T] = {}
-
-    def of(self, states: Sequence[TcpTargetState]) -> list[T]:
-        known = self._known
-        out = []
-        for st in states:
-            value = known.get(st)
-            if value is None:
-                value = known[st] = self.make(st)
-            out.append(value)
-        if len(known) > len(states):
-            self._known = dict(zip(states, out, strict=True))
-        return out
-
-
-def label_pairs(source_node: str | None, st: TcpTargetState) -> tuple[tuple[str, str], ...]:
+def label_pairs(source: Labels, st: TcpTargetState) -> Labels:
     t = st.target
-    return (*source_labels(source_node), *t.labels, ("ip_family", family_label(t.family)))
+    return (*source, *t.labels, ("ip_family", family_label(t.family)))
 
 
-class TcpLabels(PerTcpTarget[str]):
-    """Each target's label text, with this exporter's source_node first."""
+class TcpLabels(PerTarget[TcpTargetState, str]):
+    """Each target's label text, with this exporter's own labels (TargetLabels.source:
+    source_node, source_network) first, as on the ICMP target it shares."""
 
-    def __init__(self, source_node: str | None) -> None:
-        super().__init__(lambda st: label_text(label_pairs(source_node, st)))
-        self.source_node = source_node
+    def __init__(self, source: Labels) -> None:
+        super().__init__(lambda st: label_text(label_pairs(source, st)))
 
 
 def _snapshot(st: TcpTargetState) -> tuple[list[int], int, dict[str, int], int]:
@@ -114,17 +93,17 @@ def text_chunks(
         yield "".join([f"{LOSSY}{{{text}}} {lossy}\n" for text, (_, _, _, lossy) in chunk])
 
 
-class TcpLabelBytes(PerTcpTarget[bytes]):
+class TcpLabelBytes(PerTarget[TcpTargetState, bytes]):
     """Each target's labels as a serialized Metric message, merged into each of its series."""
 
-    def __init__(self, source_node: str | None) -> None:
+    def __init__(self, source: Labels) -> None:
         super().__init__(self.serialize)
-        self.source_node = source_node
+        self.source = source
 
     def serialize(self, st: TcpTargetState) -> bytes:
         from exporter.metrics.proto import metrics_pb2 as pb
 
-        pairs = [pb.LabelPair(name=k, value=v) for k, v in label_pairs(self.source_node, st)]
+        pairs = [pb.LabelPair(name=k, value=v) for k, v in label_pairs(self.source, st)]
         data: bytes = pb.Metric(label=pairs).SerializeToString()
         return data
 

@@ -157,7 +157,12 @@ def test_target_removed_from_file_takes_its_series(bed: Bed, tmp_path: Path) -> 
         s = proc.scrape()
         assert value(s, "pingmesh_probe_sent_total", target=b) > 0
         assert value(s, "pingmesh_discovery_errors_total", reason="invalid_line") >= 1
-        targets.write_text(f"{a}\n")
+        # Replaced in one rename, as a ConfigMap volume or a config tool does: written in
+        # place, a refresh between the truncation and the write reads no targets, and a
+        # comes back as a new target whose counters start again (the failure seen once).
+        staged = tmp_path / "targets.new"
+        staged.write_text(f"{a}\n")
+        staged.replace(targets)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             s = proc.scrape()

@@ -10,12 +10,12 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prometheus_client.registry import Collector
 
-from exporter.config import ConfigError, KubernetesSettings, Settings
+from exporter.config import MAX_MTU, ConfigError, KubernetesSettings, ProbeSettings, Settings
 from exporter.discovery.api import Api
 from exporter.discovery.kubernetes import KubernetesDiscovery
 from exporter.discovery.reflector import FatalApiError, Reflector
@@ -24,12 +24,19 @@ from exporter.discovery.static import Resolver, StaticDiscovery, system_resolver
 from exporter.http import Health, HttpServer
 from exporter.metrics.discovery import DiscoveryCollector, MeshCollector
 from exporter.metrics.document import MetricsDocument, build_registry
+from exporter.metrics.mtu import MtuCollector
 from exporter.metrics.probe import ProbeCollector
 from exporter.metrics.services import ServicesCollector
 from exporter.metrics.targets import TargetLabels
 from exporter.objects import Service, SliceCounts
-from exporter.probing.engine import Prober
-from exporter.probing.icmpsocket import PrivilegeError, ProbeSocket, open_socket
+from exporter.probing.engine import Prober, Sizer
+from exporter.probing.icmpsocket import (
+    PrivilegeError,
+    ProbeSocket,
+    open_full_size_socket,
+    open_socket,
+)
+from exporter.probing.route import RouteMtu
 from exporter.services.checker import ServiceChecker
 from exporter.services.plan import endpoint_counts, plan_checks
 from exporter.targets import Target, merge
@@ -68,18 +75,25 @@ class Seams:
     resolver: Resolver = system_resolver
     defaults: Callable[[], list[str]] = loopback_defaults
     kube_api: Callable[[KubernetesSettings], Api] = kube_api
+    open_full_size_socket: SocketOpener = open_full_size_socket
+    # The MTU of the interface the route to an address leaves by; OSError without a route.
+    route_mtu: Callable[[str], int] = field(default_factory=lambda: RouteMtu().lookup)
 
 
 @dataclass
 class TargetTable:
-    """Every discovery source's latest targets, merged into the prober's table."""
+    """Every discovery source's latest targets, merged into the probers' tables."""
 
     prober: Prober
+    mtu: Prober | None = None
     sources: dict[str, list[Target]] = field(default_factory=dict)
 
     def publish(self, source: str, targets: list[Target]) -> None:
         self.sources[source] = targets
-        self.prober.set_targets(merge(self.sources))
+        table = merge(self.sources)
+        self.prober.set_targets(table)
+        if self.mtu is not None:
+            self.mtu.set_targets(table)
 
 
 def open_sockets(settings: Settings, opener: SocketOpener) -> dict[int, ProbeSocket]:
@@ -94,6 +108,42 @@ def open_sockets(settings: Settings, opener: SocketOpener) -> dict[int, ProbeSoc
     for fam, s in sockets.items():
         log.info("ICMP socket open: ipv%d %s, receive buffer %d bytes", fam, s.mode, s.rcvbuf)
     return sockets
+
+
+def open_full_size_sockets(
+    settings: Settings, small: dict[int, ProbeSocket], opener: SocketOpener
+) -> dict[int, ProbeSocket]:
+    """The full-size probes' own sockets, in the mode the small echoes' sockets got (auto has
+    been decided there). A raw socket's identifier must differ from the small one's, or each
+    would take the other's replies for its own."""
+    p = settings.probe
+    sockets: dict[int, ProbeSocket] = {}
+    for fam, sock in small.items():
+        sockets[fam] = opener(fam, sock.mode, p.ttl, p.traffic_class, 256 * 1024)
+        if sockets[fam].raw and sockets[fam].ident == sock.ident:
+            sockets[fam].ident ^= 0x8000
+    return sockets
+
+
+def full_size(p: ProbeSettings, route_mtu: Callable[[str], int]) -> Sizer:
+    """Each target's full-size probe size: --probe.mtu, else the MTU of the interface its
+    route leaves by (looked up when it is added or moves), at most what an IP length holds."""
+
+    def size(target: Target) -> int:
+        if p.mtu is not None:
+            return p.mtu
+        try:
+            return min(route_mtu(target.address), MAX_MTU)
+        except OSError as exc:
+            # No route now: sends fail and are counted; the size is found again on a move.
+            log.warning(
+                "no interface MTU for %s (%s): full-size probes use 1500 bytes",
+                target.display,
+                exc.strerror or exc,
+            )
+            return 1500
+
+    return size
 
 
 def feed_checker(checker: ServiceChecker, dns_services: tuple[str, ...]) -> OnServices:
@@ -111,6 +161,7 @@ class Parts:
 
     prober: Prober
     static: StaticDiscovery
+    mtu: Prober | None = None
     table: TargetTable | None = None
     kube: KubernetesDiscovery | None = None
     services: ServiceDiscovery | None = None
@@ -129,6 +180,8 @@ class Parts:
             ProbeCollector(self.prober),
             DiscoveryCollector(self.static, self.reflectors if self.kube else None),
         ]
+        if self.mtu is not None:
+            found.append(MtuCollector(self.mtu, source_node))
         if self.kube is not None:
             found.append(MeshCollector(self.kube))
         if self.checker is not None:
@@ -136,6 +189,8 @@ class Parts:
         return found
 
     def live(self, stall_limit: float) -> tuple[bool, str]:
+        # The full-size loop sleeps a whole --probe.mtu-interval between rounds; the small
+        # echoes' loop shares the event loop with it and stands for both.
         age = time.monotonic() - self.prober.last_tick_monotonic
         return (age < stall_limit, f"probe loop last ran {age:.1f}s ago")
 
@@ -165,15 +220,23 @@ class App:
         except PrivilegeError as exc:
             log.error("%s", exc)
             return EXIT_FATAL
+        large: dict[int, ProbeSocket] = {}
         try:
-            return await self._run_with(sockets)
+            if s.probe.mtu_interval > 0:
+                large = open_full_size_sockets(s, sockets, self.seams.open_full_size_socket)
+            return await self._run_with(sockets, large)
+        except PrivilegeError as exc:
+            log.error("%s", exc)
+            return EXIT_FATAL
         finally:
-            for sock in sockets.values():
+            for sock in (*sockets.values(), *large.values()):
                 sock.close()
 
-    async def _run_with(self, sockets: dict[int, ProbeSocket]) -> int:
+    async def _run_with(
+        self, sockets: dict[int, ProbeSocket], large: dict[int, ProbeSocket]
+    ) -> int:
         try:
-            parts = await self.build(sockets)
+            parts = await self.build(sockets, large)
         except ConfigError as exc:
             log.error("%s", exc)
             return EXIT_CONFIG
@@ -194,15 +257,25 @@ class App:
             log.info("stopping")
             await self.stop_all(parts, tasks, loop, server)
 
-    async def build(self, sockets: dict[int, ProbeSocket]) -> Parts:
+    async def build(
+        self, sockets: dict[int, ProbeSocket], large: dict[int, ProbeSocket] | None = None
+    ) -> Parts:
         """Every component, wired; the first static targets are loaded. ConfigError when
-        the Kubernetes credentials are unusable."""
+        the Kubernetes credentials are unusable. With full-size sockets, a second prober
+        sends the MTU probes over them at their own interval."""
         s = self.settings
         prober = Prober(s.probe, sockets)
+        mtu = None
+        if large:
+            mtu = Prober(
+                replace(s.probe, interval=s.probe.mtu_interval),
+                large,
+                full_size(s.probe, self.seams.route_mtu),
+            )
         kubernetes = s.discovery == "kubernetes"
         defaults = [] if kubernetes else self.seams.defaults()
-        parts = Parts(prober, StaticDiscovery(s.static, defaults, self.seams.resolver))
-        table = parts.table = TargetTable(prober)
+        parts = Parts(prober, StaticDiscovery(s.static, defaults, self.seams.resolver), mtu)
+        table = parts.table = TargetTable(prober, mtu)
         table.publish("static", await parts.static.initial())
         if kubernetes:
             api = self.seams.kube_api(s.kubernetes)
@@ -253,6 +326,11 @@ class App:
         tasks: list[asyncio.Task[Any]] = [
             # One task sends, reads and times out, on one tick (exporter.probing.engine).
             asyncio.create_task(prober.send_loop(), name="probe.send"),
+            *(
+                [asyncio.create_task(parts.mtu.send_loop(), name="probe.mtu.send")]
+                if parts.mtu is not None
+                else []
+            ),
             asyncio.create_task(
                 parts.static.run(lambda t: table.publish("static", t)), name="discovery.static"
             ),

@@ -52,9 +52,7 @@ def large_sockets() -> Iterator[dict[int, FdSocket]]:
         s.close()
 
 
-def app(
-    sockets: dict[int, FdSocket], *args: str, large: dict[int, FdSocket] | None = None
-) -> App:
+def app(sockets: dict[int, FdSocket], *args: str, large: dict[int, FdSocket] | None = None) -> App:
     settings = parse_settings(
         [
             "--web.listen-address=127.0.0.1:0",

@@ -24,7 +24,7 @@ from exporter.discovery.static import Resolver, StaticDiscovery, system_resolver
 from exporter.http import Health, HttpServer
 from exporter.metrics.discovery import DiscoveryCollector, MeshCollector
 from exporter.metrics.document import MetricsDocument, build_registry
-from exporter.metrics.mtu import MtuCollector
+from exporter.metrics.mtu import FullSize
 from exporter.metrics.probe import ProbeCollector
 from exporter.metrics.services import ServicesCollector
 from exporter.metrics.targets import TargetLabels
@@ -180,8 +180,6 @@ class Parts:
             ProbeCollector(self.prober),
             DiscoveryCollector(self.static, self.reflectors if self.kube else None),
         ]
-        if self.mtu is not None:
-            found.append(MtuCollector(self.mtu, source_node))
         if self.kube is not None:
             found.append(MeshCollector(self.kube))
         if self.checker is not None:
@@ -294,8 +292,9 @@ class App:
         s = self.settings
         node = s.kubernetes.node_name
         registry = build_registry(parts.collectors(node))
+        full_size = FullSize(parts.mtu, TargetLabels(node)) if parts.mtu is not None else None
         document = MetricsDocument(
-            parts.prober, registry, TargetLabels(node), s.web.protobuf_classic_buckets
+            parts.prober, registry, TargetLabels(node), s.web.protobuf_classic_buckets, full_size
         )
         stall_limit = max(10.0, 3 * s.probe.interval)
         health = Health()

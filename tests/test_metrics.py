@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import ProbeSettings
 from exporter.metrics.document import MetricsDocument, build_registry, wants_protobuf
-from exporter.metrics.mtu import MtuCollector
+from exporter.metrics.mtu import FullSize
 from exporter.metrics.probe import ProbeCollector
 from exporter.metrics.targets import TargetLabels
 from exporter.probing.engine import Prober
@@ -226,10 +226,15 @@ def test_generated_messages_match_the_pinned_schema() -> None:
     assert (proto / "metrics_pb2.version").read_text().strip() == pinned.group(1)
 
 
-def _mtu_doc(mtu: Prober, node: str | None = "node-a") -> str:
+def _mtu_document(mtu: Prober, node: str | None = "node-a") -> MetricsDocument:
     small = _prober([])
-    registry = build_registry([ProbeCollector(small), MtuCollector(mtu, node)])
-    return MetricsDocument(small, registry, TargetLabels(node)).render().decode()
+    registry = build_registry([ProbeCollector(small)])
+    full_size = FullSize(mtu, TargetLabels(node))
+    return MetricsDocument(small, registry, TargetLabels(node), full_size=full_size)
+
+
+def _mtu_doc(mtu: Prober, node: str | None = "node-a") -> str:
+    return _mtu_document(mtu, node).render().decode()
 
 
 def _mtu_prober(targets: list[Target]) -> Prober:
@@ -287,9 +292,17 @@ def test_promtool_check_metrics_clean_with_full_size_probes() -> None:
 def test_protobuf_document_carries_the_full_size_families() -> None:
     mtu = _mtu_prober([static_target("198.18.0.1", "198.18.0.1")])
     mtu.states[0].reply(None)
-    small = _prober([])
-    registry = build_registry([MtuCollector(mtu, None)])
-    body = MetricsDocument(small, registry, TargetLabels(None)).render(PROTOBUF_ACCEPT)
-    fams = _families(body)
+    mtu.states[0].error("packet_too_big")
+    fams = _families(_mtu_document(mtu, None).render(PROTOBUF_ACCEPT))
     assert fams["pingmesh_mtu_probe_sent_total"].metric[0].counter.value == 1
+    assert fams["pingmesh_mtu_probe_received_total"].metric[0].counter.value == 1
+    (err,) = fams["pingmesh_mtu_probe_errors_total"].metric
+    assert {(lp.name, lp.value) for lp in err.label} == {
+        ("kind", "static"),
+        ("target", "198.18.0.1"),
+        ("ip_family", "ipv4"),
+        ("reason", "packet_too_big"),
+    }
     assert fams["pingmesh_path_mtu_bytes"].metric[0].gauge.value == 1500
+    text = parse(_mtu_doc(mtu, None))
+    assert value(text, "pingmesh_mtu_probe_errors_total", reason="packet_too_big") == 1

@@ -18,6 +18,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.metrics import mtu
 from exporter.metrics.targets import TargetLabels, render_target_chunks
 from exporter.probing.engine import Prober
 
@@ -106,8 +107,10 @@ class MetricsDocument:
         registry: CollectorRegistry,
         labels: TargetLabels,
         protobuf_classic_buckets: bool = True,
+        full_size: mtu.FullSize | None = None,
     ) -> None:
         self.prober = prober
+        self.full_size = full_size
         self.registry = registry
         self.labels = labels
         self.classic = protobuf_classic_buckets
@@ -130,6 +133,10 @@ class MetricsDocument:
         p = self.prober
         for chunk in render_target_chunks(p.states, p.buckets, self.labels):
             yield chunk.encode()
+        fs = self.full_size
+        if fs is not None:
+            for chunk in mtu.render_text(fs.prober.states, fs.labels):
+                yield chunk.encode()
 
     def _proto(self, protobuf: ModuleType) -> Iterator[bytes]:
         yield protobuf.encode(self.registry.collect(), self.classic)
@@ -137,6 +144,11 @@ class MetricsDocument:
         if self._label_bytes is None:
             self._label_bytes = protobuf.LabelBytes(self.labels)
         yield from protobuf.target_chunks(p.states, p.buckets, self._label_bytes, self.classic)
+        fs = self.full_size
+        if fs is not None:
+            if fs.label_bytes is None:
+                fs.label_bytes = protobuf.LabelBytes(fs.labels)
+            yield from protobuf.mtu_chunks(fs.prober.states, fs.label_bytes)
 
     def _timed(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
         """The render time counts only the time spent making pieces, not compressing or

@@ -604,22 +604,25 @@ def _mtu(lay: Layout) -> None:
         10,
     )
     pair = "{{source_node}} -> {{target_node}} {{kind}} {{ip_family}}"
-    black_holes = (
-        f"pingmesh:mtu_probe_loss:ratio5m{{{PAIR}}} > 0.5\n"
+    # PingmeshMTUBlackHole's expression without its threshold: every pair whose small echoes
+    # pass and that no router answered with packet too big, worst first (black holes on top).
+    silent = (
+        f"topk(10, pingmesh:mtu_probe_loss:ratio5m{{{PAIR}}}\n"
         f"and on (source_node, target_node, kind, ip_family) "
         f"(pingmesh:probe_loss:ratio5m{{{PAIR}}} < 0.05)\n"
         f"unless on (source_node, target_node, kind, ip_family) "
-        f"(pingmesh:mtu_probe_too_big:rate5m{{{PAIR}}} > 0)"
+        f"(pingmesh:mtu_probe_too_big:rate5m{{{PAIR}}} > 0))"
     )
     lay.add(
         toplist(
-            "MTU black holes now",
-            black_holes,
+            "Top 10 silent full-size loss",
+            silent,
             "percentunit",
             LOSS_STEPS,
             "full-size loss",
-            description="Pairs whose full-size probes are lost without a packet-too-big "
-            "answer while the small ones pass: what PingmeshMTUBlackHole fires on.",
+            description="Pairs whose small echoes pass and that no router answered with "
+            "packet too big, by full-size probe loss: above 50 % for 10 minutes is "
+            "PingmeshMTUBlackHole.",
         ),
         8,
         9,

@@ -550,7 +550,7 @@ _EXPECTED: dict[tuple[str, int], list[tuple[str, float]]] = {
         ('{source_node="a",target_node="c"}', 1),
     ],
     ("Path MTU", 0): [('{source_node="a",target_node="b"}', 1500)],
-    ("MTU black holes now", 0): [
+    ("Top 10 silent full-size loss", 0): [
         (
             'pingmesh:mtu_probe_loss:ratio5m{source_node="a",target_node="c",kind="pod",ip_family="ipv4"}',
             1,

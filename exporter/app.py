@@ -10,12 +10,12 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prometheus_client.registry import Collector
 
-from exporter.config import ConfigError, KubernetesSettings, Settings
+from exporter.config import MAX_MTU, ConfigError, KubernetesSettings, ProbeSettings, Settings
 from exporter.discovery.api import Api
 from exporter.discovery.kubernetes import KubernetesDiscovery
 from exporter.discovery.reflector import FatalApiError, Reflector
@@ -24,13 +24,20 @@ from exporter.discovery.static import Resolver, StaticDiscovery, system_resolver
 from exporter.http import Health, HttpServer
 from exporter.metrics.discovery import DiscoveryCollector, MeshCollector
 from exporter.metrics.document import MetricsDocument, build_registry
+from exporter.metrics.mtu import FullSize
 from exporter.metrics.probe import ProbeCollector
 from exporter.metrics.services import ServicesCollector
 from exporter.metrics.targets import TargetLabels
 from exporter.metrics.tcp import TcpCollector
 from exporter.objects import Service, SliceCounts
-from exporter.probing.engine import Prober
-from exporter.probing.icmpsocket import PrivilegeError, ProbeSocket, open_socket
+from exporter.probing.engine import Prober, Sizer
+from exporter.probing.icmpsocket import (
+    PrivilegeError,
+    ProbeSocket,
+    open_full_size_socket,
+    open_socket,
+)
+from exporter.probing.route import RouteMtu
 from exporter.probing.tcp import TargetSource, TcpProber, every_target, of_kinds
 from exporter.services.checker import ServiceChecker
 from exporter.services.plan import endpoint_counts, plan_checks
@@ -70,13 +77,17 @@ class Seams:
     resolver: Resolver = system_resolver
     defaults: Callable[[], list[str]] = loopback_defaults
     kube_api: Callable[[KubernetesSettings], Api] = kube_api
+    open_full_size_socket: SocketOpener = open_full_size_socket
+    # The MTU of the interface the route to an address leaves by; OSError without a route.
+    route_mtu: Callable[[str], int] = field(default_factory=lambda: RouteMtu().lookup)
 
 
 @dataclass
 class TargetTable:
-    """Every discovery source's latest targets, merged into the prober's table."""
+    """Every discovery source's latest targets, merged into the probers' tables."""
 
     prober: Prober
+    mtu: Prober | None = None
     tcp: TcpProber | None = None
     sources: dict[str, list[Target]] = field(default_factory=dict)
 
@@ -84,6 +95,8 @@ class TargetTable:
         self.sources[source] = targets
         table = merge(self.sources)
         self.prober.set_targets(table)
+        if self.mtu is not None:
+            self.mtu.set_targets(table)
         if self.tcp is not None:
             self.tcp.set_targets(table)
 
@@ -113,6 +126,42 @@ def open_sockets(settings: Settings, opener: SocketOpener) -> dict[int, ProbeSoc
     return sockets
 
 
+def open_full_size_sockets(
+    settings: Settings, small: dict[int, ProbeSocket], opener: SocketOpener
+) -> dict[int, ProbeSocket]:
+    """The full-size probes' own sockets, in the mode the small echoes' sockets got (auto has
+    been decided there). A raw socket's identifier must differ from the small one's, or each
+    would take the other's replies for its own."""
+    p = settings.probe
+    sockets: dict[int, ProbeSocket] = {}
+    for fam, sock in small.items():
+        sockets[fam] = opener(fam, sock.mode, p.ttl, p.traffic_class, 256 * 1024)
+        if sockets[fam].raw and sockets[fam].ident == sock.ident:
+            sockets[fam].ident ^= 0x8000
+    return sockets
+
+
+def full_size(p: ProbeSettings, route_mtu: Callable[[str], int]) -> Sizer:
+    """Each target's full-size probe size: --probe.mtu, else the MTU of the interface its
+    route leaves by (looked up when it is added or moves), at most what an IP length holds."""
+
+    def size(target: Target) -> int:
+        if p.mtu is not None:
+            return p.mtu
+        try:
+            return min(route_mtu(target.address), MAX_MTU)
+        except OSError as exc:
+            # No route now: sends fail and are counted; the size is found again on a move.
+            log.warning(
+                "no interface MTU for %s (%s): full-size probes use 1500 bytes",
+                target.display,
+                exc.strerror or exc,
+            )
+            return 1500
+
+    return size
+
+
 def feed_checker(checker: ServiceChecker, dns_services: tuple[str, ...]) -> OnServices:
     """Service discovery's result, turned into the checker's plan."""
 
@@ -128,6 +177,7 @@ class Parts:
 
     prober: Prober
     static: StaticDiscovery
+    mtu: Prober | None = None
     table: TargetTable | None = None
     tcp: TcpProber | None = None
     kube: KubernetesDiscovery | None = None
@@ -156,6 +206,8 @@ class Parts:
         return found
 
     def live(self, stall_limit: float) -> tuple[bool, str]:
+        # The full-size loop sleeps a whole --probe.mtu-interval between rounds; the small
+        # echoes' loop shares the event loop with it and stands for both.
         age = time.monotonic() - self.prober.last_tick_monotonic
         return (age < stall_limit, f"probe loop last ran {age:.1f}s ago")
 
@@ -189,15 +241,23 @@ class App:
         except PrivilegeError as exc:
             log.error("%s", exc)
             return EXIT_FATAL
+        large: dict[int, ProbeSocket] = {}
         try:
-            return await self._run_with(sockets)
+            if s.probe.mtu_interval > 0:
+                large = open_full_size_sockets(s, sockets, self.seams.open_full_size_socket)
+            return await self._run_with(sockets, large)
+        except PrivilegeError as exc:
+            log.error("%s", exc)
+            return EXIT_FATAL
         finally:
-            for sock in sockets.values():
+            for sock in (*sockets.values(), *large.values()):
                 sock.close()
 
-    async def _run_with(self, sockets: dict[int, ProbeSocket]) -> int:
+    async def _run_with(
+        self, sockets: dict[int, ProbeSocket], large: dict[int, ProbeSocket]
+    ) -> int:
         try:
-            parts = await self.build(sockets)
+            parts = await self.build(sockets, large)
         except ConfigError as exc:
             log.error("%s", exc)
             return EXIT_CONFIG
@@ -218,17 +278,27 @@ class App:
             log.info("stopping")
             await self.stop_all(parts, tasks, loop, server)
 
-    async def build(self, sockets: dict[int, ProbeSocket]) -> Parts:
+    async def build(
+        self, sockets: dict[int, ProbeSocket], large: dict[int, ProbeSocket] | None = None
+    ) -> Parts:
         """Every component, wired; the first static targets are loaded. ConfigError when
-        the Kubernetes credentials are unusable."""
+        the Kubernetes credentials are unusable. With full-size sockets, a second prober
+        sends the MTU probes over them at their own interval."""
         s = self.settings
         prober = Prober(s.probe, sockets)
+        mtu = None
+        if large:
+            mtu = Prober(
+                replace(s.probe, interval=s.probe.mtu_interval),
+                large,
+                full_size(s.probe, self.seams.route_mtu),
+            )
         kubernetes = s.discovery == "kubernetes"
         defaults = [] if kubernetes else self.seams.defaults()
-        parts = Parts(prober, StaticDiscovery(s.static, defaults, self.seams.resolver))
+        parts = Parts(prober, StaticDiscovery(s.static, defaults, self.seams.resolver), mtu)
         if s.probe.tcp_enabled:
             parts.tcp = TcpProber(s.probe, tcp_source(s))
-        table = parts.table = TargetTable(prober, parts.tcp)
+        table = parts.table = TargetTable(prober, mtu, parts.tcp)
         table.publish("static", await parts.static.initial())
         if kubernetes:
             api = self.seams.kube_api(s.kubernetes)
@@ -253,12 +323,16 @@ class App:
         registry = build_registry(parts.collectors(node))
         # Only a mesh exporter has a network to name; static targets keep their labels.
         network = s.mesh.source_network if s.discovery == "kubernetes" else None
+        full_size = (
+            FullSize(parts.mtu, TargetLabels(node, network)) if parts.mtu is not None else None
+        )
         document = MetricsDocument(
             parts.prober,
             registry,
             TargetLabels(node, network),
             s.web.protobuf_classic_buckets,
             parts.tcp,
+            full_size,
         )
         stall_limit = max(10.0, 3 * s.probe.interval)
         health = Health()
@@ -290,6 +364,11 @@ class App:
         tasks: list[asyncio.Task[Any]] = [
             # One task sends, reads and times out, on one tick (exporter.probing.engine).
             asyncio.create_task(prober.send_loop(), name="probe.send"),
+            *(
+                [asyncio.create_task(parts.mtu.send_loop(), name="probe.mtu.send")]
+                if parts.mtu is not None
+                else []
+            ),
             asyncio.create_task(
                 parts.static.run(lambda t: table.publish("static", t)), name="discovery.static"
             ),

@@ -55,6 +55,11 @@ DESCRIPTION = "Probe peers with ICMP and expose latency and loss for Prometheus.
 # intercontinental and overloaded paths, in 19 buckets.
 DEFAULT_RTT_BUCKETS: tuple[float, ...] = tuple(25e-6 * 2**k for k in range(19))
 
+# The smallest IP packet that holds a header of either family, the echo header and the
+# payload's cookie; the largest an IP length field allows.
+MIN_MTU = 68
+MAX_MTU = 65535
+
 SocketMode = Literal["auto", "datagram", "raw"]
 DiscoveryMode = Literal["auto", "static", "kubernetes"]
 LogLevel = Literal["debug", "info", "warn", "error"]
@@ -126,6 +131,18 @@ class ProbeSettings(Group):
         Buckets(DEFAULT_RTT_BUCKETS),
         "RTT histogram bucket bounds, comma-separated durations (`default`: 25us doubling "
         "to 6.5536s)",
+    )
+    mtu_interval: float = option(
+        10.0,
+        Duration(0.01, off=0.0),
+        "time between two full-size probes of one target, sent with don't-fragment set "
+        "(`0` turns them off; else at least 10ms)",
+    )
+    mtu: int | None = option(
+        None,
+        Integer(MIN_MTU, MAX_MTU, unit="bytes"),
+        f"IP packet size of the full-size probes, {MIN_MTU} to {MAX_MTU}",
+        shown_default="MTU of the route's interface",
     )
     # auto is resolved at parse time: ProbeSettings.tcp is true or false.
     tcp: TcpMode = option(

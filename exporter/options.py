@@ -43,6 +43,8 @@ def parse_duration(text: str) -> float:
     s = text.strip()
     if not s:
         raise ValueError("empty duration")
+    if s == "0":
+        return 0.0  # as Prometheus reads it: zero needs no unit
     pos = 0
     total = 0.0
     for m in _DURATION_RE.finditer(s):
@@ -134,16 +136,20 @@ class Duration(Kind):
 
     unit = "seconds"
 
-    def __init__(self, minimum: float = 0.0) -> None:
+    def __init__(self, minimum: float = 0.0, off: float | None = None) -> None:
         self.minimum = minimum
+        # A value that switches the feature off, allowed below the minimum.
+        self.off = off
 
     def read(self, text: str) -> float:
         return parse_duration(text)
 
     def check(self, value: Any) -> None:
-        if value < self.minimum:
+        if value < self.minimum and value != self.off:
+            also = "" if self.off is None else f" (or {format_duration(self.off)}: off)"
             raise ValueError(
-                f"must be at least {format_duration(self.minimum)}, got {format_duration(value)}"
+                f"must be at least {format_duration(self.minimum)}{also}, got "
+                f"{format_duration(value)}"
             )
 
     def show(self, value: Any) -> str:

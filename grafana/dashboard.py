@@ -591,6 +591,104 @@ def _per_node(lay: Layout) -> None:
     )
 
 
+# Below 1280 (the smallest MTU IPv6 allows) a path MTU is suspect; above it only a fact.
+MTU_STEPS = _steps(("orange", None), ("blue", 1280))
+
+
+def _mtu(lay: Layout) -> None:
+    """Full-size (MTU) probes: black holes and smaller path MTUs, per pair."""
+    lay.row("MTU: full-size probes (don't fragment)")
+    sel = (
+        'source_node=~"$source_node", target_node=~"$target_node", kind=~"$kind", '
+        'ip_family=~"$ip_family"'
+    )
+    lay.add(
+        matrix(
+            "Full-size probe loss (5m)",
+            f"max by (source_node, target_node) (pingmesh:mtu_probe_loss:ratio5m{{{sel}}})",
+            "percentunit",
+            LOSS_STEPS,
+            row="source_node",
+            column="target_node",
+            decimals=1,
+            description="Echo requests of the interface MTU with don't-fragment set, lost "
+            "(a router's packet-too-big answer counts as lost). Red where small echoes pass: "
+            "an MTU black hole (PingmeshMTUBlackHole). The selected kinds and families, the "
+            "worst of them.",
+        ),
+        12,
+        10,
+    )
+    lay.add(
+        matrix(
+            "Path MTU",
+            f"min by (source_node, target_node) (pingmesh_path_mtu_bytes{{{sel}}})",
+            "none",
+            MTU_STEPS,
+            row="source_node",
+            column="target_node",
+            decimals=0,
+            description="The MTU a router reported, else the probed size once a full-size "
+            "reply came back; empty where nothing is known (a black hole). The smallest of "
+            "the selected kinds and families.",
+        ),
+        12,
+        10,
+    )
+    pair = "{{source_node}} -> {{target_node}} {{kind}} {{ip_family}}"
+    # PingmeshMTUBlackHole's expression without its threshold: every pair whose small echoes
+    # pass and that no router answered with packet too big, worst first (black holes on top).
+    silent = (
+        f"topk(10, pingmesh:mtu_probe_loss:ratio5m{{{PAIR}}}\n"
+        f"and on (source_node, target_node, kind, ip_family) "
+        f"(pingmesh:probe_loss:ratio5m{{{PAIR}}} < 0.05)\n"
+        f"unless on (source_node, target_node, kind, ip_family) "
+        f"(pingmesh:mtu_probe_too_big:rate5m{{{PAIR}}} > 0))"
+    )
+    lay.add(
+        toplist(
+            "Top 10 silent full-size loss",
+            silent,
+            "percentunit",
+            LOSS_STEPS,
+            "full-size loss",
+            description="Pairs whose small echoes pass and that no router answered with "
+            "packet too big, by full-size probe loss: above 50 % for 10 minutes is "
+            "PingmeshMTUBlackHole.",
+        ),
+        8,
+        9,
+    )
+    lay.add(
+        timeseries(
+            "Full-size and small loss",
+            [
+                target(f"pingmesh:mtu_probe_loss:ratio5m{{{PAIR}}}", f"full-size {pair}"),
+                target(f"pingmesh:probe_loss:ratio5m{{{PAIR}}}", f"small {pair}"),
+            ],
+            "percentunit",
+            minimum=0,
+            maximum=1,
+            description="Lost over sent probes, 5-minute windows, full-size and small side by "
+            "side for the selected pairs.",
+        ),
+        8,
+        9,
+    )
+    lay.add(
+        timeseries(
+            "Packet too big answers",
+            [target(f"pingmesh:mtu_probe_too_big:rate5m{{{PAIR}}}", pair)],
+            "reqps",
+            minimum=0,
+            description="Full-size probes a router refused with fragmentation needed / packet "
+            "too big: a smaller MTU on the path that says so (path MTU discovery works).",
+        ),
+        8,
+        9,
+    )
+
+
 def _services(lay: Layout) -> None:
     lay.row("Services")
     lay.add(
@@ -997,7 +1095,7 @@ def _tcp(lay: Layout) -> None:
 
 def dashboard() -> dict[str, Any]:
     lay = Layout()
-    for section in (_overview, _matrices, _worst, _tcp, _per_node, _services, _health):
+    for section in (_overview, _matrices, _worst, _tcp, _per_node, _mtu, _services, _health):
         section(lay)
     return {
         "__requires": [

@@ -9,6 +9,7 @@ import re
 import socket
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -43,7 +44,15 @@ def sockets() -> Iterator[dict[int, FdSocket]]:
         s.close()
 
 
-def app(sockets: dict[int, FdSocket], *args: str) -> App:
+@pytest.fixture
+def large_sockets() -> Iterator[dict[int, FdSocket]]:
+    socks = {4: FdSocket(4), 6: FdSocket(6)}
+    yield socks
+    for s in socks.values():
+        s.close()
+
+
+def app(sockets: dict[int, FdSocket], *args: str, large: dict[int, FdSocket] | None = None) -> App:
     settings = parse_settings(
         [
             "--web.listen-address=127.0.0.1:0",
@@ -53,9 +62,17 @@ def app(sockets: dict[int, FdSocket], *args: str) -> App:
         ],
         environ={},
     )
+    if large is None:
+        settings = replace(settings, probe=replace(settings.probe, mtu_interval=0.0))
+    full_size = large or {}
     return App(
         settings,
-        Seams(open_socket=lambda fam, *_: sockets[fam], defaults=lambda: ["127.0.0.1", "::1"]),
+        Seams(
+            open_socket=lambda fam, *_: sockets[fam],
+            defaults=lambda: ["127.0.0.1", "::1"],
+            open_full_size_socket=lambda fam, *_: full_size[fam],
+            route_mtu=lambda address: 1500 if ":" not in address else 1280,
+        ),
     )
 
 
@@ -84,12 +101,14 @@ async def serving_port(caplog: pytest.LogCaptureFixture, task: asyncio.Task[int]
 
 
 def test_serves_probes_and_stops_cleanly(
-    sockets: dict[int, FdSocket], caplog: pytest.LogCaptureFixture
+    sockets: dict[int, FdSocket],
+    large_sockets: dict[int, FdSocket],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
 
     async def scenario() -> int:
-        a = app(sockets)
+        a = app(sockets, "--probe.mtu-interval=50ms", large=large_sockets)
         task = asyncio.create_task(a.run(), name="exporter")
         port = await serving_port(caplog, task)
         await asyncio.sleep(0.4)  # a few rounds, every probe lost: the socket never answers
@@ -106,10 +125,18 @@ def test_serves_probes_and_stops_cleanly(
         assert value(s, "pingmesh_targets", kind="static") == 2
         assert value(s, "pingmesh_probe_sent_total", target="127.0.0.1") >= 2
         assert value(s, "pingmesh_probe_received_total", target="127.0.0.1") == 0
+        assert value(s, "pingmesh_mtu_probe_sent_total", target="127.0.0.1") >= 2
+        assert value(s, "pingmesh_mtu_probe_received_total", target="::1") == 0
+        assert value(s, "pingmesh_path_mtu_bytes", default=-1) == -1  # never confirmed
         return code
 
     assert asyncio.run(scenario()) == EXIT_OK
     assert sockets[4].sent and sockets[6].sent
+    # Full-size probes fill the IP packet the route's MTU allows: 1500 - 20 and 1280 - 40.
+    assert {len(p) for p, *_ in large_sockets[4].sent} == {1480}
+    assert {len(p) for p, *_ in large_sockets[6].sent} == {1240}
+    # The small echoes keep their size and their own socket.
+    assert {len(p) for p, *_ in sockets[4].sent} == {64}
 
 
 def test_a_task_that_ends_is_an_error(

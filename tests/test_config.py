@@ -39,10 +39,18 @@ def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "1", "s", "1x", "-1s", "1s2", "ms1"])
+@pytest.mark.parametrize("text", ["", "1", "00", "s", "1x", "-1s", "1s2", "ms1"])
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_full_size_probes_default_on_and_turn_off_with_zero() -> None:
+    p = parse_settings([], environ={}).probe
+    assert (p.mtu_interval, p.mtu) == (10.0, None)
+    off = parse_settings(["--probe.mtu-interval=0"], environ={"PINGMESH_PROBE_MTU": "9000"})
+    assert (off.probe.mtu_interval, off.probe.mtu) == (0.0, 9000)
+    assert parse_duration("0") == 0.0
 
 
 @pytest.mark.parametrize(
@@ -113,6 +121,10 @@ def test_bad_environment_names_variable_and_flag() -> None:
         (["--log.format", "xml"], "--log.format"),
         (["--mesh.source-network", "node"], "--mesh.source-network"),
         (["--kubernetes.startup-denial-timeout", "1"], "--kubernetes.startup-denial-timeout"),
+        (["--probe.mtu-interval", "5ms"], "--probe.mtu-interval"),
+        (["--probe.mtu-interval", "-1s"], "--probe.mtu-interval"),
+        (["--probe.mtu", "67"], "--probe.mtu"),
+        (["--probe.mtu", "65536"], "--probe.mtu"),
         (["--no-such-flag"], "--no-such-flag"),
         (["--probe.flows", "0"], "--probe.flows"),
         (["--probe.tcp", "sometimes"], "--probe.tcp"),

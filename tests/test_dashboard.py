@@ -499,6 +499,22 @@ _MESH_SERIES = [
         for n, v in [("a", "1"), ("b", "0")]
     ],
     *[(f'up{{{_JOB},instance="{n}:9871"}}', v) for n, v in [("a", "1"), ("b", "1"), ("c", "0")]],
+    # Full-size probes (every 10 s): a->b passes them at 1500 bytes; a->c, whose small echoes
+    # all pass, loses every one without a word: a black hole.
+    *[
+        (
+            f'pingmesh_{what}{{{_JOB},instance="a:9871",source_node="a",'
+            f'target_node="{t}",kind="pod",ip_family="ipv4"}}',
+            v,
+        )
+        for what, t, v in [
+            ("mtu_probe_sent_total", "b", "0+6x15"),
+            ("mtu_probe_received_total", "b", "0+6x15"),
+            ("path_mtu_bytes", "b", "1500"),
+            ("mtu_probe_sent_total", "c", "0+6x15"),
+            ("mtu_probe_received_total", "c", "0+0x15"),
+        ]
+    ],
 ]
 # (panel title, query index in the panel) -> expected samples at 10m
 _EXPECTED: dict[tuple[str, int], list[tuple[str, float]]] = {
@@ -530,6 +546,17 @@ _EXPECTED: dict[tuple[str, int], list[tuple[str, float]]] = {
     ],
     ("Exporters down", 0): [("{}", 1)],
     ("Probe errors by reason", 0): [('{reason="none"}', 0)],
+    ("Full-size probe loss (5m)", 0): [
+        ('{source_node="a",target_node="b"}', 0),
+        ('{source_node="a",target_node="c"}', 1),
+    ],
+    ("Path MTU", 0): [('{source_node="a",target_node="b"}', 1500)],
+    ("Top 10 silent full-size loss", 0): [
+        (
+            'pingmesh:mtu_probe_loss:ratio5m{source_node="a",target_node="c",kind="pod",ip_family="ipv4"}',
+            1,
+        )
+    ],
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import socket
 import struct
 import time
 from collections import deque
@@ -12,9 +13,9 @@ import pytest
 
 from exporter.config import ProbeSettings
 from exporter.probing import wire
-from exporter.probing.engine import MAX_TICK_NS, MIN_TICK_NS, Prober
+from exporter.probing.engine import MAX_TICK_NS, MIN_TICK_NS, Prober, payload_length
 from exporter.probing.icmpsocket import IcmpSocket, QueuedError, Received
-from exporter.probing.stats import TargetState
+from exporter.probing.stats import MtuState, TargetState
 from exporter.targets import index, static_target
 
 
@@ -414,3 +415,117 @@ def test_send_loop_keeps_phases_and_coalesces_reads_into_ticks() -> None:
     # Evenly spread: the sends of one round span most of the interval, in phase order.
     first_round = sorted(t for _, _, t in sock.sent[:40])
     assert (first_round[-1] - first_round[0]) / 1e9 > 0.1
+
+
+# ----- full-size (MTU) probes ----------------------------------------------------------
+
+
+def make_full_size(
+    targets: list[str], size: int = 1500, up_window: int = 3, raw: bool = False
+) -> tuple[Prober, ScriptedSocket, list[MtuState]]:
+    sock = ScriptedSocket(raw=raw)
+    prober = Prober(
+        ProbeSettings(interval=10.0, timeout=1.0, up_window=up_window),
+        {4: sock},
+        sizer=lambda t: size,
+    )
+    prober.set_targets(index(static_target(t, t) for t in targets))
+    states = {dict(s.target.labels)["target"]: s for s in prober.states}
+    out = [states[t] for t in targets]
+    assert all(isinstance(s, MtuState) for s in out)
+    return prober, sock, [s for s in out if isinstance(s, MtuState)]
+
+
+def test_full_size_probes_fill_the_ip_packet() -> None:
+    prober, sock, (a, b) = make_full_size(["198.18.1.1", "198.18.1.2"], size=1400)
+    prober._send(a)
+    prober._send(b)
+    assert [len(p) for p, *_ in sock.sent] == [1400 - 20, 1400 - 20]
+    assert a.tail is b.tail  # one tail for every target of a size
+    assert payload_length(6, 1280) == 1280 - 48
+    assert payload_length(4, 30) == wire.PAYLOAD_HEAD  # never below the cookie and nonce
+
+
+def test_small_prober_keeps_its_payload_size() -> None:
+    prober, sock, (st,) = make(["198.18.1.1"])
+    prober._send(st)
+    assert len(sock.sent[0][0]) == 8 + ProbeSettings().payload_size
+    assert not isinstance(st, MtuState)
+
+
+def test_reply_confirms_the_probed_size_as_path_mtu() -> None:
+    prober, sock, (st,) = make_full_size(["198.18.1.1"])
+    assert st.path_mtu == 0  # not known before any answer
+    prober._send(st)
+    sock.reply()
+    drain(prober)
+    assert (st.sent, st.received, st.path_mtu) == (1, 1, 1500)
+
+
+def test_packet_too_big_from_error_queue_reports_the_routers_mtu() -> None:
+    prober, sock, (st,) = make_full_size(["198.18.1.1"])
+    prober._send(st)
+    packet, address, _ = sock.sent[-1]
+    sock.errors.append(QueuedError(3, 4, address, packet, 1400))  # frag-needed, ee_info
+    drain(prober)
+    assert (st.sent, st.received, st.errors, st.path_mtu) == (1, 0, {"packet_too_big": 1}, 1400)
+
+
+def test_raw_packet_too_big_reports_the_mtu_in_the_header() -> None:
+    prober, sock, (st,) = make_full_size(["198.18.1.1"], raw=True)
+    prober._send(st)
+    packet, address, _ = sock.sent[-1]
+    quoted = (
+        bytes([0x45, 0, 5, 0xDC, 0, 0, 0x40, 0, 64, 1, 0, 0])
+        + socket.inet_aton("198.18.0.1")
+        + socket.inet_aton(address)
+        + packet[:8]
+    )
+    error = struct.pack("!BBHHH", 3, 4, 0, 0, 1380) + quoted
+    sock.inbox.append((error, "198.18.0.254", None, False))
+    drain(prober)
+    assert (st.sent, st.errors, st.path_mtu) == (1, {"packet_too_big": 1}, 1380)
+
+
+def test_path_mtu_is_forgotten_when_the_window_hears_nothing() -> None:
+    prober, sock, (st,) = make_full_size(["198.18.1.1"], up_window=2)
+    prober._send(st)
+    sock.reply()
+    drain(prober)
+    now = time.monotonic_ns()
+    prober._send(st)
+    prober.sweep(now + 2_000_000_000)
+    assert (st.sent, st.path_mtu) == (2, 1500)  # one of the last two was answered
+    prober._send(st)
+    prober.sweep(now + 4_000_000_000)
+    assert (st.sent, st.path_mtu) == (3, 0)  # a black hole opened: no old size left
+    prober._send(st)
+    packet, address, _ = sock.sent[-1]
+    sock.errors.append(QueuedError(3, 4, address, packet, 1400))
+    drain(prober)
+    prober._send(st)
+    prober.sweep(now + 8_000_000_000)
+    assert (st.sent, st.path_mtu) == (5, 1400)  # a router's word counts as an answer
+
+
+def test_packet_too_big_without_an_mtu_keeps_what_was_known() -> None:
+    prober, sock, (st,) = make_full_size(["198.18.1.1"])
+    prober._send(st)
+    sock.reply()
+    drain(prober)
+    prober._send(st)
+    packet, address, _ = sock.sent[-1]
+    sock.errors.append(QueuedError(3, 4, address, packet, 0))
+    drain(prober)
+    assert (st.errors, st.path_mtu) == ({"packet_too_big": 1}, 1500)
+
+
+def test_a_moved_target_is_sized_again() -> None:
+    sizes = {"198.18.1.1": 1500, "198.18.9.9": 9000}
+    sock = ScriptedSocket()
+    prober = Prober(ProbeSettings(), {4: sock}, sizer=lambda t: sizes[t.address])
+    prober.set_targets(index([static_target("peer", "198.18.1.1")]))
+    (st,) = prober.states
+    assert isinstance(st, MtuState) and st.size == 1500
+    prober.set_targets(index([static_target("peer", "198.18.9.9")]))
+    assert st.size == 9000 and len(st.tail) == 9000 - 28 - wire.PAYLOAD_HEAD

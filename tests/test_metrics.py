@@ -15,10 +15,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import ProbeSettings
 from exporter.metrics.document import MetricsDocument, build_registry, wants_protobuf
+from exporter.metrics.mtu import FullSize
 from exporter.metrics.probe import ProbeCollector
 from exporter.metrics.targets import TargetLabels
 from exporter.probing.engine import Prober
 from exporter.targets import Target, index, static_target
+from tests.support.metrics import parse, value
 from tests.test_engine import ScriptedSocket
 
 
@@ -235,3 +237,85 @@ def test_generated_messages_match_the_pinned_schema() -> None:
     pinned = re.search(r"^CLIENT_MODEL_VERSION=(\S+)", (proto / "generate.sh").read_text(), re.M)
     assert pinned is not None
     assert (proto / "metrics_pb2.version").read_text().strip() == pinned.group(1)
+
+
+def _mtu_document(mtu: Prober, node: str | None = "node-a") -> MetricsDocument:
+    small = _prober([])
+    registry = build_registry([ProbeCollector(small)])
+    full_size = FullSize(mtu, TargetLabels(node))
+    return MetricsDocument(small, registry, TargetLabels(node), full_size=full_size)
+
+
+def _mtu_doc(mtu: Prober, node: str | None = "node-a") -> str:
+    return _mtu_document(mtu, node).render().decode()
+
+
+def _mtu_prober(targets: list[Target]) -> Prober:
+    sockets = {4: ScriptedSocket(4), 6: ScriptedSocket(6)}
+    prober = Prober(ProbeSettings(), sockets, sizer=lambda t: 1500)
+    prober.set_targets(index(targets))
+    return prober
+
+
+def test_full_size_families_per_target_and_path_mtu_only_once_known() -> None:
+    mtu = _mtu_prober(
+        [
+            static_target("198.18.0.1", "198.18.0.1"),
+            static_target("198.18.0.2", "198.18.0.2"),
+            static_target("198.18.0.3", "198.18.0.3"),
+        ]
+    )
+    a, b, c = sorted(mtu.states, key=lambda s: s.address)
+    a.reply(100_000)
+    b.lost()
+    b.error("packet_too_big")
+    b.too_big(1400)
+    c.lost()
+    s = parse(_mtu_doc(mtu))
+    assert value(s, "pingmesh_mtu_probe_sent_total", target="198.18.0.1") == 1
+    assert value(s, "pingmesh_mtu_probe_received_total", target="198.18.0.1") == 1
+    assert value(s, "pingmesh_path_mtu_bytes", target="198.18.0.1", source_node="node-a") == 1500
+    assert value(s, "pingmesh_path_mtu_bytes", target="198.18.0.2") == 1400
+    assert value(s, "pingmesh_mtu_probe_errors_total", target="198.18.0.2") == 1
+    assert value(s, "pingmesh_path_mtu_bytes", target="198.18.0.3", default=-1) == -1
+    assert value(s, "pingmesh_mtu_probe_sent_total", target="198.18.0.3") == 1
+    # The small echoes' families hold none of these targets.
+    assert value(s, "pingmesh_probe_sent_total", target="198.18.0.1", default=-1) == -1
+    mtu.set_targets(index([static_target("198.18.0.1", "198.18.0.1")]))
+    text = _mtu_doc(mtu)
+    assert 'target="198.18.0.2"' not in text and 'target="198.18.0.1"' in text
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_promtool_check_metrics_clean_with_full_size_probes() -> None:
+    mtu = _mtu_prober([static_target(f"198.18.0.{i}", f"198.18.0.{i}") for i in range(1, 4)])
+    for st in mtu.states:
+        st.reply(None)
+        st.error("packet_too_big")
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=_mtu_doc(mtu),
+        text=True,
+        capture_output=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_protobuf_document_carries_the_full_size_families() -> None:
+    mtu = _mtu_prober([static_target("198.18.0.1", "198.18.0.1")])
+    mtu.states[0].reply(None)
+    mtu.states[0].error("packet_too_big")
+    fams = _families(_mtu_document(mtu, None).render(PROTOBUF_ACCEPT))
+    assert fams["pingmesh_mtu_probe_sent_total"].metric[0].counter.value == 1
+    assert fams["pingmesh_mtu_probe_received_total"].metric[0].counter.value == 1
+    (err,) = fams["pingmesh_mtu_probe_errors_total"].metric
+    assert {(lp.name, lp.value) for lp in err.label} == {
+        ("kind", "static"),
+        ("target", "198.18.0.1"),
+        ("ip_family", "ipv4"),
+        ("reason", "packet_too_big"),
+    }
+    assert fams["pingmesh_path_mtu_bytes"].metric[0].gauge.value == 1500
+    text = parse(_mtu_doc(mtu, None))
+    assert value(text, "pingmesh_mtu_probe_errors_total", reason="packet_too_big") == 1

@@ -38,10 +38,15 @@ FPING_LINE = re.compile(r"^(\S+)\s+:\s+((?:[\d.]+|-)(?:\s+(?:[\d.]+|-))*)\s*$")
 
 
 def fping_c(
-    bed: Bed, fping: str, targets: list[str], count: int, period_ms: int = 20
+    bed: Bed,
+    fping: str,
+    targets: list[str],
+    count: int,
+    period_ms: int = 20,
+    extra: tuple[str, ...] = (),
 ) -> tuple[dict[str, list[float | None]], str]:
     """Run ``fping -C`` in src; per target the RTTs (None = lost), and stderr."""
-    argv = [fping, "-C", str(count), "-p", str(period_ms), "-q", "-t", "500", *targets]
+    argv = [fping, "-C", str(count), "-p", str(period_ms), "-q", "-t", "500", *extra, *targets]
     proc = bed.src.run(argv, check=False, timeout=30 + count * period_ms * len(targets) / 1000)
     # 0: all answered, 1: some did not; anything else is a usage/setup error.
     assert proc.returncode in (0, 1), proc.stderr
@@ -166,6 +171,29 @@ def test_kernel_echo_dst_answers_v4_and_v6(bed: Bed, fping_path: str) -> None:
     results, _ = fping_c(bed, fping_path, targets, count=3)
     for target, rtts in results.items():
         assert None not in rtts, f"{target}: {rtts}"
+
+
+def test_routed_dsts_pass_small_packets_and_full_size_only_where_the_path_allows(
+    bed: Bed, fping_path: str
+) -> None:
+    clean = bed.add_routed_dst("clean")
+    narrow = bed.add_routed_dst("narrow", far_mtu=1400)
+    hole = bed.add_routed_dst("hole", drop_longer_than=1400)
+    for dst in (clean, narrow, hole):
+        assert dst.router is not None and dst.router.exists()
+        assert dst.router.get_sysctl("net.ipv4.ip_forward") == "1"
+        assert dst.router_far_v4 is not None and dst.router_far_v4.startswith("198.18.8.")
+    assert narrow.ns.run(["cat", f"/sys/class/net/{narrow.dst_if}/mtu"]).stdout.strip() == "1400"
+    v4 = {name: dst.add_targets(1)[0] for name, dst in (("c", clean), ("n", narrow), ("h", hole))}
+    small, _ = fping_c(bed, fping_path, list(v4.values()), count=3)
+    assert all(None not in rtts for rtts in small.values()), small
+    # Don't fragment, 1,500-byte IP packets: only the clean path carries them back.
+    big, _ = fping_c(bed, fping_path, list(v4.values()), count=3, extra=("-M", "-b", "1472"))
+    assert None not in big[v4["c"]], big
+    assert answered(big[v4["n"]]) == [] and answered(big[v4["h"]]) == [], big
+    # 1,400 bytes fit everywhere: the drop rule takes only longer packets.
+    fits, _ = fping_c(bed, fping_path, list(v4.values()), count=3, extra=("-M", "-b", "1372"))
+    assert all(None not in rtts for rtts in fits.values()), fits
 
 
 def test_names_and_interfaces(bed: Bed) -> None:
@@ -436,6 +464,15 @@ def test_close_removes_everything(bed_factory: BedFactory, fping_path: str) -> N
     test_bed.close()  # idempotent
     with pytest.raises(NetbedError):
         test_bed.add_dst("late")
+
+
+def test_close_removes_routers_too(bed_factory: BedFactory) -> None:
+    test_bed = bed_factory()
+    dst = test_bed.add_routed_dst("hole", drop_longer_than=1400)
+    names = [ns.name for ns in test_bed.namespaces]
+    assert len(names) == 3 and dst.router is not None and dst.router.name in names
+    test_bed.close()
+    assert not set(names) & set(list_namespaces())
 
 
 def test_close_on_exception(bed_factory: BedFactory) -> None:

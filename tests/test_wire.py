@@ -55,6 +55,37 @@ def test_v6_time_exceeded_quotes_request() -> None:
     assert wire.parse_icmp(6, msg) == wire.IcmpError("ttl_exceeded", 3, 0, 1, 2, "2001:db8::2")
 
 
+def test_v4_fragmentation_needed_is_packet_too_big_with_the_next_hop_mtu() -> None:
+    req = wire.echo_request(4, 77, 88, b"p" * 8, 0, b"", with_checksum=True)
+    # RFC 1191: unused (16 bits), then the next-hop MTU.
+    msg = struct.pack("!BBHHH", 3, 4, 0, 0, 1400) + _v4_header("198.18.5.5") + req[:8]
+    assert wire.parse_icmp(4, msg) == wire.IcmpError(
+        "packet_too_big", 3, 4, 77, 88, "198.18.5.5", 1400
+    )
+    assert wire.error_reason(4, 3, 4) == "packet_too_big"
+    assert wire.error_reason(4, 3, 1) == "unreachable"
+
+
+def test_v6_packet_too_big_carries_the_mtu() -> None:
+    req = wire.echo_request(6, 1, 2, b"\0" * 8, 0, b"", with_checksum=False)
+    inner = (
+        bytes([0x60, 0, 0, 0, 0, 8, 58, 64])
+        + socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+        + socket.inet_pton(socket.AF_INET6, "2001:db8::2")
+    )
+    msg = struct.pack("!BBHI", 2, 0, 0, 1280) + inner + req
+    assert wire.parse_icmp(6, msg) == wire.IcmpError(
+        "packet_too_big", 2, 0, 1, 2, "2001:db8::2", 1280
+    )
+
+
+def test_other_errors_carry_no_mtu() -> None:
+    req = wire.echo_request(4, 77, 88, b"p" * 8, 0, b"", with_checksum=True)
+    msg = struct.pack("!BBHHH", 3, 1, 0, 0, 1400) + _v4_header("198.18.5.5") + req[:8]
+    parsed = wire.parse_icmp(4, msg)
+    assert isinstance(parsed, wire.IcmpError) and parsed.mtu == 0
+
+
 def test_error_quoting_non_icmp_is_ignored() -> None:
     msg = struct.pack("!BBHI", 3, 3, 0, 0) + _v4_header("198.18.5.5", proto=17) + b"\0" * 8
     assert isinstance(wire.parse_icmp(4, msg), wire.Ignored)

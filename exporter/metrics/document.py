@@ -18,6 +18,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.metrics import mtu
 from exporter.metrics import tcp as tcp_families
 from exporter.metrics.targets import TargetLabels, render_target_chunks
 from exporter.probing.engine import Prober
@@ -109,11 +110,13 @@ class MetricsDocument:
         labels: TargetLabels,
         protobuf_classic_buckets: bool = True,
         tcp: TcpProber | None = None,
+        full_size: mtu.FullSize | None = None,
     ) -> None:
         self.prober = prober
         self.tcp = tcp
         self.tcp_labels = tcp_families.TcpLabels(labels.source)
         self.tcp_label_bytes = tcp_families.TcpLabelBytes(labels.source)
+        self.full_size = full_size
         self.registry = registry
         self.labels = labels
         self.classic = protobuf_classic_buckets
@@ -136,6 +139,10 @@ class MetricsDocument:
         p = self.prober
         for chunk in render_target_chunks(p.states, p.buckets, self.labels):
             yield chunk.encode()
+        fs = self.full_size
+        if fs is not None:
+            for chunk in mtu.render_text(fs.prober.states, fs.labels):
+                yield chunk.encode()
         if self.tcp is not None:
             for chunk in tcp_families.text_chunks(self.tcp.states, p.buckets, self.tcp_labels):
                 yield chunk.encode()
@@ -146,6 +153,11 @@ class MetricsDocument:
         if self._label_bytes is None:
             self._label_bytes = protobuf.LabelBytes(self.labels)
         yield from protobuf.target_chunks(p.states, p.buckets, self._label_bytes, self.classic)
+        fs = self.full_size
+        if fs is not None:
+            if fs.label_bytes is None:
+                fs.label_bytes = protobuf.LabelBytes(fs.labels)
+            yield from protobuf.mtu_chunks(fs.prober.states, fs.label_bytes)
         if self.tcp is not None:
             yield from tcp_families.protobuf_chunks(
                 self.tcp.states, p.buckets, self.tcp_label_bytes, self.classic

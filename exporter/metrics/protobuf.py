@@ -234,3 +234,33 @@ def target_chunks(
             m.counter.value = sn.errors[reason]
     if errors.metric:
         yield delimited(errors)
+
+
+# ----- full-size (MTU) probes ----------------------------------------------------------------
+
+
+def mtu_chunks(states: Sequence[TargetState], labels: LabelBytes) -> Iterator[bytes]:
+    """The full-size probes' four families (exporter.metrics.mtu), one message each."""
+    from exporter.metrics import mtu
+
+    rows = [(lb, mtu.snapshot(st)) for st, lb in zip(states, labels.of(states), strict=True)]
+    for name, kind, help_text in mtu.FAMILIES:
+        mf = pb.MetricFamily(name=name, help=help_text, type=_TYPES[kind])
+        for lb, sn in rows:
+            if name == mtu.ERRORS:
+                for reason in sorted(sn.errors):
+                    m = mf.metric.add()
+                    m.MergeFromString(lb)
+                    m.label.add(name="reason", value=reason)
+                    m.counter.value = sn.errors[reason]
+            elif name == mtu.PATH_MTU:
+                if sn.path_mtu:
+                    m = mf.metric.add()
+                    m.MergeFromString(lb)
+                    m.gauge.value = sn.path_mtu
+            else:
+                m = mf.metric.add()
+                m.MergeFromString(lb)
+                m.counter.value = sn.sent if name == mtu.SENT else sn.received
+        if mf.metric:
+            yield delimited(mf)

@@ -17,13 +17,13 @@ import random
 import struct
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from exporter.config import ProbeSettings
 from exporter.probing import wire
 from exporter.probing.icmpsocket import ProbeSocket
-from exporter.probing.stats import TargetState
+from exporter.probing.stats import MtuState, TargetState
 from exporter.targets import Target, TargetKey, diff
 
 log = logging.getLogger("exporter.probing")
@@ -44,6 +44,11 @@ DRAIN_BATCH = 2048  # packets read per tick and socket before yielding to the lo
 RECV_BATCH = 128
 _ID_SEQ = struct.Struct("!HH")
 CLOCK_SLACK_NS = 2_000_000
+# IP header bytes before the ICMP header, by family (no options, no extension headers).
+IP_HEADER = {4: 20, 6: 40}
+
+# The IP packet size of a target's full-size probes, decided when it is added or moves.
+Sizer = Callable[[Target], int]
 
 
 @dataclass
@@ -103,11 +108,26 @@ class Channel:
         self.unmatched[reason] += 1
 
 
-class Prober:
-    """Sends every target's echo requests on schedule and matches what comes back."""
+def payload_length(family: int, size: int) -> int:
+    """Echo payload bytes that make an IP packet of size bytes (at least the payload's head)."""
+    return max(size - IP_HEADER[family] - 8, wire.PAYLOAD_HEAD)
 
-    def __init__(self, settings: ProbeSettings, sockets: Mapping[int, ProbeSocket]) -> None:
+
+class Prober:
+    """Sends every target's echo requests on schedule and matches what comes back.
+
+    With a sizer, the same machinery sends full-size probes: each target's payload fills
+    the IP packet size the sizer gives it (over sockets that forbid fragmentation), its state
+    is an MtuState, and a router's packet-too-big report sets its path MTU."""
+
+    def __init__(
+        self,
+        settings: ProbeSettings,
+        sockets: Mapping[int, ProbeSocket],
+        sizer: Sizer | None = None,
+    ) -> None:
         self.settings = settings
+        self.sizer = sizer
         self.channels = {
             f: Channel(f, sockets.get(f), reply_type=wire.ECHO_REPLY[f]) for f in (4, 6)
         }
@@ -119,8 +139,9 @@ class Prober:
         # are recognised, not mistaken for strangers.
         self._linger_ns = max(self._timeout_ns, 5_000_000_000)
         self._cookie = os.urandom(8)
-        filler = bytes(range(256)) * ((settings.payload_size // 256) + 1)
-        self._tail = filler[wire.PAYLOAD_HEAD : settings.payload_size]
+        self._tail = self._tail_of(settings.payload_size)
+        # Full-size tails by length: every target of one size shares one bytes object.
+        self._tails: dict[int, bytes] = {}
         self._nonce = int.from_bytes(os.urandom(4), "big")
         self._states: dict[TargetKey, TargetState] = {}
         self._targets: dict[TargetKey, Target] = {}
@@ -129,6 +150,11 @@ class Prober:
         self.states: tuple[TargetState, ...] = ()
         self.rounds = RoundStats()
         self.last_tick_monotonic = time.monotonic()
+
+    @staticmethod
+    def _tail_of(payload_size: int) -> bytes:
+        filler = bytes(range(256)) * ((payload_size // 256) + 1)
+        return filler[wire.PAYLOAD_HEAD : payload_size]
 
     # ----- target set -----------------------------------------------------------------
 
@@ -140,8 +166,9 @@ class Prober:
             st = self._states.pop(t.key)
             st.removed = True
             self._logged_send_errors = {e for e in self._logged_send_errors if e[0] != t.key}
+        make = TargetState if self.sizer is None else MtuState
         for t in change.added:
-            st = self._states[t.key] = TargetState(
+            st = self._states[t.key] = make(
                 t, self._bounds_ns, self.settings.up_window, self.settings.rtt_native_schema
             )
             self._set_destination(st)
@@ -168,6 +195,16 @@ class Prober:
     def _set_destination(self, st: TargetState) -> None:
         sock = self.channels[st.target.family].sock
         st.dest = sock.destination(st.address) if sock is not None else None
+        if self.sizer is None or not isinstance(st, MtuState):
+            st.tail = self._tail
+            return
+        st.size = self.sizer(st.target)
+        length = payload_length(st.target.family, st.size)
+        tail = self._tails.get(length)
+        if tail is None:
+            tail = self._tails[length] = self._tail_of(length)
+        st.tail = tail
+        log.debug("full-size probes to %s: %d bytes", st.target.display, st.size)
 
     # ----- sending ----------------------------------------------------------------------
 
@@ -190,7 +227,7 @@ class Prober:
             ch.seq_reuse += 1
         nonce = self._nonce = (self._nonce + 1) & 0xFFFFFFFFFFFFFFFF
         packet = wire.echo_request(
-            fam, sock.ident, seq, self._cookie, nonce, self._tail, sock.raw and fam == 4
+            fam, sock.ident, seq, self._cookie, nonce, st.tail, sock.raw and fam == 4
         )
         tx_mono = time.monotonic_ns()
         tx_real = time.time_ns()
@@ -360,9 +397,8 @@ class Prober:
             if qe.icmp_type < 0 or quoted is None:
                 ch.unmatched_add("unknown_error")
                 continue
-            self._on_error(
-                ch, wire.error_reason(ch.family, qe.icmp_type), quoted[1], qe.destination
-            )
+            reason = wire.error_reason(ch.family, qe.icmp_type, qe.code)
+            self._on_error(ch, reason, quoted[1], qe.destination, qe.info)
 
     def _on_other(self, ch: Channel, data: bytes) -> None:
         parsed = wire.parse_icmp(ch.family, data)
@@ -371,7 +407,7 @@ class Prober:
         if isinstance(parsed, wire.IcmpError):
             if sock.raw and parsed.ident != sock.ident:
                 return
-            self._on_error(ch, parsed.reason, parsed.seq, parsed.inner_destination)
+            self._on_error(ch, parsed.reason, parsed.seq, parsed.inner_destination, parsed.mtu)
         elif isinstance(parsed, wire.Ignored):
             ch.unmatched_add(parsed.why)
 
@@ -420,7 +456,9 @@ class Prober:
         ch.pending -= 1
         st.reply(rtt)
 
-    def _on_error(self, ch: Channel, reason: str, seq: int, destination: str | None) -> None:
+    def _on_error(
+        self, ch: Channel, reason: str, seq: int, destination: str | None, mtu: int = 0
+    ) -> None:
         flight = ch.flights.get(seq)
         if flight is None or (destination is not None and destination != flight.address):
             ch.unmatched_add("unknown_error")
@@ -433,6 +471,8 @@ class Prober:
             flight.status = EXPIRED
             ch.pending -= 1
             st.lost()
+        if reason == "packet_too_big":
+            st.too_big(mtu)
 
     # ----- timeouts ---------------------------------------------------------------------
 

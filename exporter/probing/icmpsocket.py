@@ -27,6 +27,11 @@ IP_RECVERR = 11
 IPV6_RECVERR = 25
 SOL_RAW = 255
 ICMP_FILTER = 1
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_PROBE = 3
+IPV6_MTU_DISCOVER = 23
+IPV6_PMTUDISC_PROBE = 3
+IPV6_DONTFRAG = 62
 ICMP6_FILTER = 1
 SO_EE_ORIGIN_ICMP = 2
 SO_EE_ORIGIN_ICMP6 = 3
@@ -78,6 +83,7 @@ class QueuedError:
     code: int
     destination: str  # where our request was going
     quoted: bytes  # our request as the error quoted it, from its ICMP header
+    info: int = 0  # ee_info: the next hop's MTU for a packet-too-big error
 
 
 def _ping_group_range() -> str:
@@ -175,6 +181,17 @@ class IcmpSocket:
         self._drops_seen = 0
         self.drops = 0
 
+    def forbid_fragments(self) -> None:
+        """Don't fragment, and send at the interface's MTU whatever path MTU the kernel has
+        learned (PMTUDISC_PROBE): a full-size probe must keep testing the size the
+        interface allows, and a router on the way must answer it or drop it. A request
+        larger than the interface's MTU is refused at once with EMSGSIZE."""
+        if self.family == 4:
+            self.sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+        else:
+            self.sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE)
+            self.sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
+
     def _size_receive_buffer(self, wanted: int) -> int:
         # SO_RCVBUFFORCE goes past net.core.rmem_max where we hold CAP_NET_ADMIN; without it
         # the kernel clamps SO_RCVBUF to rmem_max, which is still better than the default.
@@ -271,10 +288,10 @@ class IcmpSocket:
             )
             if not is_err or len(cdata) < _EXT_ERR.size:
                 continue
-            _errno, origin, icmp_type, code, _pad, _info, _data = _EXT_ERR.unpack_from(cdata)
+            _errno, origin, icmp_type, code, _pad, info, _data = _EXT_ERR.unpack_from(cdata)
             if origin not in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6):
                 continue
-            return QueuedError(icmp_type, code, addr[0] if addr else "", data)
+            return QueuedError(icmp_type, code, addr[0] if addr else "", data, info)
         # Local errors (no route, message too long) were already raised by send().
         return QueuedError(-1, -1, addr[0] if addr else "", data)
 
@@ -292,3 +309,16 @@ def open_socket(family: int, mode: str, ttl: int, traffic_class: int, rcvbuf: in
         except PermissionError:
             continue
     raise PrivilegeError(privilege_message(mode))
+
+
+def open_full_size_socket(
+    family: int, mode: str, ttl: int, traffic_class: int, rcvbuf: int
+) -> IcmpSocket:
+    """A socket for the full-size probes: as open_socket, with fragmentation forbidden."""
+    sock = open_socket(family, mode, ttl, traffic_class, rcvbuf)
+    try:
+        sock.forbid_fragments()
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -31,6 +31,7 @@ class TargetState:
         "resolved",
         "rtt_sum_ns",
         "sent",
+        "tail",
         "target",
         "up_mask",
     )
@@ -41,6 +42,8 @@ class TargetState:
         self.target = target
         self.address = target.address
         self.dest: tuple[str, int] | tuple[str, int, int, int] | None = None
+        # The payload after its 16-byte head: the prober's, or sized for this target.
+        self.tail = b""
         self.phase = target.phase()
         self.bounds_ns = bounds_ns
         self.buckets = [0] * (len(bounds_ns) + 1)
@@ -78,3 +81,45 @@ class TargetState:
     @property
     def up(self) -> int:
         return 1 if self.history else 0
+
+    def too_big(self, mtu: int) -> None:
+        """A router said the request was too big for its next hop (MTU 0: it did not say
+        how big); only full-size probes act on it."""
+
+
+class MtuState(TargetState):
+    """A target of the full-size probes: what TargetState counts, plus the IP packet size
+    probed and the path MTU once known.
+
+    The path MTU is the latest evidence: the MTU a router reported in "fragmentation
+    needed" / "packet too big", or the probed size when a reply came back. It is forgotten
+    (0: not known) when none of the last up-window probes got an answer of either kind, so a
+    black hole that opens later does not leave an old size behind."""
+
+    __slots__ = ("heard", "path_mtu", "size")
+
+    def __init__(
+        self, target: Target, bounds_ns: list[int], up_window: int, native_schema: int
+    ) -> None:
+        super().__init__(target, bounds_ns, up_window, native_schema)
+        self.size = 0
+        self.path_mtu = 0
+        # Like history, with a router's report counting as an answer.
+        self.heard = 0
+
+    def reply(self, rtt_ns: int | None) -> None:
+        super().reply(rtt_ns)
+        self.heard = ((self.heard << 1) | 1) & self.up_mask
+        self.path_mtu = self.size
+
+    def lost(self) -> None:
+        # An ICMP error is counted lost first, then reported through too_big.
+        super().lost()
+        self.heard = (self.heard << 1) & self.up_mask
+        if not self.heard:
+            self.path_mtu = 0
+
+    def too_big(self, mtu: int) -> None:
+        if mtu > 0:
+            self.heard |= 1
+            self.path_mtu = mtu

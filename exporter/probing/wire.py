@@ -14,9 +14,14 @@ ERROR_REASONS: dict[int, dict[int, str]] = {
     6: {1: "unreachable", 2: "packet_too_big", 3: "ttl_exceeded", 4: "parameter_problem"},
 }
 
+# IPv4 "fragmentation needed and DF set" is a destination unreachable of its own code.
+FRAG_NEEDED = (3, 4)
+
 _ECHO_HEAD = struct.Struct("!BBHHH8sQ")  # header, then cookie and nonce: the payload's head
 PAYLOAD_HEAD = 16
 _ID_SEQ = struct.Struct("!HH")
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
 
 
 def checksum(data: bytes) -> int:
@@ -62,6 +67,7 @@ class IcmpError:
     ident: int  # of the quoted echo request
     seq: int
     inner_destination: str | None  # where the quoted request was going
+    mtu: int = 0  # the next hop's MTU a packet-too-big error reports (0: none, or not said)
 
 
 @dataclass(frozen=True)
@@ -116,13 +122,17 @@ def parse_icmp(family: int, message: bytes) -> Parsed:
     if icmp_type == ECHO_REPLY[family]:
         ident, seq = _ID_SEQ.unpack_from(message, 4)
         return EchoReply(ident, seq, message[8:])
-    reason = ERROR_REASONS[family].get(icmp_type)
-    if reason is None:
+    if icmp_type not in ERROR_REASONS[family]:
         return Ignored("other_type")
     quoted = _quoted_echo(family, message[8:])
     if quoted is None:
         return Ignored("malformed")
-    return IcmpError(reason, icmp_type, code, quoted[0], quoted[1], quoted[2])
+    reason = error_reason(family, icmp_type, code)
+    mtu = 0
+    if reason == "packet_too_big":
+        # RFC 1191: the next-hop MTU in the low half of the second word; RFC 4443: all of it.
+        mtu = _U16.unpack_from(message, 6)[0] if family == 4 else _U32.unpack_from(message, 4)[0]
+    return IcmpError(reason, icmp_type, code, quoted[0], quoted[1], quoted[2], mtu)
 
 
 def parse_quoted_request(family: int, data: bytes) -> tuple[int, int] | None:
@@ -133,5 +143,7 @@ def parse_quoted_request(family: int, data: bytes) -> tuple[int, int] | None:
     return ident, seq
 
 
-def error_reason(family: int, icmp_type: int) -> str:
+def error_reason(family: int, icmp_type: int, code: int = 0) -> str:
+    if family == 4 and (icmp_type, code) == FRAG_NEEDED:
+        return "packet_too_big"
     return ERROR_REASONS[family].get(icmp_type, "icmp_error")

@@ -533,6 +533,11 @@ class Dst:
         self._next_v4 = int(v4_prefix.network_address) + 1
         self._next_v6 = int(v6_prefix.network_address) + 1
         self._loss_chain_ready = False
+        # With add_routed_dst: the router between src and this namespace (it holds dst_v4
+        # and dst_v6 then), and the router's own addresses on the far link.
+        self.router: Namespace | None = None
+        self.router_far_v4: str | None = None
+        self.router_far_v6: str | None = None
 
     def __repr__(self) -> str:
         return f"Dst({self.ns.name!r}, {self.v4_prefix}, {self.v6_prefix})"
@@ -575,6 +580,8 @@ class MultipathDst(Dst):
     paths by the kernel's multipath hash (addresses, protocol and ports), with
     a fixed hash seed so the same flow always takes the same path. Replies all come back
     over path a; path b can be made to drop what is forwarded on it (drop_path_b)."""
+
+    router: Namespace  # always there, unlike a plain Dst's
 
     def __init__(
         self,
@@ -782,6 +789,95 @@ class Bed(Closing):
                 f"route add {v6} via {dst.dst_v6} dev {src_if}",
             ]
         )
+        self.dsts.append(dst)
+        return dst
+
+    def add_routed_dst(
+        self,
+        name_hint: str = "routed",
+        far_mtu: int = 1500,
+        drop_longer_than: int | None = None,
+    ) -> Dst:
+        """A dst behind a router namespace: src -- router -- dst, every link a veth pair.
+
+        ``far_mtu`` is the MTU of the router-dst link: a larger request with don't-fragment
+        set makes the router's kernel answer "fragmentation needed" (IPv4) or "packet too
+        big" (IPv6) with that MTU. ``drop_longer_than`` makes the router drop every
+        forwarded IP packet longer than that many bytes without a word (iptables and
+        ip6tables ``-m length``): a path MTU black hole. The router's ICMP rate limits are
+        off, so each full-size request gets its answer. Targets come via add_targets()."""
+        self._check_open()
+        index = len(self.dsts) + 1
+        if index > 512:
+            raise NetbedError("too many dsts")
+        v4, v6 = self._pick_prefixes(index, None, None)
+        router = self._new_namespace(f"rt{_sanitize(name_hint)}"[:12])
+        ns = self._new_namespace(_sanitize(name_hint))
+        tag = next(_counter)
+        src_if, near_if = f"pmv{tag}a", f"pmv{tag}b"
+        far_if, dst_if = f"pmv{tag}c", f"pmv{tag}d"
+        dst = Dst(self, ns, index, True, v4, v6, src_if, dst_if)
+        dst.router = router
+        # The far link: a /30 in the upper half of the link block (add_dst's links use
+        # the first /30s) and a /64 above the near links'.
+        far_base = int(V4_LINKS.network_address) + V4_LINKS.num_addresses // 2 + 4 * (index - 1)
+        far_r4, far_d4 = (str(ipaddress.IPv4Address(far_base + k)) for k in (1, 2))
+        far6 = ipaddress.IPv6Network(f"2001:db8:ffff:{0x100 + index:x}::/64")
+        far_r6, far_d6 = str(far6.network_address + 1), str(far6.network_address + 2)
+        dst.router_far_v4, dst.router_far_v6 = far_r4, far_r6
+        for a, b, na, nb in ((src_if, near_if, self.src, router), (far_if, dst_if, router, ns)):
+            _run(
+                [
+                    "ip", "link", "add", a, "netns", na.name, "type", "veth",
+                    "peer", "name", b, "netns", nb.name,
+                ]
+            )  # fmt: skip
+        router.sysctls(
+            {
+                "net.ipv4.ip_forward": 1,
+                "net.ipv6.conf.all.forwarding": 1,
+                "net.ipv4.icmp_ratelimit": 0,
+                "net.ipv6.icmp.ratelimit": 0,
+            }
+        )
+        router.ip_batch(
+            [
+                f"link set {near_if} up",
+                f"link set {far_if} mtu {far_mtu} up",
+                f"address add {dst.dst_v4}/30 dev {near_if}",
+                f"address add {dst.dst_v6}/64 dev {near_if} nodad",
+                f"address add {far_r4}/30 dev {far_if}",
+                f"address add {far_r6}/64 dev {far_if} nodad",
+                f"route add {v4} via {far_d4} dev {far_if}",
+                f"route add {v6} via {far_d6} dev {far_if}",
+            ]
+        )
+        ns.ip_batch(
+            [
+                f"link set {dst_if} mtu {far_mtu} up",
+                f"address add {far_d4}/30 dev {dst_if}",
+                f"address add {far_d6}/64 dev {dst_if} nodad",
+                f"route add {V4_LINKS} via {far_r4} dev {dst_if}",
+                f"route add {V6_LINKS} via {far_r6} dev {dst_if}",
+            ]
+        )
+        self.src.ip_batch(
+            [
+                f"link set {src_if} up",
+                f"address add {dst.src_v4}/30 dev {src_if}",
+                f"address add {dst.src_v6}/64 dev {src_if} nodad",
+                f"route add {v4} via {dst.dst_v4} dev {src_if}",
+                f"route add {v6} via {dst.dst_v6} dev {src_if}",
+            ]
+        )
+        if drop_longer_than is not None:
+            for tool in ("iptables", "ip6tables"):
+                router.run(
+                    [
+                        tool, "-w", "-A", "FORWARD", "-m", "length",
+                        "--length", f"{drop_longer_than + 1}:65535", "-j", "DROP",
+                    ]
+                )  # fmt: skip
         self.dsts.append(dst)
         return dst
 

@@ -13,8 +13,9 @@ import pytest
 
 from exporter.config import ProbeSettings
 from exporter.probing import wire
-from exporter.probing.engine import MAX_TICK_NS, MIN_TICK_NS, Prober, payload_length
+from exporter.probing.engine import Prober, payload_length
 from exporter.probing.icmpsocket import IcmpSocket, QueuedError, Received
+from exporter.probing.pacing import MAX_TICK_NS, MIN_TICK_NS
 from exporter.probing.stats import MtuState, TargetState
 from exporter.targets import index, static_target
 

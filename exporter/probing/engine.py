@@ -9,20 +9,19 @@ replies, replies from the wrong source) is counted as an error and never changes
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
-import random
 import struct
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from exporter.config import ProbeSettings
 from exporter.probing import wire
 from exporter.probing.icmpsocket import ProbeSocket
+from exporter.probing.pacing import Rounds
 from exporter.probing.stats import MtuState, TargetState
 from exporter.targets import Target, TargetKey, diff
 
@@ -30,15 +29,9 @@ log = logging.getLogger("exporter.probing")
 
 PENDING, ANSWERED, EXPIRED = 0, 1, 2
 
-# One wake-up of the loop costs far more CPU than the packets it handles, so sending,
-# reading and timing out share one tick: every tick sends what is due, reads what is queued
-# and expires what is overdue. A tick carries about TICK_PACKETS requests, and ticks are
-# MIN_TICK_NS to MAX_TICK_NS apart: at 5,000 targets/s a tick every 5 ms with 25 packets (no
-# bursts), at 40 to 1,000 targets/s 20 to 50 ticks a second instead of one (or three: send,
-# readable, read) per packet. Requests are sent within half a tick of their phase, early or
-# late, so the schedule stays evenly spread to a tick's width.
-MIN_TICK_NS = 5_000_000
-MAX_TICK_NS = 50_000_000
+# Sending, reading and timing out share the ticks of exporter.probing.pacing: every tick
+# reads what is queued, sends what is due and expires what is overdue, about TICK_PACKETS
+# requests a tick.
 TICK_PACKETS = 20
 DRAIN_BATCH = 2048  # packets read per tick and socket before yielding to the loop
 RECV_BATCH = 128
@@ -49,17 +42,6 @@ IP_HEADER = {4: 20, 6: 40}
 
 # The IP packet size of a target's full-size probes, decided when it is added or moves.
 Sizer = Callable[[Target], int]
-
-
-@dataclass
-class RoundStats:
-    """How the last probe round went against its schedule."""
-
-    rounds: int = 0
-    skipped: int = 0
-    last_duration_s: float = 0.0
-    last_max_lag_s: float = 0.0
-    last_end_unix: float = 0.0
 
 
 class Flight:
@@ -148,7 +130,8 @@ class Prober:
         self._order: list[TargetState] = []
         self._logged_send_errors: set[tuple[TargetKey, int]] = set()
         self.states: tuple[TargetState, ...] = ()
-        self.rounds = RoundStats()
+        self._rounds = Rounds(self, settings.interval, TICK_PACKETS)
+        self.rounds = self._rounds.stats
         self.last_tick_monotonic = time.monotonic()
 
     @staticmethod
@@ -255,11 +238,8 @@ class Prober:
             )
 
     def tick_ns(self, n: int) -> int:
-        """The tick width for n targets per interval: about TICK_PACKETS requests a tick,
-        within MIN_TICK_NS..MAX_TICK_NS."""
-        if n <= 0:
-            return MAX_TICK_NS
-        return max(MIN_TICK_NS, min(MAX_TICK_NS, self._interval_ns * TICK_PACKETS // n))
+        """The tick width for n targets per interval (exporter.probing.pacing)."""
+        return self._rounds.tick_ns(n)
 
     def read(self, every_channel: bool = False) -> None:
         """The reading part of a tick: the channels with requests in flight (every channel
@@ -283,75 +263,26 @@ class Prober:
         return wake
 
     async def send_loop(self) -> None:
-        """Sends, reads and timeouts, all on one tick (see MIN_TICK_NS)."""
-        interval = self._interval_ns
-        next_round = time.monotonic_ns()
-        jitter_max = min(interval // 20, 10_000_000)
-        while True:
-            round_start = next_round + random.randrange(jitter_max + 1)
-            order = self._order
-            n = len(order)
-            width = self.tick_ns(n)
-            half = width // 2
-            i = 0
-            max_lag = 0
-            first_send = last_send = 0
-            while i < n:
-                self.read()
-                now = time.monotonic_ns()
-                self.last_tick_monotonic = now / 1e9
-                due = 0
-                while i < n:
-                    st = order[i]
-                    due = round_start + int(st.phase * interval)
-                    if due > now + half:
-                        break
-                    if not st.removed:
-                        self._send(st)
-                        last_send = now
-                        first_send = first_send or now
-                        max_lag = max(max_lag, now - due)
-                    i += 1
-                self.sweep(now, drained=True)
-                if i < n:
-                    # The next request is sent up to half a tick early; requests in flight
-                    # may need a tick sooner than that.
-                    wake = max(due - half, now + width)
-                    in_flight = self.next_service_ns(now, width)
-                    if in_flight is not None:
-                        wake = min(wake, in_flight)
-                    await asyncio.sleep(max(wake - now, MIN_TICK_NS) / 1e9)
-            if n:
-                self.rounds.rounds += 1
-                self.rounds.last_duration_s = (last_send - first_send) / 1e9
-                self.rounds.last_max_lag_s = max_lag / 1e9
-                self.rounds.last_end_unix = time.time()
-            next_round += interval
-            now = time.monotonic_ns()
-            if next_round < now - interval:
-                # The loop was stalled for more than a round: skip ahead instead of bursting.
-                skipped = (now - next_round) // interval
-                self.rounds.skipped += skipped
-                next_round += skipped * interval
-            await self._idle_until(next_round, width)
+        """Sends, reads and timeouts, all on the rounds' ticks; forever."""
+        await self._rounds.run()
 
-    async def _idle_until(self, wake_at: int, width: int) -> None:
-        """Between rounds: ticks only while requests are in flight, then sleep until the
-        next round. Bounded: one tick per tick width at most, and wake_at is one interval
-        away at most."""
-        every_channel = True
-        for _ in range(self._interval_ns // MIN_TICK_NS + 2):
-            now = time.monotonic_ns()
-            self.last_tick_monotonic = now / 1e9
-            self.read(every_channel)
-            self.sweep(now, drained=True)
-            every_channel = False
-            wake = self.next_service_ns(now, width)
-            wake = wake_at if wake is None else min(wake, wake_at)
-            if wake >= wake_at:
-                break
-            await asyncio.sleep(max(wake - now, MIN_TICK_NS) / 1e9)
-        await asyncio.sleep(max(wake_at - time.monotonic_ns(), 0) / 1e9)
+    # The rounds' ticks (exporter.probing.pacing.Ticks).
+
+    def order(self) -> Sequence[TargetState]:
+        return self._order
+
+    def before_sends(self, now: int) -> None:
+        self.read()
+
+    def fire(self, st: TargetState, now: int) -> None:
+        self._send(st)
+
+    def after_sends(self, now: int) -> None:
+        self.sweep(now, drained=True)
+
+    def idle(self, now: int, first: bool) -> None:
+        self.read(first)
+        self.sweep(now, drained=True)
 
     # ----- receiving --------------------------------------------------------------------
 

@@ -14,26 +14,23 @@ and takes a new one, counted, when the kernel refuses it (another socket holds i
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
-import random
 import select
 import socket
 import struct
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from exporter.config import ProbeSettings
+from exporter.probing.pacing import Rounds
 from exporter.probing.tcpstats import TCP_INFO_LEN, TcpTargetState, classify, handshake_rtt_ns
 from exporter.targets import Target, TargetKey
 
 log = logging.getLogger("exporter.probing.tcp")
 
-MIN_TICK_NS = 5_000_000
-MAX_TICK_NS = 50_000_000
 TICK_CONNECTS = 20
 POLL_BATCH = 1024
 _LINGER_RST = struct.pack("ii", 1, 0)
@@ -94,7 +91,6 @@ class TcpProber:
         self.settings = settings
         self.source = source
         self.flows = settings.flows
-        self._interval_ns = round(settings.interval * 1e9)
         self._timeout_ns = round(settings.timeout * 1e9)
         self._bounds_ns = [round(b * 1e9) for b in settings.rtt_buckets]
         self.buckets = settings.rtt_buckets
@@ -109,6 +105,7 @@ class TcpProber:
         self.port_changes: Counter[int] = Counter()
         self.connects: Counter[int] = Counter()
         self.last_tick_monotonic = time.monotonic()
+        self._rounds = Rounds(self, settings.interval, TICK_CONNECTS)
 
     @property
     def in_flight(self) -> int:
@@ -290,7 +287,7 @@ class TcpProber:
             if not a.done:
                 self._finish(a, errno.ETIMEDOUT, timed_out=True)
 
-    def _next_deadline(self, now: int, width: int) -> int | None:
+    def next_service_ns(self, now: int, width: int) -> int | None:
         if not self._attempts:
             return None
         at = now + width
@@ -300,63 +297,32 @@ class TcpProber:
         return at
 
     def tick_ns(self, n: int) -> int:
-        if n <= 0:
-            return MAX_TICK_NS
-        return max(MIN_TICK_NS, min(MAX_TICK_NS, self._interval_ns * TICK_CONNECTS // n))
+        return self._rounds.tick_ns(n)
 
     async def run(self) -> None:
-        """Connects due on each tick, completions read on the same ticks."""
-        interval = self._interval_ns
-        next_round = time.monotonic_ns()
-        jitter_max = min(interval // 20, 10_000_000)
+        """Connects due on each tick of the rounds, completions read on the same ticks;
+        forever."""
         try:
-            while True:
-                round_start = next_round + random.randrange(jitter_max + 1)
-                order = self._order
-                n = len(order)
-                width = self.tick_ns(n)
-                half = width // 2
-                i = 0
-                while i < n:
-                    now = time.monotonic_ns()
-                    self.last_tick_monotonic = now / 1e9
-                    self.service(now)
-                    due = 0
-                    while i < n:
-                        st = order[i]
-                        due = round_start + int(st.phase * interval)
-                        if due > now + half:
-                            break
-                        if not st.removed:
-                            self._connect(st, now)
-                        i += 1
-                    if i < n:
-                        wake = max(due - half, now + width)
-                        pending = self._next_deadline(now, width)
-                        if pending is not None:
-                            wake = min(wake, pending)
-                        await asyncio.sleep(max(wake - now, MIN_TICK_NS) / 1e9)
-                next_round += interval
-                now = time.monotonic_ns()
-                if next_round < now - interval:
-                    next_round += ((now - next_round) // interval) * interval
-                await self._idle_until(next_round, width)
+            await self._rounds.run()
         finally:
             self.close()
 
-    async def _idle_until(self, wake_at: int, width: int) -> None:
-        """Between rounds: ticks only while connects are in flight. Bounded like the ICMP
-        loop's: one tick per tick width at most, one interval at most."""
-        for _ in range(self._interval_ns // MIN_TICK_NS + 2):
-            now = time.monotonic_ns()
-            self.last_tick_monotonic = now / 1e9
-            self.service(now)
-            wake = self._next_deadline(now, width)
-            wake = wake_at if wake is None else min(wake, wake_at)
-            if wake >= wake_at:
-                break
-            await asyncio.sleep(max(wake - now, MIN_TICK_NS) / 1e9)
-        await asyncio.sleep(max(wake_at - time.monotonic_ns(), 0) / 1e9)
+    # The rounds' ticks (exporter.probing.pacing.Ticks).
+
+    def order(self) -> Sequence[TcpTargetState]:
+        return self._order
+
+    def before_sends(self, now: int) -> None:
+        self.service(now)
+
+    def fire(self, st: TcpTargetState, now: int) -> None:
+        self._connect(st, now)
+
+    def after_sends(self, now: int) -> None:
+        pass
+
+    def idle(self, now: int, first: bool) -> None:
+        self.service(now)
 
     def close(self) -> None:
         """Abandons the connects in flight (uncounted) and the epoll set."""

@@ -9,15 +9,19 @@ allows; what an enforcing CNI does with ICMP under it is in the README."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import TypedDict
 
 import pytest
-import yaml
 
 from tests.support.cluster.cluster import ROOT, Cluster
-from tests.support.cluster.fixtures import FAST_ARGS, make_cluster, wait_metrics, wait_ready_pods
+from tests.support.cluster.fixtures import (
+    FAST_ARGS,
+    apply_overlay,
+    make_cluster,
+    wait_metrics,
+    wait_ready_pods,
+)
 from tests.support.metrics import Samples, value
 
 pytestmark = pytest.mark.netns
@@ -37,19 +41,7 @@ def policed() -> Iterator[Cluster]:
         for name in NODES:
             c.start_standin(c.add_node(name), extra_args=FAST_ARGS)
         # The README's way: the base plus the component, from a kustomization of one's own.
-        overlay = c.dir / "overlay"
-        overlay.mkdir()
-        (overlay / "kustomization.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                    "kind": "Kustomization",
-                    "resources": [os.path.relpath(ROOT / "deploy", overlay)],
-                    "components": [os.path.relpath(ROOT / "deploy" / "networkpolicy", overlay)],
-                }
-            )
-        )
-        c.kubectl("apply", "-k", str(overlay))
+        apply_overlay(c, c.dir / "overlay", components=[ROOT / "deploy" / "networkpolicy"])
         wait_ready_pods(c, len(NODES))
         yield c
 

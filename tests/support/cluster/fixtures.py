@@ -72,23 +72,35 @@ def install_exporter(cluster: Cluster, how: str = "-k", overlay: str = "") -> No
     cluster.kubectl("apply", how, str(target / overlay if overlay else target))
 
 
-def install_with_image(cluster: Cluster, image: str, overlay: Path) -> None:
-    """The README's quick start: the `images:` entry that `kustomize edit set image
-    pingmesh-exporter=<image>` writes, in an overlay over deploy/, applied with
-    `kubectl apply -k` (kubectl's own kustomize)."""
-    name, _, tag = image.rpartition(":")
+def apply_overlay(
+    cluster: Cluster,
+    overlay: Path,
+    base: Path = ROOT / "deploy",
+    components: Sequence[Path] = (),
+    image: str | None = None,
+) -> None:
+    """An overlay of one's own over ``base`` (deploy/ or one of its overlays), as the README
+    shows them: with the ``components`` given and, with ``image``, the `images:` entry that
+    `kustomize edit set image pingmesh-exporter=<image>` writes; applied with `kubectl apply
+    -k` (kubectl's own kustomize). Paths in it are relative, as kustomize wants."""
     overlay.mkdir()
-    (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [os.path.relpath(ROOT / "deploy", overlay)],  # kustomize: relative
-                "images": [{"name": "pingmesh-exporter", "newName": name, "newTag": tag}],
-            }
-        )
-    )
+    doc: dict[str, Any] = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(base, overlay)],
+    }
+    if components:
+        doc["components"] = [os.path.relpath(c, overlay) for c in components]
+    if image is not None:
+        name, _, tag = image.rpartition(":")
+        doc["images"] = [{"name": "pingmesh-exporter", "newName": name, "newTag": tag}]
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(doc))
     cluster.kubectl("apply", "-k", str(overlay))
+
+
+def install_with_image(cluster: Cluster, image: str, overlay: Path) -> None:
+    """The README's quick start: deploy/ with the image set (see apply_overlay)."""
+    apply_overlay(cluster, overlay, image=image)
 
 
 def ready_pods(
@@ -159,13 +171,21 @@ def pod_on(cluster: Cluster, node: str) -> dict[str, Any]:
 
 
 def wait_metrics(
-    cluster: Cluster, node: str, cond: Callable[[Samples], Any], what: str, timeout: float = 30.0
+    cluster: Cluster,
+    node: str,
+    cond: Callable[[Samples], Any],
+    what: str,
+    timeout: float = 30.0,
+    pod: Callable[[Cluster, str], dict[str, Any]] = pod_on,
+    port: int = 9871,
 ) -> Samples:
+    """Scrapes the exporter pod on ``node`` (``pod`` finds it: the pod-network DaemonSet's
+    by default) until ``cond`` holds; the last scrape is in the failure."""
     last: list[Samples] = [[]]
 
     def check() -> Any:
         try:
-            last[0] = scrape(cluster.nodes[node], pod_on(cluster, node))
+            last[0] = scrape(cluster.nodes[node], pod(cluster, node), port)
         except (ClusterError, OSError):
             return None
         return last[0] if cond(last[0]) else None

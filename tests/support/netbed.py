@@ -780,17 +780,22 @@ class Bed(Closing):
                 f"route add {V6_LINKS} via {dst.src_v6} dev {dst_if}",
             ]
         )
+        self._link_src(dst, src_if)
+        self.dsts.append(dst)
+        return dst
+
+    def _link_src(self, dst: Dst, src_if: str) -> None:
+        """src's end of the link to a dst (or to the router in front of it), and src's routes
+        to the dst's target prefixes over it."""
         self.src.ip_batch(
             [
                 f"link set {src_if} up",
                 f"address add {dst.src_v4}/30 dev {src_if}",
                 f"address add {dst.src_v6}/64 dev {src_if} nodad",
-                f"route add {v4} via {dst.dst_v4} dev {src_if}",
-                f"route add {v6} via {dst.dst_v6} dev {src_if}",
+                f"route add {dst.v4_prefix} via {dst.dst_v4} dev {src_if}",
+                f"route add {dst.v6_prefix} via {dst.dst_v6} dev {src_if}",
             ]
         )
-        self.dsts.append(dst)
-        return dst
 
     def add_routed_dst(
         self,
@@ -861,15 +866,7 @@ class Bed(Closing):
                 f"route add {V6_LINKS} via {far_r6} dev {dst_if}",
             ]
         )
-        self.src.ip_batch(
-            [
-                f"link set {src_if} up",
-                f"address add {dst.src_v4}/30 dev {src_if}",
-                f"address add {dst.src_v6}/64 dev {src_if} nodad",
-                f"route add {v4} via {dst.dst_v4} dev {src_if}",
-                f"route add {v6} via {dst.dst_v6} dev {src_if}",
-            ]
-        )
+        self._link_src(dst, src_if)
         if drop_longer_than is not None:
             for tool in ("iptables", "ip6tables"):
                 router.run(
@@ -953,15 +950,7 @@ class Bed(Closing):
         router_cmds += [f"route add {v4} {' '.join(hops4)}", f"route add {v6} {' '.join(hops6)}"]
         router.ip_batch(router_cmds)
         ns.ip_batch(dst_cmds)
-        self.src.ip_batch(
-            [
-                f"link set {src_if} up",
-                f"address add {dst.src_v4}/30 dev {src_if}",
-                f"address add {dst.src_v6}/64 dev {src_if} nodad",
-                f"route add {v4} via {dst.dst_v4} dev {src_if}",
-                f"route add {v6} via {dst.dst_v6} dev {src_if}",
-            ]
-        )
+        self._link_src(dst, src_if)
         self.dsts.append(dst)
         return dst
 

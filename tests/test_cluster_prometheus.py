@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ from tests.support.cluster.fixtures import (
     wait_ready_pods,
 )
 from tests.support.cluster.process import Process
+from tests.support.metrics import assert_promtool_clean
 from tests.test_dashboard import dashboard_queries
 
 pytestmark = pytest.mark.netns
@@ -163,10 +163,7 @@ def test_metrics_document_is_valid_and_in_the_readme(prom: Prom) -> None:
     readme = README.read_text()
     missing = [f for f in families if f"`{f}`" not in readme and f"`{f}_total`" not in readme]
     assert not missing, f"metrics missing from README's table: {missing}"
-    proc = subprocess.run(
-        ["promtool", "check", "metrics"], input=metrics, capture_output=True, timeout=60
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_promtool_clean(metrics)
 
 
 def test_rules_dashboards_and_alerts(prom: Prom) -> None:

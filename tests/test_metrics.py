@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from exporter.metrics.probe import ProbeCollector
 from exporter.metrics.targets import TargetLabels
 from exporter.probing.engine import Prober
 from exporter.targets import Target, index, static_target
-from tests.support.metrics import parse, value
+from tests.support.metrics import assert_promtool_clean, parse, value
 from tests.test_engine import ScriptedSocket
 
 
@@ -91,14 +90,7 @@ def test_promtool_check_metrics_clean() -> None:
     for st in prober.states:
         st.reply(100_000)
         st.error("late")
-    proc = subprocess.run(
-        ["promtool", "check", "metrics"],
-        input=_doc(prober),
-        text=True,
-        capture_output=True,
-        timeout=30,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_promtool_clean(_doc(prober))
 
 
 def test_one_scrape_never_shows_more_replies_than_requests() -> None:
@@ -292,14 +284,7 @@ def test_promtool_check_metrics_clean_with_full_size_probes() -> None:
     for st in mtu.states:
         st.reply(None)
         st.error("packet_too_big")
-    proc = subprocess.run(
-        ["promtool", "check", "metrics"],
-        input=_mtu_doc(mtu),
-        text=True,
-        capture_output=True,
-        timeout=30,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_promtool_clean(_mtu_doc(mtu))
 
 
 def test_protobuf_document_carries_the_full_size_families() -> None:

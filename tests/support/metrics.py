@@ -7,6 +7,7 @@ in document order, and ``value()`` reads one series (or the sum of several) out 
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Collection, Iterable
 
 from prometheus_client.metrics_core import Metric
@@ -99,3 +100,12 @@ def median_bucket(samples: Samples, **labels: str) -> tuple[float, float]:
             return lower, le
         lower = le
     raise AssertionError("empty histogram")
+
+
+def assert_promtool_clean(document: bytes | str) -> None:
+    """promtool check metrics passes on an exposition in the text format (lint included)."""
+    data = document.encode() if isinstance(document, str) else document
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"], input=data, capture_output=True, timeout=60
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr).decode()

@@ -12,6 +12,7 @@ STAGING_VERSION=v0.34.4      # k8s.io staging modules released with it
 ETCD_VERSION=v3.6.4          # the version kubernetes v1.34.4 pins
 COREDNS_VERSION=v1.12.4      # cluster DNS with its kubernetes plugin
 PROMETHEUS_VERSION=v0.316.0  # Prometheus 3.16.0 and its promtool (Debian's 2.42 lacks Kubernetes discovery)
+HELM_VERSION=v3.22.0         # helm lint / template / install of deploy/helm/pingmesh-exporter
 
 CACHE=${PINGMESH_CACHE:-/var/cache/pingmesh-exporter}
 BIN=$CACHE/bin
@@ -93,4 +94,8 @@ build_one prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION" \
 build_one promtool github.com/prometheus/prometheus "$PROMETHEUS_VERSION" \
   github.com/prometheus/prometheus/cmd/promtool \
   "-X github.com/prometheus/common/version.Version=$prom_version"
+# helm: the chart under deploy/helm is linted, rendered against the kustomize base and
+# installed on the test cluster with the real client.
+build_one helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
+  "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 echo "$BIN"

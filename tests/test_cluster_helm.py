@@ -8,7 +8,7 @@ the nodes run the kubelet stand-in (tests/support/cluster/standin.py)."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import yaml
 from tests.support.cluster.cluster import ROOT, Cluster
 from tests.support.cluster.fixtures import (
     FAST_ARGS,
+    SELECTOR,
     expected_mesh,
     make_cluster,
     mesh_is,
@@ -26,7 +27,7 @@ from tests.support.cluster.fixtures import (
 )
 from tests.support.cluster.process import nsenter
 from tests.support.helm import by_key, helm_bin, helm_env, template
-from tests.support.metrics import value
+from tests.support.metrics import Samples, value
 
 pytestmark = pytest.mark.netns
 
@@ -38,6 +39,9 @@ VALUES: dict[str, Any] = {
     "podAnnotations": {"example.com/installed-by": "helm"},
 }
 ZONES = {"node-a": "zone-1", "node-b": "zone-2"}
+HOST_NS = "pingmesh-host"
+HOST_SELECTOR = f"{SELECTOR},app.kubernetes.io/component=host-network"
+HOST_PORT = 9872
 
 
 def helm(cluster: Cluster, *args: str, timeout: float = 240.0) -> subprocess.CompletedProcess[str]:
@@ -107,9 +111,60 @@ def test_the_release_holds_what_helm_template_renders(installed: Cluster, tmp_pa
     assert by_key(got) == by_key(template(tmp_path, VALUES))
 
 
+def host_targets_up(samples: Samples) -> set[str]:
+    return {
+        lb["target_node"]
+        for n, lb, v in samples
+        if n == "pingmesh_target_up" and v == 1 and lb.get("source_network") == "host"
+    }
+
+
+def reaches(nodes: set[str]) -> Callable[[Samples], bool]:
+    return lambda samples: host_targets_up(samples) >= nodes
+
+
+def test_an_upgrade_adds_the_host_network_daemonset(installed: Cluster) -> None:
+    """`helm upgrade --reuse-values --set hostNetwork.enabled=true`: the host-network
+    exporters start in their own privileged namespace and probe host to host on 9872; the
+    pod-network ones are left as they were."""
+    before = {p["metadata"]["uid"] for p in wait_ready_pods(installed, len(ZONES))}
+    helm(
+        installed,
+        "upgrade",
+        *INSTALL[2:],
+        "--reuse-values",
+        "--set",
+        "hostNetwork.enabled=true",
+        "--wait",
+        "--timeout=180s",
+    )
+    wait_ready_pods(installed, len(ZONES), selector=HOST_SELECTOR, namespace=HOST_NS)
+    nodes = list(installed.nodes.values())
+
+    def host_pod_on(cluster: Cluster, node: str) -> dict[str, Any]:
+        pods = wait_ready_pods(cluster, len(ZONES), selector=HOST_SELECTOR, namespace=HOST_NS)
+        (pod,) = [p for p in pods if p["spec"]["nodeName"] == node]
+        return pod
+
+    for node in nodes:
+        others = {n.name for n in nodes if n.name != node.name}
+        s = wait_metrics(
+            installed,
+            node.name,
+            reaches(others),
+            f"host-to-host targets up from {node.name}",
+            60,
+            host_pod_on,
+            HOST_PORT,
+        )
+        kinds = {lb.get("kind") for n, lb, _v in s if n == "pingmesh_target_up"}
+        assert kinds == {"node"}  # host-network peers are node targets only
+    assert {p["metadata"]["uid"] for p in wait_ready_pods(installed, len(ZONES))} == before
+
+
 def test_uninstall_removes_every_object(installed: Cluster, tmp_path: Path) -> None:
     helm(installed, "uninstall", "pingmesh-exporter", "--wait", "--timeout=180s")
-    for doc in template(tmp_path, VALUES):
+    for doc in template(tmp_path, {**VALUES, "hostNetwork": {"enabled": True}}):
         ref = f"{doc['kind'].lower()}/{doc['metadata']['name']}"
         ns = doc["metadata"].get("namespace")
         out = installed.kubectl("get", ref, *(["-n", ns] if ns else []), check=False)

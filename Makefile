@@ -39,8 +39,8 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
 
-## cluster-components: the pinned Kubernetes binaries the cluster tests run, built from the
-## Go module proxy, and the images (pause, Python base, this Dockerfile) built offline, into
+## cluster-components: the pinned Kubernetes binaries the cluster tests run (and helm for
+## the chart's), built from the Go module proxy, and the images (pause, Python base, this Dockerfile) built offline, into
 ## $(PINGMESH_CACHE) (about 15 min the first time, seconds after)
 PINGMESH_CACHE ?= /var/cache/pingmesh-exporter
 export PINGMESH_CACHE

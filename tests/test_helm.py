@@ -359,3 +359,17 @@ def test_each_switch_adds_only_its_own_object(tmp_path: Path, switch: str) -> No
     kind = switch[0].upper() + switch[1:]
     assert [k[1] for k in added] == [kind]
     assert {k: mine[k] for k in base} == base
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("podMonitor.enable=true", "additional properties 'enable' not allowed"),
+        ("hostNetwork.port=0", "minimum"),
+        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+    ],
+)
+def test_a_misspelt_or_bad_value_is_refused(tmp_path: Path, setting: str, complaint: str) -> None:
+    """values.schema.json: a typo fails the render instead of being ignored in silence."""
+    proc = run(tmp_path, "template", str(CHART), "--set", setting, check=False)
+    assert proc.returncode != 0 and complaint in proc.stderr, proc.stderr

@@ -26,14 +26,18 @@ from tests.support.cluster.fixtures import (
     wait_ready_pods,
 )
 from tests.support.cluster.process import nsenter
-from tests.support.helm import by_key, helm_bin, helm_env, template
+from tests.support.helm import by_key, helm_bin, helm_env, operator_crds, template
 from tests.support.metrics import Samples, value
+from tests.test_helm import EVERYTHING
 
 pytestmark = pytest.mark.netns
 
 # As README "Helm chart" has it, from the clone's root.
 INSTALL = ("helm", "install", "pingmesh-exporter", "deploy/helm/pingmesh-exporter")
 VALUES: dict[str, Any] = {
+    "podMonitor": {"enabled": True},
+    "serviceMonitor": {"enabled": True},
+    "prometheusRule": {"enabled": True},
     "extraArgs": ["--log.level=debug"],
     "extraEnv": [{"name": "PINGMESH_PROBE_UP_WINDOW", "value": "5"}],
     "podAnnotations": {"example.com/installed-by": "helm"},
@@ -63,14 +67,19 @@ def helm(cluster: Cluster, *args: str, timeout: float = 240.0) -> subprocess.Com
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """Two stand-in nodes in two zones, the chart installed with VALUES by `helm install
-    --wait` (Helm's own wait for the DaemonSet's pods)."""
+    """Two stand-in nodes in two zones, the Prometheus Operator's CRDs, and the chart
+    installed with VALUES by `helm install --wait` (Helm's own wait for the DaemonSet's
+    pods)."""
     values = tmp_path_factory.mktemp("helm") / "values.yaml"
     values.write_text(yaml.safe_dump(VALUES))
+    crds = operator_crds()
     with make_cluster() as c:
         for name, zone in ZONES.items():
             node = c.add_node(name, {"topology.kubernetes.io/zone": zone})
             c.start_standin(node, extra_args=FAST_ARGS)
+        # Server-side: the CRDs are too large for the last-applied annotation.
+        c.kubectl("apply", "--server-side", "-f", str(crds))
+        c.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         helm(c, *INSTALL[1:], "--values", str(values), "--wait", "--timeout=180s")
         yield c
 
@@ -101,6 +110,33 @@ def test_every_peer_is_discovered_and_answers(installed: Cluster) -> None:
         )
         assert value(s, "pingmesh_discovery_up", source="kubernetes") == 1
         assert value(s, "pingmesh_mesh_peers") == len(ZONES) - 1
+
+
+def test_the_monitors_and_rules_pass_the_operators_schemas(
+    installed: Cluster, tmp_path: Path
+) -> None:
+    """The real API server judges the chart's PodMonitor, ServiceMonitor and PrometheusRule,
+    every value given (tests/test_helm.py's EVERYTHING), by the CRDs' schemas with unknown
+    fields refused; a misspelt field is refused, so the check is real."""
+    docs = [
+        d
+        for d in template(tmp_path, EVERYTHING)
+        if d["apiVersion"].startswith("monitoring.coreos.com/")
+    ]
+    assert sorted(d["kind"] for d in docs) == ["PodMonitor", "PrometheusRule", "ServiceMonitor"]
+    strict = ("apply", "--dry-run=server", "--validate=strict", "-f", "-")
+    out = installed.kubectl(*strict, input=yaml.safe_dump_all(docs), check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (pm,) = [d for d in docs if d["kind"] == "PodMonitor"]
+    pm["spec"]["podMetricsEndpoints"][0]["relabelings"].append({"targetLable": "x"})
+    out = installed.kubectl(*strict, input=yaml.safe_dump(pm), check=False)
+    assert (
+        out.returncode != 0
+        and 'unknown field "spec.podMetricsEndpoints[0].relabelings[2].targetLable"' in out.stderr
+    ), out.stderr
+    for kind in ("podmonitor", "servicemonitor", "prometheusrule"):
+        got = installed.get_json(kind, "pingmesh-exporter", "-n", "pingmesh")
+        assert got["metadata"]["labels"]["app.kubernetes.io/name"] == "pingmesh-exporter"
 
 
 def test_the_release_holds_what_helm_template_renders(installed: Cluster, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,16 @@ CACHE = Path(os.environ.get("PINGMESH_CACHE", "/var/cache/pingmesh-exporter"))
 HELM = CACHE / "bin" / "helm"
 BUILD_SCRIPT = ROOT / "tests" / "support" / "cluster" / "build-components.sh"
 RELEASE = "pingmesh-exporter"
+
+
+def operator_crds() -> Path:
+    """The Prometheus Operator's CRDs of the version build-components.sh pins."""
+    pin = re.search(r"^PROMETHEUS_OPERATOR_VERSION=(\S+)", BUILD_SCRIPT.read_text(), re.M)
+    assert pin, f"no PROMETHEUS_OPERATOR_VERSION in {BUILD_SCRIPT}"
+    out = CACHE / "crds" / f"prometheus-operator-{pin.group(1)}"
+    if not (out / ".complete").is_file():
+        skip_or_fail(f"{out} is missing: fetch it with `bash {BUILD_SCRIPT.relative_to(ROOT)}`")
+    return out
 
 
 def helm_bin() -> Path:

@@ -13,6 +13,7 @@ ETCD_VERSION=v3.6.4          # the version kubernetes v1.34.4 pins
 COREDNS_VERSION=v1.12.4      # cluster DNS with its kubernetes plugin
 PROMETHEUS_VERSION=v0.316.0  # Prometheus 3.16.0 and its promtool (Debian's 2.42 lacks Kubernetes discovery)
 HELM_VERSION=v3.22.0         # helm lint / template / install of deploy/helm/pingmesh-exporter
+PROMETHEUS_OPERATOR_VERSION=v0.85.0  # its CRDs: the chart's PodMonitor, ServiceMonitor, PrometheusRule
 
 CACHE=${PINGMESH_CACHE:-/var/cache/pingmesh-exporter}
 BIN=$CACHE/bin
@@ -98,4 +99,22 @@ build_one promtool github.com/prometheus/prometheus "$PROMETHEUS_VERSION" \
 # installed on the test cluster with the real client.
 build_one helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
   "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+# The Prometheus Operator's CRDs (from its Go module; nothing is built), so that the real API
+# server judges the chart's monitors and rules by their schemas.
+fetch_operator_crds() {
+  local out=$CACHE/crds/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION kind dir
+  [[ -f $out/.complete ]] && { step "prometheus-operator CRDs $PROMETHEUS_OPERATOR_VERSION: cached"; return; }
+  step "prometheus-operator CRDs $PROMETHEUS_OPERATOR_VERSION: fetching"
+  dir=$(go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [[ -d $dir ]] || fail "cannot download prometheus-operator $PROMETHEUS_OPERATOR_VERSION"
+  mkdir -p "$out"
+  for kind in podmonitors servicemonitors prometheusrules; do
+    cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$out/" \
+      || fail "prometheus-operator $PROMETHEUS_OPERATOR_VERSION has no $kind CRD"
+  done
+  chmod 644 "$out"/*.yaml
+  touch "$out/.complete"
+}
+fetch_operator_crds
 echo "$BIN"

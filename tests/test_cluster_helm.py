@@ -142,6 +142,8 @@ def test_the_monitors_and_rules_pass_the_operators_schemas(
 def test_the_release_holds_what_helm_template_renders(installed: Cluster, tmp_path: Path) -> None:
     status = yaml.safe_load(helm(installed, "status", "pingmesh-exporter", "-o", "yaml").stdout)
     assert status["info"]["status"] == "deployed" and status["namespace"] == "default"
+    notes = helm(installed, "get", "notes", "pingmesh-exporter").stdout
+    assert "kubectl -n pingmesh port-forward ds/pingmesh-exporter 9871:9871" in notes
     manifest = helm(installed, "get", "manifest", "pingmesh-exporter").stdout
     got = [d for d in yaml.safe_load_all(manifest) if d]
     assert by_key(got) == by_key(template(tmp_path, VALUES))

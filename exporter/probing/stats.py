@@ -7,11 +7,52 @@ never sees a histogram whose count disagrees with its buckets.
 
 from __future__ import annotations
 
+import math
+from array import array
 from bisect import bisect_left
 from collections import Counter
 
 from exporter.histogram import Exponential
 from exporter.targets import Target
+
+# The mesh page's "last minute": this many seconds of outcomes per target, but never more
+# than RECENT_MAX of them (a 10 ms interval keeps the last 6 s).
+RECENT_SECONDS = 60.0
+RECENT_MAX = 600
+# What a slot of Recent holds besides an RTT in nanoseconds.
+LOST = -1
+UNTIMED = -2  # received, but its RTT could not be trusted (a clock step)
+
+
+def recent_size(interval: float) -> int:
+    """How many outcomes make the last minute at this interval."""
+    return max(1, min(RECENT_MAX, math.ceil(RECENT_SECONDS / interval - 1e-9)))
+
+
+class Recent:
+    """A target's last outcomes, a fixed ring of 8-byte slots: the RTT in nanoseconds, LOST or
+    UNTIMED. 60 slots (1 s interval) cost 8 * 60 + 64 bytes of array and 56 of this object,
+    about 600 bytes a target. Only the order-free figures (loss, quantiles) are read from it,
+    so a reader on another thread may copy it between two writes and still be right."""
+
+    __slots__ = ("filled", "next", "slots")
+
+    def __init__(self, size: int) -> None:
+        self.slots = array("q", bytes(8 * size))
+        self.next = 0
+        self.filled = 0
+
+    def add(self, value: int) -> None:
+        slots = self.slots
+        slots[self.next] = value
+        self.next = (self.next + 1) % len(slots)
+        if self.filled < len(slots):
+            self.filled += 1
+
+    def values(self) -> list[int]:
+        """The outcomes held, in no particular order."""
+        filled = self.filled
+        return self.slots[:filled].tolist() if filled < len(self.slots) else self.slots.tolist()
 
 
 class TargetState:
@@ -27,6 +68,7 @@ class TargetState:
         "native",
         "phase",
         "received",
+        "recent",
         "removed",
         "resolved",
         "rtt_sum_ns",
@@ -37,7 +79,12 @@ class TargetState:
     )
 
     def __init__(
-        self, target: Target, bounds_ns: list[int], up_window: int, native_schema: int
+        self,
+        target: Target,
+        bounds_ns: list[int],
+        up_window: int,
+        native_schema: int,
+        recent: int = 0,
     ) -> None:
         self.target = target
         self.address = target.address
@@ -56,6 +103,8 @@ class TargetState:
         self.resolved = 0
         self.up_mask = (1 << up_window) - 1
         self.removed = False
+        # None for the full-size probes: the mesh page shows the small echoes only.
+        self.recent = Recent(recent) if recent else None
 
     def reply(self, rtt_ns: int | None) -> None:
         """A valid reply within the timeout; rtt_ns None when it could not be trusted."""
@@ -69,11 +118,15 @@ class TargetState:
             self.native.observe(rtt_ns / 1e9)
             self.buckets[bisect_left(self.bounds_ns, rtt_ns)] += 1
             self.rtt_sum_ns += rtt_ns
+        if self.recent is not None:
+            self.recent.add(UNTIMED if rtt_ns is None else rtt_ns)
 
     def lost(self) -> None:
         self.sent += 1
         self.resolved += 1
         self.history = (self.history << 1) & self.up_mask
+        if self.recent is not None:
+            self.recent.add(LOST)
 
     def error(self, reason: str) -> None:
         self.errors[reason] += 1
@@ -99,9 +152,14 @@ class MtuState(TargetState):
     __slots__ = ("heard", "path_mtu", "size")
 
     def __init__(
-        self, target: Target, bounds_ns: list[int], up_window: int, native_schema: int
+        self,
+        target: Target,
+        bounds_ns: list[int],
+        up_window: int,
+        native_schema: int,
+        recent: int = 0,
     ) -> None:
-        super().__init__(target, bounds_ns, up_window, native_schema)
+        super().__init__(target, bounds_ns, up_window, native_schema, recent)
         self.size = 0
         self.path_mtu = 0
         # Like history, with a router's report counting as an answer.

@@ -12,7 +12,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from exporter import __version__
 from exporter.probing.engine import Prober
@@ -145,6 +145,12 @@ def service_views(checker: ServiceChecker | None) -> tuple[ServiceView, ...]:
             )
         )
     return tuple(out)
+
+
+class ViewSource(Protocol):
+    """Whatever makes a view: the Viewer, or a fixed view in tests and benchmarks."""
+
+    def view(self) -> View: ...
 
 
 class Viewer:

@@ -38,7 +38,7 @@ class Recent:
     __slots__ = ("filled", "next", "slots")
 
     def __init__(self, size: int) -> None:
-        self.slots = array("q", bytes(8 * size))
+        self.slots = array("q", [0]) * size  # exactly size slots, no spare capacity
         self.next = 0
         self.filled = 0
 

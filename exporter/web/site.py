@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from exporter.config import MeshPageSettings
-from exporter.metrics.view import CONTENT_TYPE, View, Viewer, ViewError, from_json, to_json
+from exporter.metrics.view import CONTENT_TYPE, View, ViewError, ViewSource, from_json, to_json
 from exporter.web import page
 from exporter.web.fetch import Fetcher, Limits, fan_out, fetch, view_url
 from exporter.web.matrix import Matrix, Peer, assemble, peers_of
@@ -25,7 +25,7 @@ class Site:
 
     def __init__(
         self,
-        viewer: Viewer,
+        viewer: ViewSource,
         settings: MeshPageSettings,
         telemetry_path: str,
         port: int,

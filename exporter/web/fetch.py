@@ -36,6 +36,18 @@ class Fetched:
 Fetcher = Callable[[str, Limits], Fetched]
 
 
+class _Connection(http.client.HTTPConnection):
+    """A connection that keeps its socket until the fetch is over: http.client lets go of
+    it once a reply is known to end with the connection, and the reply is still read
+    through it, each read with the time left as its timeout."""
+
+    def close(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        super().close()
+
+
 def fetch(url: str, limits: Limits) -> Fetched:
     """GET url within limits; never raises for what a peer or the network does."""
     started = time.monotonic()
@@ -47,11 +59,12 @@ def fetch(url: str, limits: Limits) -> Fetched:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         return failed(f"unsupported URL {url!r}")
-    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=limits.timeout)
+    conn = _Connection(parts.hostname, parts.port or 80, timeout=limits.timeout)
     try:
         conn.request("GET", parts.path or "/", headers={"Accept": "application/json"})
-        assert conn.sock is not None
-        conn.sock.settimeout(max(0.001, deadline - time.monotonic()))
+        sock = conn.sock
+        assert sock is not None
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
         resp = conn.getresponse()
         if resp.status != 200:
             return failed(f"HTTP {resp.status}")
@@ -63,13 +76,14 @@ def fetch(url: str, limits: Limits) -> Fetched:
             left = deadline - time.monotonic()
             if left <= 0:
                 return failed("timeout")
-            conn.sock.settimeout(left)
+            sock.settimeout(left)
             piece = resp.read(min(CHUNK, limits.max_bytes + 1 - len(body)))
             if not piece:
                 break
             body += piece
             if len(body) > limits.max_bytes:
                 return failed(f"reply longer than {limits.max_bytes} bytes")
+        resp.close()
         return Fetched(url, bytes(body), None, time.monotonic() - started)
     except TimeoutError:
         return failed("timeout")
@@ -78,7 +92,7 @@ def fetch(url: str, limits: Limits) -> Fetched:
     except (OSError, http.client.HTTPException) as exc:
         return failed(getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
     finally:
-        conn.close()
+        conn.finish()
 
 
 def fan_out(

@@ -94,11 +94,13 @@ def mesh_views(
 
 @dataclass
 class Reply:
-    """What one fake peer answers: a body, after a delay (seconds), or a status."""
+    """What one fake peer answers: a body, after a delay (seconds), with a status; without
+    a Content-Length (length False) the body ends when the connection closes."""
 
     body: bytes
     delay: float = 0.0
     status: int = 200
+    length: bool = True
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -114,7 +116,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply.body)))
+            if reply.length:
+                self.send_header("Content-Length", str(len(reply.body)))
             self.end_headers()
             self.wfile.write(reply.body)
         except OSError:
@@ -145,7 +148,7 @@ def view_servers(
     try:
         for address, reply in replies.items():
             srv = _ViewServer((address, port), _Handler)
-            srv.reply = reply if callable(reply) else (lambda r=reply: r)
+            srv.reply = reply if callable(reply) else _always(reply)
             servers.append(srv)
             t = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
             t.start()
@@ -160,6 +163,10 @@ def view_servers(
             t.join(5)
         for srv in servers:
             srv.server_close()
+
+
+def _always(reply: Reply) -> Callable[[], Reply]:
+    return lambda: reply
 
 
 def fixed(v: View) -> Reply:

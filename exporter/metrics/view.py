@@ -281,6 +281,82 @@ def _seconds(doc: dict[str, Any], key: str) -> float | None:
     return None if value is None else float(value)
 
 
+def _target_checked(raw: Any) -> TargetView:
+    """One target, each field checked with a message naming it."""
+    if not isinstance(raw, dict):
+        raise ViewError("a target is not an object")
+    labels = _get(raw, "labels", dict)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise ViewError("a target's labels are not strings")
+    probes = _get(raw, "probes", int)
+    received = _get(raw, "received", int)
+    if not 0 <= received <= probes:
+        raise ViewError(f"received {received} of {probes} probes")
+    return TargetView(
+        _get(raw, "kind", str),
+        _get(raw, "name", str),
+        _get(raw, "ip_family", str),
+        _get(raw, "address", str),
+        tuple(sorted(labels.items())),
+        _get(raw, "up", bool),
+        Recent(
+            probes,
+            received,
+            _ratio(raw, "loss_ratio"),
+            _seconds(raw, "rtt_p50_seconds"),
+            _seconds(raw, "rtt_p99_seconds"),
+        ),
+    )
+
+
+def _target(raw: Any) -> TargetView:
+    """One target: the checks of _target_checked in a few exact type tests (a 100-node
+    /mesh reads 10,000 of them), falling back to it for the message when one fails."""
+    try:
+        labels = raw["labels"]
+        probes, received = raw["probes"], raw["received"]
+        loss, p50, p99 = raw["loss_ratio"], raw["rtt_p50_seconds"], raw["rtt_p99_seconds"]
+        kind, name, family, address, up = (
+            raw["kind"],
+            raw["name"],
+            raw["ip_family"],
+            raw["address"],
+            raw["up"],
+        )
+        good = (
+            type(raw) is dict
+            and str is type(kind) is type(name) is type(family) is type(address)
+            and type(up) is bool
+            and int is type(probes) is type(received)
+            and 0 <= received <= probes
+            and type(labels) is dict
+            and all(type(k) is str and type(v) is str for k, v in labels.items())
+            and (loss is None or (type(loss) in (int, float) and 0 <= loss <= 1))
+            and all(
+                v is None or (type(v) in (int, float) and 0 <= v < math.inf) for v in (p50, p99)
+            )
+        )
+    except (KeyError, TypeError):
+        good = False
+    if not good:
+        return _target_checked(raw)
+    return TargetView(
+        kind,
+        name,
+        family,
+        address,
+        tuple(sorted(labels.items())),
+        up,
+        Recent(
+            probes,
+            received,
+            None if loss is None else float(loss),
+            None if p50 is None else float(p50),
+            None if p99 is None else float(p99),
+        ),
+    )
+
+
 def from_json(data: bytes) -> View:
     """A peer's view; ViewError when it is not one (or of a version this reads not)."""
     try:
@@ -292,34 +368,7 @@ def from_json(data: bytes) -> View:
     version = _get(doc, "version", int)
     if version != VERSION:
         raise ViewError(f"view version {version}; this exporter reads version {VERSION}")
-    targets = []
-    for raw in _get(doc, "targets", list):
-        if not isinstance(raw, dict):
-            raise ViewError("a target is not an object")
-        labels = _get(raw, "labels", dict)
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
-            raise ViewError("a target's labels are not strings")
-        probes = _get(raw, "probes", int)
-        received = _get(raw, "received", int)
-        if not 0 <= received <= probes:
-            raise ViewError(f"received {received} of {probes} probes")
-        targets.append(
-            TargetView(
-                _get(raw, "kind", str),
-                _get(raw, "name", str),
-                _get(raw, "ip_family", str),
-                _get(raw, "address", str),
-                tuple(sorted(labels.items())),
-                _get(raw, "up", bool),
-                Recent(
-                    probes,
-                    received,
-                    _ratio(raw, "loss_ratio"),
-                    _seconds(raw, "rtt_p50_seconds"),
-                    _seconds(raw, "rtt_p99_seconds"),
-                ),
-            )
-        )
+    targets = [_target(raw) for raw in _get(doc, "targets", list)]
     services = []
     for raw in doc.get("services") or []:
         if not isinstance(raw, dict):

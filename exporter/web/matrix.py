@@ -96,6 +96,20 @@ def _worst(values: Sequence[float | None]) -> float | None:
 
 
 def _cell(source: str, target: str, kind: str, ts: Sequence[TargetView], slow: float) -> Cell:
+    if len(ts) == 1:  # most cells: one IP family
+        t, r = ts[0], ts[0].recent
+        state = classify(t.up, r.loss, r.rtt_p99_seconds, slow)
+        return Cell(
+            source,
+            target,
+            kind,
+            state,
+            t.up,
+            r.loss,
+            r.rtt_p50_seconds,
+            r.rtt_p99_seconds,
+            (t.ip_family,),
+        )
     states = [classify(t.up, t.recent.loss, t.recent.rtt_p99_seconds, slow) for t in ts]
     return Cell(
         source,

@@ -34,9 +34,11 @@ def chromium_path() -> str | None:
 
 
 class Browser:
-    """One Chromium with one page, in ns."""
+    """One Chromium with one page, in ns (None: this process's own network namespace)."""
 
-    def __init__(self, ns: Namespace, workdir: Path, width: int = 1200, height: int = 900) -> None:
+    def __init__(
+        self, ns: Namespace | None, workdir: Path, width: int = 1200, height: int = 900
+    ) -> None:
         path = chromium_path()
         if path is None:
             raise BrowserError("chromium is not installed (apt-get install chromium)")
@@ -70,8 +72,9 @@ class Browser:
             f"--window-size={width},{height}",
             "about:blank",
         ]
+        popen = ns.popen if ns is not None else subprocess.Popen
         with open(self.log_path, "wb") as log:
-            self.proc: subprocess.Popen[bytes] = ns.popen(
+            self.proc: subprocess.Popen[bytes] = popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

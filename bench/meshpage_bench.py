@@ -74,12 +74,14 @@ def mesh_figures(n: int, browser: bool) -> dict[str, str]:
                 "/mesh server side, median / max (ms)": _ms(_times(site.mesh, RUNS)),
             }
             if browser:
-                with tempfile.TemporaryDirectory(prefix="pmtb-bench-") as tmp:
-                    with Browser(None, Path(tmp), 1600, 1200) as b:
-                        b.load(url)  # the first load starts the renderer
-                        loads = _times(lambda: b.load(url), BROWSER_RUNS)
-                        cells = b.evaluate("document.querySelectorAll('td[data-s]').length")
-                        assert cells == n * (n - 1), cells
+                with (
+                    tempfile.TemporaryDirectory(prefix="pmtb-bench-") as tmp,
+                    Browser(None, Path(tmp), 1600, 1200) as b,
+                ):
+                    b.load(url)  # the first load starts the renderer
+                    loads = _times(lambda: b.load(url), BROWSER_RUNS)
+                    cells = b.evaluate("document.querySelectorAll('td[data-s]').length")
+                    assert cells == n * (n - 1), cells
                 row["Chromium load, median / max (ms)"] = _ms(loads)
             return row
         finally:

@@ -4,11 +4,12 @@ of made-up views (each on its own loopback address and one port, as peer exporte
 on their pod IPs and the exporter's port), served by the exporter's own HTTP server and
 loaded in headless Chromium; and what one /api/v1/view costs the exporter that answers it.
 
-Figures per node count: the server side of one /mesh (fetch every peer's view, parse,
-assemble, write the HTML; median and max of RUNS), the page's size, and Chromium's load of
-the page (navigation to the load event, the script run; median and max of BROWSER_RUNS).
-Then the view of an exporter with 200 probed targets and full rings: Viewer.view() plus
-the JSON, and the ring's memory per target.
+The peers' servers run in a process of their own. Figures per node count: the server side
+of one /mesh (fetch every peer's view, parse, assemble, write the HTML; median and max of
+RUNS), the page's size, and Chromium's load of the page (navigation to the load event, so
+the server side included, the script run; median and max of BROWSER_RUNS). Then the view
+of an exporter with 200 and 1,000 probed targets and full rings: Viewer.view() plus the
+JSON, and the ring's memory per target.
 
 Usage: ``python -m bench.meshpage_bench [--nodes 10,50,100,200] [--no-browser]``. Prints
 Markdown tables. Needs no root (everything is on loopback).
@@ -19,11 +20,13 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench.common import machine_facts
@@ -35,7 +38,7 @@ from exporter.probing.stats import Recent
 from exporter.targets import index, static_target
 from exporter.web.site import Site
 from tests.support.browser import Browser, chromium_path
-from tests.support.views import FixedView, fixed, free_port, mesh_views, peer_address, view_servers
+from tests.support.views import FixedView, free_port, mesh_views, peer_address
 
 RUNS = 10
 BROWSER_RUNS = 5
@@ -54,11 +57,33 @@ def _ms(xs: list[float]) -> str:
     return f"{statistics.median(xs) * 1e3:.0f} / {max(xs) * 1e3:.0f}"
 
 
+@contextmanager
+def peers(n: int, port: int) -> Iterator[None]:
+    """The peers' servers in a process of their own: in the exporter's process they would
+    take its GIL and count their own work as the page's."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.views", str(n), str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def mesh_figures(n: int, browser: bool) -> dict[str, str]:
     views = mesh_views(n, broken={(2, 3): 1.0})
     port = free_port(peer_address(1))
-    replies = {peer_address(i): fixed(views[i - 1]) for i in range(2, n + 1)}
-    with view_servers(replies, port):
+    with peers(n, port):
         site = Site(FixedView(views[0]), MeshPageSettings(), "/metrics", port, ("pod",))
         server = HttpServer(peer_address(1), port, "/metrics", lambda a: ("", []), Health())
         server.set_routes(site.routes())

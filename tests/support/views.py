@@ -181,3 +181,20 @@ class FixedView:
 
     def view(self) -> View:
         return self.v
+
+
+def main() -> None:
+    """`python -m tests.support.views N PORT`: serve the made-up views of peers 2..N of an
+    N-node mesh (the pair 2 -> 3 broken) from a process of their own, as peers would, until
+    stdin closes; prints "ready" once every server listens."""
+    import sys
+
+    n, port = int(sys.argv[1]), int(sys.argv[2])
+    views = mesh_views(n, broken={(2, 3): 1.0})
+    with view_servers({peer_address(i): fixed(views[i - 1]) for i in range(2, n + 1)}, port):
+        print("ready", flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

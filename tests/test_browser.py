@@ -156,6 +156,11 @@ def test_mesh_and_landing_pages_in_chromium(
         assert mostly(region(shot, broken), COLOURS["down"]), region(shot, broken)[:5]
         assert mostly(region(shot, healthy), COLOURS["ok"]), region(shot, healthy)[:5]
         assert load_seconds < 10  # a bound on the test, not a figure
+        browser.hover(f'td[data-s="{src}"][data-t="{dst}"]')
+        title = browser.evaluate(
+            f'document.querySelector(\'td[data-s="{src}"][data-t="{dst}"]\').title'
+        )
+        assert title.startswith(f"{src} \u2192 {dst} (static, ipv4): down, loss 100.0 %"), title
 
         browser.load(f"{base}/")
         browser.screenshot(out / "landing.png")

@@ -179,15 +179,21 @@ class Browser:
             raise BrowserError(f"no element {selector}")
         return dict(found)
 
-    def click(self, selector: str) -> None:
-        """A real mouse click at the element's centre."""
+    def _mouse(self, selector: str, kinds: tuple[str, ...]) -> None:
         r = self.rect(selector)
         x, y = r["x"] + r["width"] / 2, r["y"] + r["height"] / 2
-        for kind in ("mousePressed", "mouseReleased"):
+        for kind in kinds:
             self.call(
                 "Input.dispatchMouseEvent",
                 {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1},
             )
+
+    def click(self, selector: str) -> None:
+        """A real mouse click at the element's centre."""
+        self._mouse(selector, ("mouseMoved", "mousePressed", "mouseReleased"))
+
+    def hover(self, selector: str) -> None:
+        self._mouse(selector, ("mouseMoved",))
 
     def screenshot(self, path: Path) -> bytes:
         data = base64.b64decode(self.call("Page.captureScreenshot", {"format": "png"})["data"])

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from exporter.config import MeshPageSettings
 from exporter.metrics.view import CONTENT_TYPE, View, ViewError, ViewSource, from_json, to_json
 from exporter.web import page
-from exporter.web.fetch import Fetcher, Limits, fan_out, fetch, view_url
+from exporter.web.fetch import Fetched, Fetcher, Limits, fan_out, fetch, view_url
 from exporter.web.matrix import Matrix, Peer, assemble, peers_of
 
 HTML = "text/html; charset=utf-8"
@@ -49,25 +49,35 @@ class Site:
         return 200, to_json(self.viewer.view()), CONTENT_TYPE
 
     def matrix(self, own: View) -> Matrix:
-        """Own view and every peer's, fetched at once within the page's bounds."""
+        """Own view and every peer's, fetched at once within the page's bounds. Each reply
+        is read as a view in the thread that fetched it, while others still wait."""
         s = self.settings
         peers = peers_of(own, self.peer_kinds)
+        read: dict[str, View | str] = {}
+
+        def fetch_and_read(url: str, limits: Limits) -> Fetched:
+            got = self.fetcher(url, limits)
+            if got.body is not None:
+                try:
+                    read[url] = from_json(got.body)
+                except ViewError as exc:
+                    read[url] = f"not a view: {exc}"
+            return got
+
         fetched = fan_out(
             [view_url(p.address, self.port) for p in peers],
             Limits(s.peer_timeout, s.max_bytes),
             s.concurrency,
             s.deadline,
-            self.fetcher,
+            fetch_and_read,
         )
         found: list[tuple[Peer, View | None, str | None, float]] = []
         for peer, got in zip(peers, fetched, strict=True):
-            if got.body is None:
-                found.append((peer, None, got.error, got.seconds))
-                continue
-            try:
-                found.append((peer, from_json(got.body), None, got.seconds))
-            except ViewError as exc:
-                found.append((peer, None, f"not a view: {exc}", got.seconds))
+            outcome = read.get(got.url) if got.body is not None else got.error
+            if isinstance(outcome, View):
+                found.append((peer, outcome, None, got.seconds))
+            else:
+                found.append((peer, None, outcome or "deadline", got.seconds))
         return assemble(own, found, s.slow_rtt)
 
     def mesh(self) -> Answer:

@@ -40,8 +40,11 @@ def site(own_view: View, port: int, settings: MeshPageSettings = SETTINGS) -> Si
 def test_a_100_node_mesh_from_100_real_servers() -> None:
     views = mesh_views(100, broken={(7, 42): 1.0})
     replies = {peer_address(n): fixed(views[n - 1]) for n in range(2, 101)}
+    # Deadlines far above the work: this test is about the matrix, on a machine however
+    # loaded; the page's time is bench/meshpage_bench.py's figure.
+    relaxed = replace(SETTINGS, peer_timeout=10.0, deadline=20.0)
     with view_servers(replies) as port:
-        s = site(views[0], port)
+        s = site(views[0], port, relaxed)
         started = time.monotonic()
         m = s.matrix(views[0])
         took = time.monotonic() - started
@@ -50,8 +53,7 @@ def test_a_100_node_mesh_from_100_real_servers() -> None:
     assert len(m.cells) == 100 * 99
     assert m.cells[(node_name(7), node_name(42), "pod")].state == "down"
     assert {c.state for k, c in m.cells.items() if k[:2] != (node_name(7), node_name(42))} == {"ok"}
-    # The deadline bounds it whatever the machine; the figure is the benchmark's.
-    assert took < SETTINGS.deadline + 1.0
+    assert took < relaxed.deadline
     assert code == 200 and ctype.startswith("text/html")
     assert body.count(b'<td class="ok"') == 100 * 99 - 1 and body.count(b'<td class="down"') == 1
 
@@ -76,14 +78,14 @@ def test_one_slow_peer_is_cut_off_at_the_deadline_and_the_rest_shown() -> None:
     errors = {r.name: r.error for r in m.rows}
     assert errors[node_name(4)] in ("deadline", "timeout")
     assert [errors[node_name(n)] for n in (1, 2, 3)] == [None] * 3
-    assert 0.4 < took < 0.5 + 0.5
+    assert 0.45 < took < 0.5 + 1.5  # cut at the deadline, not at the peer's 5 s
 
 
 def test_a_peer_slower_than_its_timeout_fails_alone() -> None:
     v = mesh_views(1)[0]
     with view_servers({peer_address(1): replace(fixed(v), delay=1.0)}) as port:
         got = fetch(view_url(peer_address(1), port), Limits(0.2, 1 << 20))
-    assert got.error == "timeout" and 0.15 < got.seconds < 0.9
+    assert got.error == "timeout" and 0.15 < got.seconds < 1.0
 
 
 def test_size_status_garbage_and_refusal_are_each_a_failed_peer() -> None:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.config import ProbeSettings, parse_settings
+from exporter.config import ProbeSettings, ServicesSettings, parse_settings
 from exporter.metrics.view import (
     VERSION,
     View,
@@ -34,6 +34,8 @@ from exporter.probing.stats import (
     TargetState,
     recent_size,
 )
+from exporter.services.checker import ServiceChecker
+from exporter.services.plan import Check, ServicePlan
 from exporter.targets import index, static_target
 from exporter.web.matrix import Peer, assemble, classify, peers_of
 from exporter.web.page import landing, mesh
@@ -281,3 +283,23 @@ def test_a_bad_mesh_page_flag_exits_2_naming_it(capsys: pytest.CaptureFixture[st
         parse_settings(["--mesh-page.concurrency=0"], {})
     assert exc.value.code == 2
     assert "--mesh-page.concurrency" in capsys.readouterr().err
+
+
+def test_the_view_and_the_landing_page_carry_the_service_checks() -> None:
+    checker = ServiceChecker(ServicesSettings())
+    checks = (
+        Check("default", "kubernetes", "198.18.5.1", 4, 443, "tcp", "https"),
+        Check("kube-system", "kube-dns", "198.18.5.10", 4, 53, "dns", "dns"),
+    )
+    checker.set_plan(ServicePlan(checks, (), ()), {})
+    for state in checker.states.values():
+        state.record("ok" if state.check.protocol == "tcp" else "timeout", None)
+    prober = Prober(ProbeSettings(), {})
+    v = Viewer(prober, checker).view()
+    assert [(s.service, s.up, s.last_result, s.checks) for s in v.services] == [
+        ("kubernetes", True, "ok", 1),
+        ("kube-dns", False, "timeout", 1),
+    ]
+    assert from_json(to_json(v)) == v
+    page = landing(v, "/metrics").decode()
+    assert "Service checks (2)" in page and "kube-system/kube-dns" in page

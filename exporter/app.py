@@ -117,7 +117,8 @@ def tcp_source(settings: Settings) -> TargetSource:
 def mesh_site(settings: Settings, parts: Parts, port: int) -> Site:
     """`/`, `/api/v1/view` and `/mesh`. The peers whose views make the matrix are those the
     TCP probes connect to: the peer pods (their nodes from the host network), every static
-    target in static mode; each answers on this exporter's own port."""
+    target in static mode (none with the loopback default); each answers on this exporter's
+    own port."""
     s = settings
     kubernetes = s.discovery == "kubernetes"
     host = s.web.host_port[0]
@@ -130,9 +131,11 @@ def mesh_site(settings: Settings, parts: Parts, port: int) -> Site:
         parts.notes,
     )
     if kubernetes:
-        kinds = ("node",) if s.mesh.source_network == "host" else ("pod",)
-    else:
+        kinds: tuple[str, ...] = ("node",) if s.mesh.source_network == "host" else ("pod",)
+    elif s.static.targets or s.static.targets_file:
         kinds = ("static",)
+    else:
+        kinds = ()  # the embedded loopback default: no other exporter to ask
     return Site(viewer, s.mesh_page, s.web.telemetry_path, port, kinds)
 
 

@@ -12,9 +12,12 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from exporter.config import MeshPageSettings
+from exporter.app import Parts, mesh_site
+from exporter.config import MeshPageSettings, parse_settings
+from exporter.discovery.static import StaticDiscovery, system_resolver
 from exporter.http import Health, HttpServer
 from exporter.metrics.view import View, from_json
+from exporter.probing.engine import Prober
 from exporter.web.fetch import Limits, fan_out, fetch, view_url
 from exporter.web.site import Site
 from tests.support.views import (
@@ -152,3 +155,16 @@ def test_the_routes_over_the_exporters_own_http_server() -> None:
         finally:
             server.stop()
     assert page.count(b'data-s="') == 6 and page.count(b'<td class="lossy"') == 1
+
+
+def test_which_peers_each_mode_asks() -> None:
+    def kinds(argv: list[str]) -> tuple[str, ...]:
+        s = parse_settings(argv, {})
+        parts = Parts(Prober(s.probe, {}), StaticDiscovery(s.static, [], system_resolver))
+        return mesh_site(s, parts, 9871).peer_kinds
+
+    kube = ["--discovery=kubernetes", "--kubernetes.node-name=a", "--kubernetes.namespace=p"]
+    assert kinds(kube) == ("pod",)
+    assert kinds([*kube, "--mesh.source-network=host"]) == ("node",)
+    assert kinds(["--target=198.18.0.1"]) == ("static",)
+    assert kinds([]) == ()  # the loopback default probes only this machine

@@ -30,9 +30,10 @@ from exporter.probing.stats import (
     LOST,
     RECENT_MAX,
     UNTIMED,
-    Recent,
     TargetState,
     recent_size,
+    ring,
+    ring_values,
 )
 from exporter.services.checker import ServiceChecker
 from exporter.services.plan import Check, ServicePlan
@@ -51,15 +52,14 @@ def test_recent_size_is_the_last_minute_bounded() -> None:
 
 
 def test_recent_ring_keeps_only_its_size_and_costs_its_slots() -> None:
-    r = Recent(3)
-    assert r.values() == []
-    for v in (1, 2, 3, 4, 5):
-        r.add(v)
-    assert sorted(r.values()) == [3, 4, 5]
+    st = TargetState(static_target("a", "198.18.0.1"), [1000], 3, 3, recent=3)
+    assert st.recent_values() == []
+    for rtt in (1, 2, 3, 4, 5):
+        st.reply(rtt)
+    assert sorted(st.recent_values()) == [3, 4, 5]
     # What README and the docstring say a target costs: 8 bytes a slot, small overheads.
-    sixty = Recent(60)
-    assert sys.getsizeof(sixty.slots) <= 8 * 60 + 80
-    assert sys.getsizeof(sixty) <= 64
+    assert sys.getsizeof(ring(60)) <= 8 * 60 + 80
+    assert ring_values(ring(4), 0) == []
 
 
 def test_target_state_feeds_the_ring_and_full_size_states_have_none() -> None:
@@ -67,7 +67,7 @@ def test_target_state_feeds_the_ring_and_full_size_states_have_none() -> None:
     st.reply(500)
     st.reply(None)
     st.lost()
-    assert st.recent is not None and sorted(st.recent.values()) == [UNTIMED, LOST, 500]
+    assert sorted(st.recent_values()) == [UNTIMED, LOST, 500]
     assert TargetState(static_target("a", "198.18.0.1"), [1000], 3, 3).recent is None
 
 

@@ -113,8 +113,8 @@ def target_name(labels: Iterable[tuple[str, str]], address: str) -> str:
 
 def target_view(st: TargetState) -> TargetView:
     t = st.target
-    values = st.recent.values() if st.recent is not None else []
     # The ring is read before `up`: an outcome written in between shows in up only.
+    values = st.recent_values()
     return TargetView(
         t.kind,
         target_name(t.labels, t.address),

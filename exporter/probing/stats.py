@@ -29,30 +29,19 @@ def recent_size(interval: float) -> int:
     return max(1, min(RECENT_MAX, math.ceil(RECENT_SECONDS / interval - 1e-9)))
 
 
-class Recent:
-    """A target's last outcomes, a fixed ring of 8-byte slots: the RTT in nanoseconds, LOST or
-    UNTIMED. 60 slots (1 s interval) cost 8 * 60 + 64 bytes of array and 56 of this object,
-    about 600 bytes a target. Only the order-free figures (loss, quantiles) are read from it,
-    so a reader on another thread may copy it between two writes and still be right."""
+def ring(size: int) -> array[int]:
+    """A ring of outcomes for TargetState.recent: exactly size 8-byte slots (the RTT in
+    nanoseconds, LOST or UNTIMED), no spare capacity. 60 slots (1 s interval) cost
+    8 * 60 + 80 bytes; the count beside it in TargetState at most 32 more, about 600 bytes
+    a target in all."""
+    return array("q", [0]) * size
 
-    __slots__ = ("filled", "next", "slots")
 
-    def __init__(self, size: int) -> None:
-        self.slots = array("q", [0]) * size  # exactly size slots, no spare capacity
-        self.next = 0
-        self.filled = 0
-
-    def add(self, value: int) -> None:
-        slots = self.slots
-        slots[self.next] = value
-        self.next = (self.next + 1) % len(slots)
-        if self.filled < len(slots):
-            self.filled += 1
-
-    def values(self) -> list[int]:
-        """The outcomes held, in no particular order."""
-        filled = self.filled
-        return self.slots[:filled].tolist() if filled < len(self.slots) else self.slots.tolist()
+def ring_values(slots: array[int], count: int) -> list[int]:
+    """The outcomes a ring holds after count writes, in no particular order. Only the
+    order-free figures (loss, quantiles) are read from it, so a reader on another thread
+    that copies it between two writes is still right."""
+    return slots[:count].tolist() if count < len(slots) else slots.tolist()
 
 
 class TargetState:
@@ -69,6 +58,7 @@ class TargetState:
         "phase",
         "received",
         "recent",
+        "recent_count",
         "removed",
         "resolved",
         "rtt_sum_ns",
@@ -103,8 +93,11 @@ class TargetState:
         self.resolved = 0
         self.up_mask = (1 << up_window) - 1
         self.removed = False
-        # None for the full-size probes: the mesh page shows the small echoes only.
-        self.recent = Recent(recent) if recent else None
+        # The mesh page's last minute (None for the full-size probes: it shows the small
+        # echoes only), and the outcomes ever written to it; written in place below, as a
+        # method call per outcome cost half again of reply() itself.
+        self.recent = ring(recent) if recent else None
+        self.recent_count = 0
 
     def reply(self, rtt_ns: int | None) -> None:
         """A valid reply within the timeout; rtt_ns None when it could not be trusted."""
@@ -118,15 +111,19 @@ class TargetState:
             self.native.observe(rtt_ns / 1e9)
             self.buckets[bisect_left(self.bounds_ns, rtt_ns)] += 1
             self.rtt_sum_ns += rtt_ns
-        if self.recent is not None:
-            self.recent.add(UNTIMED if rtt_ns is None else rtt_ns)
+        slots = self.recent
+        if slots is not None:
+            slots[self.recent_count % len(slots)] = UNTIMED if rtt_ns is None else rtt_ns
+            self.recent_count += 1
 
     def lost(self) -> None:
         self.sent += 1
         self.resolved += 1
         self.history = (self.history << 1) & self.up_mask
-        if self.recent is not None:
-            self.recent.add(LOST)
+        slots = self.recent
+        if slots is not None:
+            slots[self.recent_count % len(slots)] = LOST
+            self.recent_count += 1
 
     def error(self, reason: str) -> None:
         self.errors[reason] += 1
@@ -134,6 +131,11 @@ class TargetState:
     @property
     def up(self) -> int:
         return 1 if self.history else 0
+
+    def recent_values(self) -> list[int]:
+        """The last minute's outcomes (count first: a write in between only adds one)."""
+        count = self.recent_count
+        return ring_values(self.recent, count) if self.recent is not None else []
 
     def too_big(self, mtu: int) -> None:
         """A router said the request was too big for its next hop (MTU 0: it did not say

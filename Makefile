@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTO  := exporter/metrics/proto/metrics_pb2.py
 APT_PACKAGES := fping dnsmasq-base iptables iproute2 prometheus prometheus-smokeping-prober \
 		nftables conntrack openssl curl util-linux containerd runc containernetworking-plugins \
-		buildah debootstrap gcc libc6-dev
+		buildah debootstrap gcc libc6-dev chromium
 
 .PHONY: run test lint bench system-deps cluster-components clean
 
@@ -29,7 +29,7 @@ system-deps:
 	@missing=""; \
 	for bin in fping dnsmasq iptables ip prometheus promtool prometheus-smokeping-prober \
 	    nft conntrack openssl curl setpriv containerd runc /usr/lib/cni/ptp buildah debootstrap \
-	    gcc /usr/lib/x86_64-linux-gnu/libc.a; do \
+	    gcc /usr/lib/x86_64-linux-gnu/libc.a chromium; do \
 	  [ -e $$bin ] || command -v $$bin >/dev/null 2>&1 || missing="$$missing $$bin"; \
 	done; \
 	if [ -n "$$missing" ]; then \

@@ -29,6 +29,7 @@ from exporter.metrics.probe import ProbeCollector
 from exporter.metrics.services import ServicesCollector
 from exporter.metrics.targets import TargetLabels
 from exporter.metrics.tcp import TcpCollector
+from exporter.metrics.view import Viewer
 from exporter.objects import Service, SliceCounts
 from exporter.probing.engine import Prober, Sizer
 from exporter.probing.icmpsocket import (
@@ -42,6 +43,7 @@ from exporter.probing.tcp import TargetSource, TcpProber, every_target, of_kinds
 from exporter.services.checker import ServiceChecker
 from exporter.services.plan import endpoint_counts, plan_checks
 from exporter.targets import Target, merge
+from exporter.web.site import Site
 
 log = logging.getLogger("exporter.app")
 
@@ -110,6 +112,31 @@ def tcp_source(settings: Settings) -> TargetSource:
     if settings.discovery == "kubernetes":
         return of_kinds(port, "node" if settings.mesh.source_network == "host" else "pod")
     return every_target(port)
+
+
+def mesh_site(settings: Settings, parts: Parts, port: int) -> Site:
+    """`/`, `/api/v1/view` and `/mesh`. The peers whose views make the matrix are those the
+    TCP probes connect to: the peer pods (their nodes from the host network), every static
+    target in static mode (none with the loopback default); each answers on this exporter's
+    own port."""
+    s = settings
+    kubernetes = s.discovery == "kubernetes"
+    host = s.web.host_port[0]
+    viewer = Viewer(
+        parts.prober,
+        parts.checker,
+        s.kubernetes.node_name,
+        s.mesh.source_network if kubernetes else None,
+        s.kubernetes.pod_ips or ((host,) if host not in ("", "::", "0.0.0.0") else ()),
+        parts.notes,
+    )
+    if kubernetes:
+        kinds: tuple[str, ...] = ("node",) if s.mesh.source_network == "host" else ("pod",)
+    elif s.static.targets or s.static.targets_file:
+        kinds = ("static",)
+    else:
+        kinds = ()  # the embedded loopback default: no other exporter to ask
+    return Site(viewer, s.mesh_page, s.web.telemetry_path, port, kinds)
 
 
 def open_sockets(settings: Settings, opener: SocketOpener) -> dict[int, ProbeSocket]:
@@ -341,6 +368,8 @@ class App:
         health.notes = parts.notes
         host, port = s.web.host_port
         server = HttpServer(host, port, s.web.telemetry_path, document.negotiate, health)
+        # Peers answer on the port asked for; one given as 0 (tests) is known only now.
+        server.set_routes(mesh_site(s, parts, port or server.port).routes())
         server.start()
         shown = host if host and host not in ("::", "0.0.0.0") else "localhost"
         if ":" in shown:

@@ -325,6 +325,31 @@ class ServicesSettings(Group):
 
 
 @dataclass(frozen=True)
+class MeshPageSettings(Group):
+    """/mesh: how the peers' views are fetched, and when a cell counts as slow."""
+
+    concurrency: int = option(
+        16, Integer(1, 256, unit="peers"), "peers' views fetched at once at most"
+    )
+    peer_timeout: float = option(
+        1.0, Duration(0.01), "a peer whose view takes longer is shown as failed"
+    )
+    deadline: float = option(
+        1.5,
+        Duration(0.01),
+        "the whole page: peers not answered by then are shown as failed",
+    )
+    max_bytes: int = option(
+        4 * 1024 * 1024,
+        Integer(1024, 1024**3, unit="bytes"),
+        "a peer's view larger than this is refused (shown as failed)",
+    )
+    slow_rtt: float = option(
+        0.01, Duration(0.000001), "a pair whose p99 RTT is above this is coloured slow"
+    )
+
+
+@dataclass(frozen=True)
 class Settings(Group):
     """The whole tree: one group per component, plus the discovery mode."""
 
@@ -342,6 +367,7 @@ class Settings(Group):
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     mesh: MeshSettings = field(default_factory=MeshSettings)
     services: ServicesSettings = field(default_factory=ServicesSettings)
+    mesh_page: MeshPageSettings = field(default_factory=MeshPageSettings)
 
 
 # README's three flag tables: which top-level groups each shows.
@@ -349,6 +375,7 @@ README_TABLES: Mapping[str, tuple[str, ...]] = {
     "general": ("web", "probe", "static", "log"),
     "kubernetes": ("discovery", "kubernetes", "mesh"),
     "services": ("services",),
+    "meshpage": ("mesh_page",),
 }
 
 

@@ -1,4 +1,4 @@
-"""HTTP server: /metrics, /healthz, /readyz and a landing page.
+"""HTTP server: /metrics, /healthz, /readyz, and the pages it is given (else a landing page).
 
 It runs in its own threads so that rendering a large /metrics document never blocks the event
 loop that sends probes (the loop keeps the GIL between render slices and reply timestamps come
@@ -15,7 +15,7 @@ import socket
 import sys
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from exporter import __version__
@@ -24,6 +24,8 @@ log = logging.getLogger("exporter.http")
 
 # The Accept header in; the content type and the document's pieces out.
 Render = Callable[[str], tuple[str, Iterable[bytes]]]
+# Further pages by path (the mesh page's): status, body and content type out.
+Routes = Mapping[str, Callable[[], tuple[int, bytes, str]]]
 
 
 class Health:
@@ -44,6 +46,7 @@ class _Server(ThreadingHTTPServer):
     render: Render
     telemetry_path: str
     health: Health
+    routes: Routes
 
     def handle_error(self, request: object, client_address: object) -> None:
         # Peers' TCP probes connect and reset at once: a connection reset before its
@@ -119,6 +122,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif path in ("/healthz", "/readyz"):
                 ok, why = (srv.health.live if path == "/healthz" else srv.health.ready)()
                 self._send(200 if ok else 503, (why + "\n").encode(), "text/plain; charset=utf-8")
+            elif path in srv.routes:
+                self._send(*srv.routes[path]())
             elif path == "/":
                 self._send(
                     200,
@@ -179,8 +184,12 @@ class HttpServer:
         self._server.render = render
         self._server.telemetry_path = telemetry_path
         self._server.health = health
+        self._server.routes = {}
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+
+    def set_routes(self, routes: Routes) -> None:
+        self._server.routes = routes
 
     @property
     def port(self) -> int:

@@ -20,6 +20,7 @@ from tests.support.cluster.fixtures import (
     FAST_ARGS,
     SELECTOR,
     expected_mesh,
+    http_get,
     install_exporter,
     make_cluster,
     probe_series,
@@ -133,6 +134,19 @@ def test_the_host_network_exporter_probes_the_nodes_only(both: Cluster) -> None:
             if n == "pingmesh_probe_received_total" and "target_node" in lb:
                 assert v > 0, lb
         assert value(s, "pingmesh_targets", kind="pod", default=0) == 0
+    # The mesh page from the host network: the peers' views come from their node IPs, on
+    # the host exporter's own port.
+    first = nodes[0]
+    code, page = http_get(
+        first.ns, host_pod_on(both, first.name)["status"]["podIP"], HOST_PORT, "/mesh"
+    )
+    text = page.decode()
+    assert code == 200 and "no view from" not in text, text
+    assert 'data-kind="node"' in text and 'data-kind="pod"' not in text
+    for source in NODES:
+        for target in NODES:
+            if source != target:
+                assert f'data-s="{source}" data-t="{target}"' in text, (source, target)
 
 
 def test_the_pod_network_exporter_still_probes_pods_and_nodes(both: Cluster) -> None:

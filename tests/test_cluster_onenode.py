@@ -305,6 +305,12 @@ def test_a_second_node_forms_the_mesh_without_a_restart(one: Cluster) -> None:
     assert "mesh: 1 peer on other nodes" in page.decode()
     s = scrape(a_net, first)
     assert value(s, "pingmesh_mesh_peers") == 1
+    # The mesh page: node-b's own view, fetched by node-a's exporter over the pod network.
+    code, page = http_get(a_net.ns, first["status"]["podIP"], 9871, "/mesh")
+    text = page.decode()
+    assert code == 200 and "no view from" not in text, text
+    for source, target in (("node-a", "node-b"), ("node-b", "node-a")):
+        assert f'data-s="{source}" data-t="{target}"' in text
 
 
 def test_one_real_node_with_the_image_set() -> None:

@@ -4,7 +4,8 @@ Ground floor: settings and how they are declared, targets, the Kubernetes object
 selectors and logging. Above it the feature packages: probing, selection, mesh, discovery
 (which may use mesh and selection to plan), services; discovery and services never import
 each other, and none of them renders metrics. Above those the metrics layer, which turns
-each component's plain state into families; then HTTP; only app (and cli) wire everything."""
+each component's plain state into families (and the view of the mesh page); beside HTTP the
+pages (web), which read the view; only app (and cli) wire everything."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ ALLOWED = {
     "services": {"ground", "services"},
     "discovery": {"ground", "discovery", "mesh", "selection"},
     "metrics": {"ground", "metrics", "probing", "discovery", "services"},
+    "web": {"ground", "web", "metrics"},
     "http": {"ground", "http", "metrics"},
     "app": {
         "ground",
@@ -42,6 +44,7 @@ ALLOWED = {
         "discovery",
         "metrics",
         "http",
+        "web",
         "app",
     },
 }

@@ -22,7 +22,7 @@ from exporter.config import ProbeSettings
 from exporter.probing import wire
 from exporter.probing.icmpsocket import ProbeSocket
 from exporter.probing.pacing import Rounds
-from exporter.probing.stats import MtuState, TargetState
+from exporter.probing.stats import MtuState, TargetState, recent_size
 from exporter.targets import Target, TargetKey, diff
 
 log = logging.getLogger("exporter.probing")
@@ -150,9 +150,15 @@ class Prober:
             st.removed = True
             self._logged_send_errors = {e for e in self._logged_send_errors if e[0] != t.key}
         make = TargetState if self.sizer is None else MtuState
+        # The mesh page's last minute, of the small echoes only.
+        recent = recent_size(self.settings.interval) if self.sizer is None else 0
         for t in change.added:
             st = self._states[t.key] = make(
-                t, self._bounds_ns, self.settings.up_window, self.settings.rtt_native_schema
+                t,
+                self._bounds_ns,
+                self.settings.up_window,
+                self.settings.rtt_native_schema,
+                recent,
             )
             self._set_destination(st)
         for t in change.moved:

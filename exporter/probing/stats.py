@@ -7,11 +7,41 @@ never sees a histogram whose count disagrees with its buckets.
 
 from __future__ import annotations
 
+import math
+from array import array
 from bisect import bisect_left
 from collections import Counter
 
 from exporter.histogram import Exponential
 from exporter.targets import Target
+
+# The mesh page's "last minute": this many seconds of outcomes per target, but never more
+# than RECENT_MAX of them (a 10 ms interval keeps the last 6 s).
+RECENT_SECONDS = 60.0
+RECENT_MAX = 600
+# What a slot of Recent holds besides an RTT in nanoseconds.
+LOST = -1
+UNTIMED = -2  # received, but its RTT could not be trusted (a clock step)
+
+
+def recent_size(interval: float) -> int:
+    """How many outcomes make the last minute at this interval."""
+    return max(1, min(RECENT_MAX, math.ceil(RECENT_SECONDS / interval - 1e-9)))
+
+
+def ring(size: int) -> array[int]:
+    """A ring of outcomes for TargetState.recent: exactly size 8-byte slots (the RTT in
+    nanoseconds, LOST or UNTIMED), no spare capacity. 60 slots (1 s interval) cost
+    8 * 60 + 80 bytes; the count beside it in TargetState at most 32 more, about 600 bytes
+    a target in all."""
+    return array("q", [0]) * size
+
+
+def ring_values(slots: array[int], count: int) -> list[int]:
+    """The outcomes a ring holds after count writes, in no particular order. Only the
+    order-free figures (loss, quantiles) are read from it, so a reader on another thread
+    that copies it between two writes is still right."""
+    return slots[:count].tolist() if count < len(slots) else slots.tolist()
 
 
 class TargetState:
@@ -27,6 +57,8 @@ class TargetState:
         "native",
         "phase",
         "received",
+        "recent",
+        "recent_count",
         "removed",
         "resolved",
         "rtt_sum_ns",
@@ -37,7 +69,12 @@ class TargetState:
     )
 
     def __init__(
-        self, target: Target, bounds_ns: list[int], up_window: int, native_schema: int
+        self,
+        target: Target,
+        bounds_ns: list[int],
+        up_window: int,
+        native_schema: int,
+        recent: int = 0,
     ) -> None:
         self.target = target
         self.address = target.address
@@ -56,6 +93,11 @@ class TargetState:
         self.resolved = 0
         self.up_mask = (1 << up_window) - 1
         self.removed = False
+        # The mesh page's last minute (None for the full-size probes: it shows the small
+        # echoes only), and the outcomes ever written to it; written in place below, as a
+        # method call per outcome cost half again of reply() itself.
+        self.recent = ring(recent) if recent else None
+        self.recent_count = 0
 
     def reply(self, rtt_ns: int | None) -> None:
         """A valid reply within the timeout; rtt_ns None when it could not be trusted."""
@@ -69,11 +111,19 @@ class TargetState:
             self.native.observe(rtt_ns / 1e9)
             self.buckets[bisect_left(self.bounds_ns, rtt_ns)] += 1
             self.rtt_sum_ns += rtt_ns
+        slots = self.recent
+        if slots is not None:
+            slots[self.recent_count % len(slots)] = UNTIMED if rtt_ns is None else rtt_ns
+            self.recent_count += 1
 
     def lost(self) -> None:
         self.sent += 1
         self.resolved += 1
         self.history = (self.history << 1) & self.up_mask
+        slots = self.recent
+        if slots is not None:
+            slots[self.recent_count % len(slots)] = LOST
+            self.recent_count += 1
 
     def error(self, reason: str) -> None:
         self.errors[reason] += 1
@@ -81,6 +131,11 @@ class TargetState:
     @property
     def up(self) -> int:
         return 1 if self.history else 0
+
+    def recent_values(self) -> list[int]:
+        """The last minute's outcomes (count first: a write in between only adds one)."""
+        count = self.recent_count
+        return ring_values(self.recent, count) if self.recent is not None else []
 
     def too_big(self, mtu: int) -> None:
         """A router said the request was too big for its next hop (MTU 0: it did not say
@@ -99,9 +154,14 @@ class MtuState(TargetState):
     __slots__ = ("heard", "path_mtu", "size")
 
     def __init__(
-        self, target: Target, bounds_ns: list[int], up_window: int, native_schema: int
+        self,
+        target: Target,
+        bounds_ns: list[int],
+        up_window: int,
+        native_schema: int,
+        recent: int = 0,
     ) -> None:
-        super().__init__(target, bounds_ns, up_window, native_schema)
+        super().__init__(target, bounds_ns, up_window, native_schema, recent)
         self.size = 0
         self.path_mtu = 0
         # Like history, with a router's report counting as an answer.

@@ -1,0 +1,86 @@
+"""The routes of the exporter's own pages: `/`, `/api/v1/view` and `/mesh`, each made per
+request from the view (the state /metrics renders from) and, for /mesh, the peers' views
+fetched within the page's limits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from exporter.config import MeshPageSettings
+from exporter.metrics.view import CONTENT_TYPE, View, ViewError, ViewSource, from_json, to_json
+from exporter.web import page
+from exporter.web.fetch import Fetched, Fetcher, Limits, fan_out, fetch, view_url
+from exporter.web.matrix import Matrix, Peer, assemble, peers_of
+
+HTML = "text/html; charset=utf-8"
+
+# A route's answer: status, body, content type.
+Answer = tuple[int, bytes, str]
+Route = Callable[[], Answer]
+
+
+class Site:
+    """What the HTTP server serves besides /metrics and the probes."""
+
+    def __init__(
+        self,
+        viewer: ViewSource,
+        settings: MeshPageSettings,
+        telemetry_path: str,
+        port: int,
+        peer_kinds: Sequence[str],
+        fetcher: Fetcher = fetch,
+    ) -> None:
+        self.viewer = viewer
+        self.settings = settings
+        self.telemetry_path = telemetry_path
+        self.port = port
+        self.peer_kinds = tuple(peer_kinds)
+        self.fetcher = fetcher
+
+    def routes(self) -> dict[str, Route]:
+        return {"/": self.landing, "/api/v1/view": self.api_view, "/mesh": self.mesh}
+
+    def landing(self) -> Answer:
+        return 200, page.landing(self.viewer.view(), self.telemetry_path), HTML
+
+    def api_view(self) -> Answer:
+        return 200, to_json(self.viewer.view()), CONTENT_TYPE
+
+    def matrix(self, own: View) -> Matrix:
+        """Own view and every peer's, fetched at once within the page's bounds. Each reply
+        is read as a view in the thread that fetched it, while others still wait."""
+        s = self.settings
+        peers = peers_of(own, self.peer_kinds)
+        read: dict[str, View | str] = {}
+
+        def fetch_and_read(url: str, limits: Limits) -> Fetched:
+            got = self.fetcher(url, limits)
+            if got.body is not None:
+                try:
+                    read[url] = from_json(got.body)
+                except ViewError as exc:
+                    read[url] = f"not a view: {exc}"
+            return got
+
+        fetched = fan_out(
+            [view_url(p.address, self.port) for p in peers],
+            Limits(s.peer_timeout, s.max_bytes),
+            s.concurrency,
+            s.deadline,
+            fetch_and_read,
+        )
+        found: list[tuple[Peer, View | None, str | None, float]] = []
+        for peer, got in zip(peers, fetched, strict=True):
+            outcome = read.get(got.url) if got.body is not None else got.error
+            if isinstance(outcome, View):
+                found.append((peer, outcome, None, got.seconds))
+            else:
+                found.append((peer, None, outcome or "deadline", got.seconds))
+        return assemble(own, found, s.slow_rtt)
+
+    def mesh(self) -> Answer:
+        started = time.monotonic()
+        m = self.matrix(self.viewer.view())
+        return 200, page.mesh(m, self.telemetry_path, time.monotonic() - started), HTML

@@ -76,7 +76,7 @@ class DiscoveryCollector(Collector):
             labels=["resource", "reason"],
         )
         for r in reflectors:
-            name = r.resource.name
+            name = r.name
             s = r.stats
             last.add_metric([name], s.last_sync)
             for table, fam in (

@@ -135,3 +135,43 @@ def test_one_full_node_watch_by_field_selector_per_exporter(two_nodes: Cluster) 
     assert len(own) == sum(
         u.endswith(f"&fieldSelector=metadata.name%3D{n}") for u in own for n in NODES
     ), "\n".join(own)
+
+
+def test_a_cordoned_node_holds_a_rollout_until_uncordoned(two_nodes: Cluster) -> None:
+    """What the unready pod costs: the real DaemonSet controller counts it as unavailable,
+    so it takes one of maxUnavailable's slots (10%, at least 1: with two nodes, the only
+    one). The cordoned node's old pod is replaced at once (an unavailable pod is), the
+    other node's waits until the cordon is lifted. README ("Readiness on a cordoned node")."""
+    c = two_nodes
+    old = {p["spec"]["nodeName"]: p["metadata"]["uid"] for p in c.pods("pingmesh", SELECTOR)}
+    cordon(c, "node-a", True)
+    try:
+        c.wait_for(
+            lambda: not pod_ready(exporter_pod(c, "node-a")),
+            "node-a's exporter pod NotReady",
+            timeout=30,
+        )
+        c.kubectl("-n", "pingmesh", "rollout", "restart", "daemonset/pingmesh-exporter")
+        c.wait_for(
+            lambda: exporter_pod(c, "node-a")["metadata"]["uid"] != old["node-a"],
+            "node-a's pod replaced",
+            timeout=60,
+        )
+        # A quiet period the controller would have acted in (it reacts to pod events at
+        # once): node-b's pod must still be the old one, held by the unready new pod.
+        time.sleep(10)
+        assert exporter_pod(c, "node-b")["metadata"]["uid"] == old["node-b"]
+        assert not pod_ready(exporter_pod(c, "node-a"))  # cordoned: unready, new or old
+    finally:
+        cordon(c, "node-a", False)
+    c.kubectl(
+        "-n",
+        "pingmesh",
+        "rollout",
+        "status",
+        "daemonset/pingmesh-exporter",
+        "--timeout=120s",
+        timeout=140,
+    )
+    assert exporter_pod(c, "node-b")["metadata"]["uid"] != old["node-b"]
+    wait_ready_pods(c, len(NODES))

@@ -23,7 +23,7 @@ from exporter.discovery.reflector import FatalApiError, Reflector
 from exporter.discovery.services import OnServices, ServiceDiscovery
 from exporter.discovery.static import Resolver, StaticDiscovery, system_resolver
 from exporter.http import Health, HttpServer
-from exporter.metrics.discovery import DiscoveryCollector, MeshCollector
+from exporter.metrics.discovery import DiscoveryCollector, MeshCollector, OwnNodeCollector
 from exporter.metrics.document import MetricsDocument, build_registry
 from exporter.metrics.mtu import FullSize
 from exporter.metrics.probe import ProbeCollector
@@ -202,6 +202,8 @@ class Parts:
         ]
         if self.kube is not None:
             found.append(MeshCollector(self.kube))
+        if self.own_node is not None:
+            found.append(OwnNodeCollector(self.own_node))
         if self.checker is not None:
             found.append(ServicesCollector(self.checker, source_node))
         if self.tcp is not None:

@@ -990,6 +990,22 @@ def _health(lay: Layout) -> None:
         8,
         8,
     )
+    lay.add(
+        timeseries(
+            "Nodes cordoned (their exporters unready)",
+            [
+                target(f"sum(pingmesh_node_unschedulable{{{JOB}}}) or vector(0)", "cordoned"),
+                target(f"count(pingmesh_node_unschedulable{{{JOB}}})", "known"),
+            ],
+            "short",
+            minimum=0,
+            description="Exporters whose node is cordoned (spec.unschedulable, "
+            "--health.unready-when-cordoned): their /readyz answers 503, they keep probing "
+            "and being probed.",
+        ),
+        8,
+        8,
+    )
 
 
 class DatasourceVariable(db.DatasourceVariable):

@@ -101,6 +101,8 @@ def test_readyz_turns_503_while_cordoned_and_200_after(two_nodes: Cluster) -> No
             ) in up_targets(s)
 
         c.wait_for(peer_sees_unready, "node-b probing the unready pod on node-a", timeout=30)
+        s_a = scrape(c.nodes["node-a"], exporter_pod(c, "node-a"))
+        assert value(s_a, "pingmesh_node_unschedulable", source_node="node-a") == 1.0
     finally:
         cordon(c, "node-a", False)
     c.wait_for(
@@ -109,6 +111,8 @@ def test_readyz_turns_503_while_cordoned_and_200_after(two_nodes: Cluster) -> No
     c.wait_for(
         lambda: pod_ready(exporter_pod(c, "node-a")), "node-a's exporter pod Ready", timeout=30
     )
+    s_a = scrape(c.nodes["node-a"], exporter_pod(c, "node-a"))
+    assert value(s_a, "pingmesh_node_unschedulable", source_node="node-a") == 0.0
 
 
 def test_one_full_node_watch_by_field_selector_per_exporter(two_nodes: Cluster) -> None:

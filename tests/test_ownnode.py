@@ -15,6 +15,7 @@ from exporter.config import KubernetesSettings, parse_settings
 from exporter.discovery.api import ApiError
 from exporter.discovery.objects import parse_node_schedule
 from exporter.discovery.ownnode import OwnNode, cordon_readiness, own_node_resource
+from exporter.metrics.discovery import OwnNodeCollector
 from exporter.objects import NodeSchedule, Skip
 from tests.support.fakeapi import FakeApi
 from tests.support.kubeobjects import make_node
@@ -201,3 +202,29 @@ def test_bad_flag_exits_2_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
         parse_settings(["--health.unready-when-cordoned=maybe"], ENV)
     assert exc.value.code == 2
     assert "--health.unready-when-cordoned" in capsys.readouterr().err
+
+
+# ----- the gauge ----------------------------------------------------------------------------
+
+
+def gauge(own: OwnNode) -> list[tuple[dict[str, str], float]]:
+    [fam] = list(OwnNodeCollector(own).collect())
+    assert fam.name == "pingmesh_node_unschedulable"
+    return [(s.labels, s.value) for s in fam.samples]
+
+
+def test_gauge_follows_the_watch_and_is_absent_while_unknown() -> None:
+    api = FakeApi(bookmark_interval=0.1)
+    api.upsert("nodes", make_node("node-a"))
+    own = OwnNode(K, api)
+    assert gauge(own) == []  # not listed yet
+
+    async def body() -> None:
+        await asyncio.wait_for(own.reflector.synced.wait(), 10)
+        assert gauge(own) == [({"source_node": "node-a"}, 0.0)]
+        api.upsert("nodes", make_node("node-a", unschedulable=True))
+        await until(lambda: gauge(own) == [({"source_node": "node-a"}, 1.0)])
+        api.delete("nodes", "", "node-a")
+        await until(lambda: gauge(own) == [])  # gone: no stale series
+
+    run_own(own, body)

@@ -60,9 +60,9 @@ class OwnNode:
             watch_timeout=k.watch_timeout,
             retry_max_delay=k.retry_max_delay,
             startup_denial_timeout=k.startup_denial_timeout,
-            name=REFLECTOR_NAME,
-            denial_fatal=False,
         )
+        self.reflector.name = REFLECTOR_NAME
+        self.reflector.denial_fatal = False
 
     def readiness(self) -> Readiness:
         return cordon_readiness(self.reflector.store.get(self.node_name), self.node_name)

@@ -143,15 +143,13 @@ class Reflector(Generic[T]):
         watch_timeout: float,
         retry_max_delay: float,
         startup_denial_timeout: float,
-        name: str | None = None,
-        denial_fatal: bool = True,
     ) -> None:
         self.api = api
         self.resource = resource
         # The `resource` label of its metrics: two reflectors of one resource need two names.
-        self.name = name or resource.name
+        self.name = resource.name
         # False for a watch the exporter can do without: its denials are logged, never fatal.
-        self.denial_fatal = denial_fatal
+        self.denial_fatal = True
         self.parse = parse
         self.on_change = on_change
         self.request_timeout = request_timeout

@@ -18,11 +18,12 @@ from prometheus_client.registry import Collector
 from exporter.config import MAX_MTU, ConfigError, KubernetesSettings, ProbeSettings, Settings
 from exporter.discovery.api import Api
 from exporter.discovery.kubernetes import KubernetesDiscovery
+from exporter.discovery.ownnode import OwnNode
 from exporter.discovery.reflector import FatalApiError, Reflector
 from exporter.discovery.services import OnServices, ServiceDiscovery
 from exporter.discovery.static import Resolver, StaticDiscovery, system_resolver
 from exporter.http import Health, HttpServer
-from exporter.metrics.discovery import DiscoveryCollector, MeshCollector
+from exporter.metrics.discovery import DiscoveryCollector, MeshCollector, OwnNodeCollector
 from exporter.metrics.document import MetricsDocument, build_registry
 from exporter.metrics.mtu import FullSize
 from exporter.metrics.probe import ProbeCollector
@@ -210,11 +211,13 @@ class Parts:
     kube: KubernetesDiscovery | None = None
     services: ServiceDiscovery | None = None
     checker: ServiceChecker | None = None
+    own_node: OwnNode | None = None
 
     def reflectors(self) -> list[Reflector[Any]]:
         return [
             *(self.kube.reflectors if self.kube else ()),
             *(self.services.reflectors if self.services else ()),
+            *((self.own_node.reflector,) if self.own_node else ()),
         ]
 
     def collectors(self, source_node: str | None) -> list[Collector]:
@@ -226,6 +229,8 @@ class Parts:
         ]
         if self.kube is not None:
             found.append(MeshCollector(self.kube))
+        if self.own_node is not None:
+            found.append(OwnNodeCollector(self.own_node))
         if self.checker is not None:
             found.append(ServicesCollector(self.checker, source_node))
         if self.tcp is not None:
@@ -247,6 +252,9 @@ class Parts:
             self.services is not None and not self.services.services.synced.is_set()
         ):
             return False, "waiting for the first complete sync with the Kubernetes API"
+        if self.own_node is not None:
+            r = self.own_node.readiness()
+            return r.ready, r.why
         return True, "ready"
 
 
@@ -336,6 +344,8 @@ class App:
                 lambda t: table.publish("kubernetes", t),
                 services=s.services.enabled,
             )
+            if s.health.unready_when_cordoned:
+                parts.own_node = OwnNode(s.kubernetes, api)
             if s.services.enabled:
                 parts.checker = ServiceChecker(s.services)
                 parts.services = ServiceDiscovery(
@@ -408,6 +418,8 @@ class App:
             tasks.append(asyncio.create_task(parts.kube.run(), name="discovery.kubernetes"))
         if parts.services is not None:
             tasks.append(asyncio.create_task(parts.services.run(), name="discovery.services"))
+        if parts.own_node is not None:
+            tasks.append(asyncio.create_task(parts.own_node.run(), name="discovery.own_node"))
         if parts.checker is not None:
             tasks.append(asyncio.create_task(parts.checker.run(), name="services.checks"))
         tasks.append(asyncio.create_task(self.stop.wait(), name="app.stop"))

@@ -350,6 +350,18 @@ class MeshPageSettings(Group):
 
 
 @dataclass(frozen=True)
+class HealthSettings(Group):
+    """What /readyz answers beyond the first sync."""
+
+    unready_when_cordoned: bool = option(
+        True,
+        Boolean(),
+        "`/readyz` answers 503 while this pod's node is cordoned (`spec.unschedulable`; "
+        "with Kubernetes discovery: one LIST+WATCH of the own Node by field selector)",
+    )
+
+
+@dataclass(frozen=True)
 class Settings(Group):
     """The whole tree: one group per component, plus the discovery mode."""
 
@@ -368,12 +380,13 @@ class Settings(Group):
     mesh: MeshSettings = field(default_factory=MeshSettings)
     services: ServicesSettings = field(default_factory=ServicesSettings)
     mesh_page: MeshPageSettings = field(default_factory=MeshPageSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
 
 
 # README's three flag tables: which top-level groups each shows.
 README_TABLES: Mapping[str, tuple[str, ...]] = {
     "general": ("web", "probe", "static", "log"),
-    "kubernetes": ("discovery", "kubernetes", "mesh"),
+    "kubernetes": ("discovery", "kubernetes", "mesh", "health"),
     "services": ("services",),
     "meshpage": ("mesh_page",),
 }

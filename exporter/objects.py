@@ -40,6 +40,14 @@ class NodeMeta:
 
 
 @dataclass(frozen=True)
+class NodeSchedule:
+    """This exporter's own Node as its readiness needs it: whether it is cordoned."""
+
+    name: str
+    unschedulable: bool  # spec.unschedulable: cordoned (kubectl cordon, or a drain)
+
+
+@dataclass(frozen=True)
 class ServicePort:
     """One port of a Service."""
 

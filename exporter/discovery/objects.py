@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from exporter.objects import NodeMeta, Peer, Service, ServicePort, Skip, SliceCounts
+from exporter.objects import NodeMeta, NodeSchedule, Peer, Service, ServicePort, Skip, SliceCounts
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
 REGION_LABEL = "topology.kubernetes.io/region"
@@ -98,6 +98,21 @@ def parse_node_meta(obj: Any) -> NodeMeta | Skip:
     return NodeMeta(
         key, zone if isinstance(zone, str) else None, region if isinstance(region, str) else None
     )
+
+
+def parse_node_schedule(obj: Any) -> NodeSchedule | Skip:
+    """A full Node into whether it is cordoned. An absent spec or field is schedulable (the
+    API omits false); a spec or field of the wrong type is malformed, not a guess."""
+    key = object_key(obj)
+    if key is None:
+        return Skip("malformed")
+    spec = obj.get("spec", {})
+    if not isinstance(spec, dict):
+        return Skip("malformed")
+    unschedulable = spec.get("unschedulable", False)
+    if not isinstance(unschedulable, bool):
+        return Skip("malformed")
+    return NodeSchedule(key, unschedulable)
 
 
 PROBE_ANNOTATION = "pingmesh.io/probe"

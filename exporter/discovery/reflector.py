@@ -146,6 +146,10 @@ class Reflector(Generic[T]):
     ) -> None:
         self.api = api
         self.resource = resource
+        # The `resource` label of its metrics: two reflectors of one resource need two names.
+        self.name = resource.name
+        # False for a watch the exporter can do without: its denials are logged, never fatal.
+        self.denial_fatal = True
         self.parse = parse
         self.on_change = on_change
         self.request_timeout = request_timeout
@@ -296,7 +300,7 @@ class Reflector(Generic[T]):
         self._denied_since = since
         denied_for = now - since
         left = self.denial_timeout - denied_for
-        if not self.synced.is_set():
+        if not self.synced.is_set() and self.denial_fatal:
             if exc.status == 401 or left <= 0:
                 raise FatalApiError(self._denial_message(exc, denied_for)) from None
             if first:

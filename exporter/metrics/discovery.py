@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter.discovery.kubernetes import KubernetesDiscovery
+from exporter.discovery.ownnode import OwnNode
 from exporter.discovery.reflector import Reflector
 from exporter.discovery.static import StaticDiscovery
 
@@ -76,7 +77,7 @@ class DiscoveryCollector(Collector):
             labels=["resource", "reason"],
         )
         for r in reflectors:
-            name = r.resource.name
+            name = r.name
             s = r.stats
             last.add_metric([name], s.last_sync)
             for table, fam in (
@@ -121,3 +122,23 @@ class MeshCollector(Collector):
         for node, ok in p.readiness if p else ():
             ready.add_metric([node], 1 if ok else 0)
         yield ready
+
+
+class OwnNodeCollector(Collector):
+    """Whether this exporter's node is cordoned, as its own watch last saw it: what /readyz
+    answers, for rules that must not page on a cordoned node without kube-state-metrics."""
+
+    def __init__(self, own: OwnNode) -> None:
+        self.own = own
+
+    def collect(self) -> Iterator[Metric]:
+        fam = GaugeMetricFamily(
+            "pingmesh_node_unschedulable",
+            "1 while this exporter's node is cordoned (spec.unschedulable), 0 when it is not; "
+            "absent while unknown.",
+            labels=["source_node"],
+        )
+        node = self.own.reflector.store.get(self.own.node_name)
+        if node is not None:
+            fam.add_metric([self.own.node_name], 1 if node.unschedulable else 0)
+        yield fam

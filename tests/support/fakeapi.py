@@ -33,6 +33,10 @@ def _selected(res: Resource, obj: Any) -> bool:
     meta = _meta(obj)
     if res.namespace is not None and meta.get("namespace") != res.namespace:
         return False
+    # The one field selector the exporter sends (its own Node's); the real server's parsing
+    # is tested against kube-apiserver (tests/test_cluster_ownnode.py).
+    if res.field_selector and res.field_selector != f"metadata.name={meta.get('name')}":
+        return False
     labels = meta.get("labels")
     return not res.label_selector or LabelSelector(res.label_selector).matches(
         labels if isinstance(labels, dict) else {}

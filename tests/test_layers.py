@@ -31,8 +31,9 @@ ALLOWED = {
     "mesh": {"ground", "mesh", "selection"},
     "services": {"ground", "services"},
     "discovery": {"ground", "discovery", "mesh", "selection"},
-    "metrics": {"ground", "metrics", "probing", "discovery", "services"},
-    "http": {"ground", "http", "metrics"},
+    "web": {"ground", "web"},
+    "metrics": {"ground", "metrics", "probing", "discovery", "services", "web"},
+    "http": {"ground", "http", "metrics", "web"},
     "app": {
         "ground",
         "probing",
@@ -42,6 +43,7 @@ ALLOWED = {
         "discovery",
         "metrics",
         "http",
+        "web",
         "app",
     },
 }

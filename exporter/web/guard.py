@@ -174,10 +174,12 @@ class WebGuard:
             )
         except ClientGone as exc:
             log.debug("TLS: %s closed before the handshake ended: %s", client, exc)
+            exc.conn.close()
         except HandshakeFailed as exc:
             with self._lock:
                 self.counters.handshake_failures[exc.reason] += 1
             self._log_limited(f"tls.{exc.reason}", "TLS handshake with %s failed: %s", client, exc)
+            exc.conn.close()
         return None
 
     def admit(self, path: str, authorization: str | None, client: object) -> bool:

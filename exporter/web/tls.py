@@ -63,12 +63,21 @@ def server_context(cfg: TlsServerConfig) -> ssl.SSLContext:
     ctx.maximum_version = VERSIONS[cfg.max_version]
     key_name = "key_file" if cfg.key.path is not None else "key"
     cert_name = "cert_file" if cfg.cert.path is not None else "cert"
+    # OpenSSL's error does not say which file it could not open: each is tried first.
+    for name, pem in (
+        ("cert_file", cfg.cert),
+        ("key_file", cfg.key),
+        ("client_ca_file", cfg.client_ca),
+    ):
+        if pem is not None and pem.path is not None:
+            try:
+                with open(pem.path, "rb"):
+                    pass
+            except OSError as exc:
+                raise WebConfigError(f"tls_server_config.{name}", f"cannot read: {exc}") from None
     try:
         with _pem_path(cfg.cert) as cert, _pem_path(cfg.key) as key:
             ctx.load_cert_chain(cert, key)
-    except FileNotFoundError as exc:
-        missing = key_name if exc.filename == cfg.key.path else cert_name
-        raise WebConfigError(f"tls_server_config.{missing}", f"cannot read: {exc}") from None
     except (ssl.SSLError, OSError) as exc:
         raise WebConfigError(
             f"tls_server_config.{cert_name}",
@@ -105,15 +114,20 @@ def server_context(cfg: TlsServerConfig) -> ssl.SSLContext:
 class HandshakeFailed(Exception):
     """A client whose handshake failed, with the reason (one of REASONS)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, conn: socket.socket) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.conn = conn  # still open: closed by whoever counts the failure
 
 
 class ClientGone(Exception):
     """The client closed or reset before the handshake ended: the peers' TCP probes connect
     and reset at once, which is their normal end, neither counted nor logged above debug."""
+
+    def __init__(self, detail: str, conn: socket.socket) -> None:
+        super().__init__(detail)
+        self.conn = conn
 
 
 def classify(exc: BaseException) -> str:
@@ -146,21 +160,19 @@ def handshake(
     ctx: ssl.SSLContext, sock: socket.socket, timeout: float, allowed_sans: tuple[str, ...]
 ) -> ssl.SSLSocket:
     """The server side of one handshake, in the connection's own thread, bounded by timeout.
-    HandshakeFailed or ClientGone; the socket is closed then."""
+    HandshakeFailed or ClientGone; the caller closes the socket then (after counting, so
+    that a client who sees the close finds the failure counted)."""
     sock.settimeout(timeout)
     tls = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
     try:
         tls.do_handshake()
     except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError) as exc:
-        tls.close()
-        raise ClientGone(str(exc)) from None
+        raise ClientGone(str(exc), tls) from None
     except (ssl.SSLError, OSError) as exc:
-        tls.close()
-        raise HandshakeFailed(classify(exc), str(exc)) from None
+        raise HandshakeFailed(classify(exc), str(exc), tls) from None
     if allowed_sans and not san_allowed(tls.getpeercert(), allowed_sans):
-        tls.close()
         raise HandshakeFailed(
-            "certificate_not_allowed", "no subject alternative name in client_allowed_sans"
+            "certificate_not_allowed", "no subject alternative name in client_allowed_sans", tls
         )
     tls.settimeout(None)
     return tls

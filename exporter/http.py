@@ -88,7 +88,8 @@ class _Handler(BaseHTTPRequestHandler):
         if guard is None:
             return True
         path = self.path.split("?", 1)[0]
-        if guard.admit(path, self.headers.get("Authorization"), self.client_address[0]):
+        client = self.client_address[0]
+        if guard.admit(path, self.headers.get("Authorization"), client, self.connection):
             return True
         body = b"unauthorized\n"
         self.send_response(401)

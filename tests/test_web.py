@@ -270,14 +270,26 @@ def serve(guard: WebGuard) -> HttpServer:
     return server
 
 
-@pytest.fixture
-def server(web_file: Path, clock: Clock) -> Iterator[tuple[WebGuard, HttpServer]]:
-    guard = WebGuard(str(web_file), exempt_probes=True, clock=clock, handshake_timeout=0.5)
+def guarded(
+    web_file: Path, clock: Clock, exempt_probes: bool
+) -> Iterator[tuple[WebGuard, HttpServer]]:
+    guard = WebGuard(str(web_file), exempt_probes, clock=clock, handshake_timeout=0.5)
     srv = serve(guard)
     try:
         yield guard, srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def server(web_file: Path, clock: Clock) -> Iterator[tuple[WebGuard, HttpServer]]:
+    yield from guarded(web_file, clock, exempt_probes=False)
+
+
+@pytest.fixture
+def probe_server(web_file: Path, clock: Clock) -> Iterator[tuple[WebGuard, HttpServer]]:
+    """The probes exempt: --web.auth-exempt-probes."""
+    yield from guarded(web_file, clock, exempt_probes=True)
 
 
 def client_context(certs: Certs, cert: str | None) -> ssl.SSLContext:
@@ -382,12 +394,23 @@ def test_a_bad_client_certificate_fails_the_handshake_and_is_counted(
 
 
 def test_the_probes_may_skip_auth_but_not_tls(
-    server: tuple[WebGuard, HttpServer], certs: Certs
+    probe_server: tuple[WebGuard, HttpServer], certs: Certs
 ) -> None:
-    _, srv = server
-    assert fetch(srv.port, certs, "/readyz", password=None)[0] == 200
-    assert fetch(srv.port, certs, "/healthz", password=None)[0] == 200
+    """As the kubelet probes: HTTPS, no password, no client certificate."""
+    guard, srv = probe_server
+    for cert in ("client", None):
+        assert fetch(srv.port, certs, "/readyz", cert=cert, password=None)[0] == 200
+        assert fetch(srv.port, certs, "/healthz", cert=cert, password=None)[0] == 200
     assert fetch(srv.port, certs, "/metrics", password=None)[0] == 401
+    # Without a certificate nothing else is served, not even with the password.
+    assert fetch(srv.port, certs, "/metrics", cert=None)[0] == 401
+    assert fetch(srv.port, certs, "/", cert=None)[0] == 401
+    assert guard.counters.denied == {
+        "missing_credentials": 1,
+        "wrong_credentials": 0,
+        "missing_certificate": 2,
+    }
+    # A certificate that is given is still verified, for the probes too.
     with pytest.raises((ssl.SSLError, ConnectionError)):
         fetch(srv.port, certs, "/readyz", cert="untrusted", password=None)
 

@@ -30,7 +30,7 @@ CHECK_INTERVAL = 1.0
 HANDSHAKE_TIMEOUT = 10.0
 LOG_EVERY = 10.0  # seconds between two log lines of one kind of refusal
 PROBE_PATHS = ("/healthz", "/readyz")
-DENIALS = ("missing_credentials", "wrong_credentials")
+DENIALS = ("missing_credentials", "wrong_credentials", "missing_certificate")
 
 Stamp = tuple[tuple[str, int, int, int, int], ...]
 
@@ -55,9 +55,12 @@ class Loaded:
     config: WebConfig
     context: ssl.SSLContext | None
     stamp: Stamp
+    # RequireAndVerifyClientCert with the probes exempt: the handshake lets a client without
+    # a certificate in, and every request but the probes' needs one.
+    certificate_per_request: bool = False
 
 
-def load(path: str) -> Loaded:
+def load(path: str, exempt_probes: bool = False) -> Loaded:
     """Read, parse and build: WebConfigError naming the key (or `(file)`)."""
     before = _stamp((path,))
     try:
@@ -66,8 +69,13 @@ def load(path: str) -> Loaded:
     except (OSError, UnicodeDecodeError) as exc:
         raise WebConfigError("(file)", f"cannot read: {exc}") from None
     config = parse_text(text)
-    context = server_context(config.tls) if config.tls is not None else None
-    return Loaded(config, context, before + _stamp(config.files))
+    per_request = (
+        exempt_probes
+        and config.tls is not None
+        and config.tls.client_auth == "RequireAndVerifyClientCert"
+    )
+    context = server_context(config.tls, per_request) if config.tls is not None else None
+    return Loaded(config, context, before + _stamp(config.files), per_request)
 
 
 @dataclass
@@ -99,7 +107,7 @@ class WebGuard:
         self._lock = threading.Lock()
         self.counters = WebCounters()
         self.auth = BasicAuth()
-        self._loaded = load(path)
+        self._loaded = load(path, exempt_probes)
         self._checked = clock()
         self._failed_stamp: Stamp | None = None
         self._logged: dict[str, float] = {}
@@ -129,7 +137,7 @@ class WebGuard:
         if stamp == self._loaded.stamp or stamp == self._failed_stamp:
             return
         try:
-            fresh = load(self.path)
+            fresh = load(self.path, self.exempt_probes)
             if (fresh.context is None) != (self._loaded.context is None):
                 # A typo that drops tls_server_config must not turn /metrics into plain
                 # text, nor can clients that speak plain HTTP be switched to TLS under them.
@@ -182,16 +190,27 @@ class WebGuard:
             exc.conn.close()
         return None
 
-    def admit(self, path: str, authorization: str | None, client: object) -> bool:
-        """Whether a request may in: no users configured, an exempt probe, or a user whose
-        password matches. Counted and logged (rate-limited) when not."""
-        users = self.current().config.users
-        if not users or (self.exempt_probes and path in PROBE_PATHS):
+    def admit(
+        self, path: str, authorization: str | None, client: object, conn: object = None
+    ) -> bool:
+        """Whether a request may in: an exempt probe, else a client certificate where one is
+        required per request, and no users configured or a user whose password matches.
+        Counted and logged (rate-limited) when not."""
+        loaded = self.current()
+        if self.exempt_probes and path in PROBE_PATHS:
             return True
+        reason = None
         creds = parse_basic(authorization)
-        if creds is not None and self.auth.verify(users, *creds):
+        if loaded.certificate_per_request and not (
+            isinstance(conn, ssl.SSLSocket) and conn.getpeercert()
+        ):
+            reason = "missing_certificate"
+        elif not loaded.config.users:
             return True
-        reason = "missing_credentials" if creds is None else "wrong_credentials"
+        elif creds is not None and self.auth.verify(loaded.config.users, *creds):
+            return True
+        else:
+            reason = "missing_credentials" if creds is None else "wrong_credentials"
         with self._lock:
             self.counters.denied[reason] += 1
         who = f" as user {creds[0]!r}" if creds is not None else ""

@@ -55,9 +55,11 @@ def _pem_path(pem: Pem) -> Iterator[str]:
         os.close(fd)
 
 
-def server_context(cfg: TlsServerConfig) -> ssl.SSLContext:
+def server_context(cfg: TlsServerConfig, certificate_optional: bool = False) -> ssl.SSLContext:
     """The context, with every file read now: WebConfigError naming the key when one is
-    missing or unusable."""
+    missing or unusable. certificate_optional turns RequireAndVerifyClientCert into verify
+    if given, for a caller that requires the certificate per request instead (the kubelet's
+    probes present none)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = VERSIONS[cfg.min_version]
     ctx.maximum_version = VERSIONS[cfg.max_version]
@@ -84,6 +86,8 @@ def server_context(cfg: TlsServerConfig) -> ssl.SSLContext:
             f"certificate and {key_name} unusable together: {exc}",
         ) from None
     ctx.verify_mode = VERIFY[cfg.client_auth]
+    if certificate_optional and ctx.verify_mode == ssl.CERT_REQUIRED:
+        ctx.verify_mode = ssl.CERT_OPTIONAL
     if cfg.client_ca is not None:
         name = "client_ca_file" if cfg.client_ca.path is not None else "client_ca"
         try:
@@ -170,7 +174,9 @@ def handshake(
         raise ClientGone(str(exc), tls) from None
     except (ssl.SSLError, OSError) as exc:
         raise HandshakeFailed(classify(exc), str(exc), tls) from None
-    if allowed_sans and not san_allowed(tls.getpeercert(), allowed_sans):
+    # Without a certificate (an optional one, for the probes) the request decides.
+    peer = tls.getpeercert()
+    if allowed_sans and peer and not san_allowed(peer, allowed_sans):
         raise HandshakeFailed(
             "certificate_not_allowed", "no subject alternative name in client_allowed_sans", tls
         )

@@ -92,8 +92,8 @@ class WebSettings(Group):
     auth_exempt_probes: bool = option(
         False,
         Boolean(),
-        "serve `/healthz` and `/readyz` without basic auth (still over TLS) for the "
-        "kubelet's probes",
+        "serve `/healthz` and `/readyz` without a password or a client certificate (still "
+        "over TLS), for the kubelet's probes",
     )
 
     @property

@@ -96,11 +96,16 @@ CACHE_BIN = Path(os.environ.get("PINGMESH_CACHE", "/var/cache/pingmesh-exporter"
 # tests/support/cluster/build-components.sh; native-histogram input needs the latter.
 PROMTOOLS = {"2.42": Path("/usr/bin/promtool"), "3.16": CACHE_BIN / "promtool"}
 RULE_TESTS = {
-    "2.42": ["pingmesh.rules.test.yml", "pingmesh.rules.mtu.test.yml"],
+    "2.42": [
+        "pingmesh.rules.test.yml",
+        "pingmesh.rules.mtu.test.yml",
+        "pingmesh.rules.web.test.yml",
+    ],
     "3.16": [
         "pingmesh.rules.test.yml",
         "pingmesh.rules.native.test.yml",
         "pingmesh.rules.mtu.test.yml",
+        "pingmesh.rules.web.test.yml",
     ],
 }
 

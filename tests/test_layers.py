@@ -4,7 +4,8 @@ Ground floor: settings and how they are declared, targets, the Kubernetes object
 selectors and logging. Above it the feature packages: probing, selection, mesh, discovery
 (which may use mesh and selection to plan), services; discovery and services never import
 each other, and none of them renders metrics. Above those the metrics layer, which turns
-each component's plain state into families; then HTTP; only app (and cli) wire everything."""
+each component's plain state into families; beside them web (--web.config.file: TLS and
+auth, on the ground floor only); then HTTP; only app (and cli) wire everything."""
 
 from __future__ import annotations
 

@@ -627,3 +627,13 @@ def test_a_missing_file_at_start_exits_2(tmp_path: Path, caplog: pytest.LogCaptu
     )
     assert asyncio.run(App(settings).run()) == EXIT_CONFIG
     assert "flag --web.config.file" in caplog.text and "(file): cannot read" in caplog.text
+
+
+def test_every_web_family_is_in_the_readme_metric_table(web_file: Path) -> None:
+    from tests.test_dashboard import documented_metrics
+
+    documented = documented_metrics()
+    guard = WebGuard(str(web_file))
+    for fam in WebCollector(guard).collect():
+        name = fam.name + ("_total" if fam.type == "counter" else "")
+        assert documented.get(name) == fam.type, name

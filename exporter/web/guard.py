@@ -199,15 +199,13 @@ class WebGuard:
         loaded = self.current()
         if self.exempt_probes and path in PROBE_PATHS:
             return True
-        reason = None
         creds = parse_basic(authorization)
+        users = loaded.config.users
         if loaded.certificate_per_request and not (
             isinstance(conn, ssl.SSLSocket) and conn.getpeercert()
         ):
             reason = "missing_certificate"
-        elif not loaded.config.users:
-            return True
-        elif creds is not None and self.auth.verify(loaded.config.users, *creds):
+        elif not users or (creds is not None and self.auth.verify(users, *creds)):
             return True
         else:
             reason = "missing_credentials" if creds is None else "wrong_credentials"

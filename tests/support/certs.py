@@ -71,6 +71,9 @@ class Certs:
         return (self.dir / "password.hash").read_text()
 
 
+# The name the cluster tests' clients expect of the pods (a Prometheus' tls_config
+# server_name: pod IPs are not known when the certificate is made).
+SERVER_NAME = "pingmesh-exporter.pingmesh.svc"
 CLIENT_EXT = "extendedKeyUsage=clientAuth\nsubjectAltName=DNS:prometheus.pingmesh.test"
 
 
@@ -82,7 +85,8 @@ def make_certs(d: Path) -> Certs:
         d,
         "ca",
         "server",
-        "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost",
+        "extendedKeyUsage=serverAuth\n"
+        f"subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost,DNS:{SERVER_NAME}",
     )
     _signed(d, "ca", "client", CLIENT_EXT)
     _signed(d, "ca", "expired", CLIENT_EXT, "20200101000000Z", "20200102000000Z")

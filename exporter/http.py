@@ -3,6 +3,9 @@
 It runs in its own threads so that rendering a large /metrics document never blocks the event
 loop that sends probes (the loop keeps the GIL between render slices and reply timestamps come
 from the kernel, so a scrape cannot inflate latency).
+
+With --web.config.file, exporter.web's guard wraps each accepted connection in TLS (in that
+connection's thread) and admits each request before it is dispatched to a path.
 """
 
 from __future__ import annotations

@@ -167,6 +167,9 @@ def handshake(
     HandshakeFailed or ClientGone; the caller closes the socket then (after counting, so
     that a client who sees the close finds the failure counted)."""
     sock.settimeout(timeout)
+    # TLS writes each flight and record on its own: with Nagle's algorithm the second small
+    # write of a flight waits for the peer's delayed ACK (tens of milliseconds a scrape).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     tls = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
     try:
         tls.do_handshake()

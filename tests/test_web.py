@@ -637,3 +637,30 @@ def test_every_web_family_is_in_the_readme_metric_table(web_file: Path) -> None:
     for fam in WebCollector(guard).collect():
         name = fam.name + ("_total" if fam.type == "counter" else "")
         assert documented.get(name) == fam.type, name
+
+
+def test_basic_auth_without_tls(tmp_path: Path, certs: Certs) -> None:
+    """A file with users and no tls_server_config: plain HTTP, passwords still checked."""
+    web = tmp_path / "web.yml"
+    web.write_text(
+        f"basic_auth_users:\n  {certs.user}: '{certs.password_hash}'\n"
+        "http_server_config:\n  headers:\n    X-Frame-Options: sameorigin\n"
+    )
+    guard = WebGuard(str(web))
+    srv = serve(guard)
+    try:
+        assert not guard.tls
+        for password, code in ((certs.password, 200), ("wrong", 401), (None, 401)):
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+            headers = {}
+            if password is not None:
+                token = base64.b64encode(f"{certs.user}:{password}".encode()).decode()
+                headers["Authorization"] = f"Basic {token}"
+            conn.request("GET", "/metrics", headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            conn.close()
+            assert resp.status == code, password
+            assert resp.getheader("X-Frame-Options") == "sameorigin"
+    finally:
+        srv.stop()

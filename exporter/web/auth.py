@@ -23,9 +23,6 @@ from collections.abc import Callable, Mapping
 import bcrypt
 
 CACHE_SIZE = 256
-# bcrypt of a random password, compared against for unknown users so that a missing user
-# takes as long as a wrong password (no user enumeration by timing).
-_DECOY = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(10))
 
 
 def parse_basic(header: str | None) -> tuple[str, str] | None:
@@ -63,6 +60,10 @@ class BasicAuth:
         self._lock = threading.Lock()  # the cache
         self._bcrypt = threading.Lock()  # one bcrypt at a time
         self.checks = 0  # bcrypt comparisons run (cache misses)
+        # bcrypt of a random password, compared against for unknown users so that a missing
+        # user takes as long as a wrong password (no user enumeration by timing). Made here,
+        # not at import: an exporter without --web.config.file never pays for it.
+        self._decoy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(10))
 
     def _cache_key(self, user: str, hashed: str, password: str) -> bytes:
         msg = b"\0".join(s.encode("utf-8") for s in (user, hashed, password))
@@ -71,7 +72,7 @@ class BasicAuth:
     def verify(self, users: Mapping[str, str], user: str, password: str) -> bool:
         hashed = users.get(user)
         known = hashed is not None
-        stored = hashed.encode() if hashed is not None else _DECOY
+        stored = hashed.encode() if hashed is not None else self._decoy
         key = self._cache_key(user, stored.decode(), password)
         with self._lock:
             cached = self._cache.get(key)

@@ -107,6 +107,8 @@ PREFER = "tls_server_config.prefer_server_cipher_suites"
         (TLS + "  client_auth_type: VerifyClientCertIfGiven", "tls_server_config.client_ca_file"),
         (TLS + "  client_allowed_sans: [a]", "tls_server_config.client_allowed_sans"),
         (TLS + "  min_version: SSL3", "tls_server_config.min_version"),
+        (TLS + "  min_version: TLS10", "tls_server_config.min_version"),
+        (TLS + "  max_version: TLS11", "tls_server_config.max_version"),
         (TLS + "  min_version: TLS13\n  max_version: TLS12", "tls_server_config.min_version"),
         (TLS + "  cipher_suites: [TLS_AES_128_GCM_SHA256]", "tls_server_config.cipher_suites"),
         (TLS + "  cipher_suites: [TLS_RSA_WITH_RC4_128_SHA]", "tls_server_config.cipher_suites"),

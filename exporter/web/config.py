@@ -16,9 +16,9 @@ from typing import Any, Literal
 import yaml
 
 ClientAuth = Literal["NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
-TlsVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
+TlsVersion = Literal["TLS12", "TLS13"]
 
-TLS_VERSIONS: tuple[TlsVersion, ...] = ("TLS10", "TLS11", "TLS12", "TLS13")
+TLS_VERSIONS: tuple[TlsVersion, ...] = ("TLS12", "TLS13")
 CLIENT_AUTH: tuple[ClientAuth, ...] = (
     "NoClientCert",
     "VerifyClientCertIfGiven",
@@ -192,6 +192,14 @@ def _pem(doc: Mapping[str, Any], inline: str, path: str, prefix: str) -> Pem | N
 
 def _version(doc: Mapping[str, Any], key: str, default: TlsVersion) -> TlsVersion:
     value = _text(doc, key, "tls_server_config.") or default
+    if value in ("TLS10", "TLS11"):
+        # Go's toolkit takes them; OpenSSL 3 at its default security level would refuse
+        # every such handshake, so the file would say one floor and the server keep another.
+        raise WebConfigError(
+            f"tls_server_config.{key}",
+            f"{value}: TLS 1.0 and 1.1 are refused by OpenSSL's security level (and "
+            "deprecated by RFC 8996); use TLS12 or TLS13",
+        )
     for v in TLS_VERSIONS:
         if v == value:
             return v

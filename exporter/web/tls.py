@@ -13,8 +13,6 @@ from typing import Any
 from exporter.web.config import Pem, TlsServerConfig, WebConfigError
 
 VERSIONS = {
-    "TLS10": ssl.TLSVersion.TLSv1,
-    "TLS11": ssl.TLSVersion.TLSv1_1,
     "TLS12": ssl.TLSVersion.TLSv1_2,
     "TLS13": ssl.TLSVersion.TLSv1_3,
 }

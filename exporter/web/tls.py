@@ -107,7 +107,10 @@ def server_context(cfg: TlsServerConfig, certificate_optional: bool = False) -> 
     else:
         ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     if cfg.curve is not None:
-        ctx.set_ecdh_curve(cfg.curve)
+        try:
+            ctx.set_ecdh_curve(cfg.curve)
+        except (ssl.SSLError, ValueError) as exc:
+            raise WebConfigError("tls_server_config.curve_preferences", str(exc)) from None
     # HTTP/1.1 only: http.server speaks nothing else.
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx

@@ -128,7 +128,14 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
         [v4] = dst.add_targets(1, 0)
         ns: Namespace = bed.src
         port = free_port(ns)
-        args = ["--target", v4, f"--web.config.file={root / 'web-config.yml'}"]
+        # Info, not the helper's debug: a debug line per request would fill the stderr pipe
+        # nobody reads until the end, and block the exporter's logging.
+        args = [
+            "--target",
+            v4,
+            f"--web.config.file={root / 'web-config.yml'}",
+            "--log.level=info",
+        ]
         # Its /readyz needs the client certificate and the password now: Prometheus'
         # first scrapes are the readiness wait.
         with ExporterProcess(ns, args, port=port) as exporter:

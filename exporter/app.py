@@ -31,6 +31,7 @@ from exporter.metrics.services import ServicesCollector
 from exporter.metrics.targets import TargetLabels
 from exporter.metrics.tcp import TcpCollector
 from exporter.metrics.view import Viewer
+from exporter.metrics.web import WebCollector
 from exporter.objects import Service, SliceCounts
 from exporter.probing.engine import Prober, Sizer
 from exporter.probing.icmpsocket import (
@@ -44,7 +45,9 @@ from exporter.probing.tcp import TargetSource, TcpProber, every_target, of_kinds
 from exporter.services.checker import ServiceChecker
 from exporter.services.plan import endpoint_counts, plan_checks
 from exporter.targets import Target, merge
-from exporter.web.site import Site
+from exporter.pages.site import Site
+from exporter.web.config import WebConfigError
+from exporter.web.guard import WebGuard
 
 log = logging.getLogger("exporter.app")
 
@@ -265,12 +268,19 @@ class App:
         self.settings = settings
         self.seams = seams or Seams()
         self.stop = asyncio.Event()
+        self.guard: WebGuard | None = None
 
     def request_stop(self) -> None:
         self.stop.set()
 
     async def run(self) -> int:
         s = self.settings
+        if s.web.config_file is not None:
+            try:
+                self.guard = WebGuard(s.web.config_file, s.web.auth_exempt_probes)
+            except WebConfigError as exc:
+                log.error("flag --web.config.file %s: %s", s.web.config_file, exc)
+                return EXIT_CONFIG
         try:
             sockets = open_sockets(s, self.seams.open_socket)
         except PrivilegeError as exc:
@@ -357,7 +367,10 @@ class App:
         """The HTTP server, started in its own threads. OSError when it cannot listen."""
         s = self.settings
         node = s.kubernetes.node_name
-        registry = build_registry(parts.collectors(node))
+        collectors = parts.collectors(node)
+        if self.guard is not None:
+            collectors.append(WebCollector(self.guard))
+        registry = build_registry(collectors)
         # Only a mesh exporter has a network to name; static targets keep their labels.
         network = s.mesh.source_network if s.discovery == "kubernetes" else None
         full_size = (
@@ -377,7 +390,9 @@ class App:
         health.ready = parts.ready
         health.notes = parts.notes
         host, port = s.web.host_port
-        server = HttpServer(host, port, s.web.telemetry_path, document.negotiate, health)
+        server = HttpServer(
+            host, port, s.web.telemetry_path, document.negotiate, health, self.guard
+        )
         # Peers answer on the port asked for; one given as 0 (tests) is known only now.
         server.set_routes(mesh_site(s, parts, port or server.port).routes())
         server.start()
@@ -385,7 +400,8 @@ class App:
         if ":" in shown:
             shown = f"[{shown}]"
         log.info(
-            "serving metrics on http://%s:%d%s (pid %d, %d targets)",
+            "serving metrics on %s://%s:%d%s (pid %d, %d targets)",
+            "https" if self.guard is not None and self.guard.tls else "http",
             shown,
             server.port,
             s.web.telemetry_path,

@@ -82,6 +82,19 @@ class WebSettings(Group):
         "send the classic buckets beside the native ones when a scraper asks for the "
         "protobuf format (the text format always has only the classic ones)",
     )
+    config_file: str | None = option(
+        None,
+        Text(),
+        "exporter-toolkit web configuration file: TLS, client certificates, basic auth "
+        '(reloaded when it or its files change; see "TLS and authentication")',
+        flag="--web.config.file",
+    )
+    auth_exempt_probes: bool = option(
+        False,
+        Boolean(),
+        "serve `/healthz` and `/readyz` without a password or a client certificate (still "
+        "over TLS), for the kubelet's probes",
+    )
 
     @property
     def host_port(self) -> tuple[str, int]:

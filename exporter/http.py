@@ -3,6 +3,9 @@
 It runs in its own threads so that rendering a large /metrics document never blocks the event
 loop that sends probes (the loop keeps the GIL between render slices and reply timestamps come
 from the kernel, so a scrape cannot inflate latency).
+
+With --web.config.file, exporter.web's guard wraps each accepted connection in TLS (in that
+connection's thread) and admits each request before it is dispatched to a path.
 """
 
 from __future__ import annotations
@@ -12,13 +15,16 @@ import html
 import logging
 import selectors
 import socket
+import ssl
 import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from exporter import __version__
+from exporter.web.guard import WebGuard
 
 log = logging.getLogger("exporter.http")
 
@@ -47,12 +53,25 @@ class _Server(ThreadingHTTPServer):
     telemetry_path: str
     health: Health
     routes: Routes
+    guard: WebGuard | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # In the connection's own thread: a slow or silent TLS client holds up only itself,
+        # never the accept loop.
+        conn = request if self.guard is None else self.guard.wrap(request, client_address[0])
+        if conn is None:
+            return
+        try:
+            super().finish_request(conn, client_address)
+        finally:
+            if conn is not request:
+                conn.close()
 
     def handle_error(self, request: object, client_address: object) -> None:
         # Peers' TCP probes connect and reset at once: a connection reset before its
         # request is their normal end, not an error worth a traceback.
         exc = sys.exc_info()[1]
-        if isinstance(exc, ConnectionError):
+        if isinstance(exc, ConnectionError | ssl.SSLEOFError | ssl.SSLZeroReturnError):
             return
         log.exception("error handling a connection from %s", client_address)
 
@@ -66,6 +85,33 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+    def parse_request(self) -> bool:
+        # Before any path is dispatched: every route, present or future, is behind the guard.
+        if not super().parse_request():
+            return False
+        guard = self.server.guard
+        if guard is None:
+            return True
+        path = self.path.split("?", 1)[0]
+        client = self.client_address[0]
+        if guard.admit(path, self.headers.get("Authorization"), client, self.connection):
+            return True
+        body = b"unauthorized\n"
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="pingmesh-exporter"')
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        return False
+
+    def end_headers(self) -> None:
+        if self.server.guard is not None:
+            for name, value in self.server.guard.headers():
+                self.send_header(name, value)
+        super().end_headers()
 
     def _send(self, code: int, body: bytes, content_type: str) -> None:
         self.send_response(code)
@@ -162,6 +208,7 @@ class HttpServer:
         telemetry_path: str,
         render: Render,
         health: Health,
+        guard: WebGuard | None = None,
     ) -> None:
         family = socket.AF_INET6 if ":" in host or host == "" else socket.AF_INET
         server_cls = type("Server", (_Server,), {"address_family": family})
@@ -185,6 +232,7 @@ class HttpServer:
         self._server.telemetry_path = telemetry_path
         self._server.health = health
         self._server.routes = {}
+        self._server.guard = guard
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.web.page import COLOURS
+from exporter.pages.page import COLOURS
 from tests.support.browser import Browser, chromium_path
 from tests.support.exporter_proc import ExporterProcess
 from tests.support.netbed import V4_SPACE, Bed, Dst

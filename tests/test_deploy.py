@@ -14,6 +14,9 @@ import pytest
 import yaml
 
 from deploy import generate
+from exporter.web.config import parse_text
+from exporter.web.guard import load
+from tests.support.certs import make_certs
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -93,11 +96,16 @@ CACHE_BIN = Path(os.environ.get("PINGMESH_CACHE", "/var/cache/pingmesh-exporter"
 # tests/support/cluster/build-components.sh; native-histogram input needs the latter.
 PROMTOOLS = {"2.42": Path("/usr/bin/promtool"), "3.16": CACHE_BIN / "promtool"}
 RULE_TESTS = {
-    "2.42": ["pingmesh.rules.test.yml", "pingmesh.rules.mtu.test.yml"],
+    "2.42": [
+        "pingmesh.rules.test.yml",
+        "pingmesh.rules.mtu.test.yml",
+        "pingmesh.rules.web.test.yml",
+    ],
     "3.16": [
         "pingmesh.rules.test.yml",
         "pingmesh.rules.native.test.yml",
         "pingmesh.rules.mtu.test.yml",
+        "pingmesh.rules.web.test.yml",
     ],
 }
 
@@ -375,3 +383,101 @@ def test_the_networkpolicy_component_selects_the_pods_and_admits_their_port(
     cmd = [str(validate)] if validate.exists() else [sys.executable, "-m", "kubernetes_validate"]
     proc = subprocess.run([*cmd, "--strict", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ----- deploy/overlays/web-config: --web.config.file mounted from Secrets ---------------------
+
+WEB_OVERLAY = DEPLOY / "overlays" / "web-config"
+# Where the web-config pod differs from the base pod (the overlay's daemonset.yaml says why).
+WEB_DIFFERENCES = {
+    "metadata.annotations.prometheus.io/scheme",
+    "spec.containers.0.args",
+    "spec.containers.0.volumeMounts",
+    "spec.containers.0.livenessProbe.httpGet.scheme",
+    "spec.containers.0.readinessProbe.httpGet.scheme",
+    "spec.volumes",
+}
+
+
+def _flat_all(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            path = f"{prefix}.{k}" if prefix else k
+            out.update(_flat_all(v, path) if path not in WEB_DIFFERENCES else {path: v})
+        return out
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(_flat_all(v, f"{prefix}.{i}"))
+        return out
+    return {prefix: value}
+
+
+def test_web_config_overlay_is_the_base_with_its_secret_and_mounts(tmp_path: Path) -> None:
+    base, web = render(DEPLOY), render(WEB_OVERLAY)
+    key = lambda d: (d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"])  # noqa: E731
+    added = sorted(key(d) for d in web if key(d) not in {key(b) for b in base})
+    assert added == [("Secret", "pingmesh", "pingmesh-exporter-web-config")]
+    assert [d for d in web if d["kind"] != "DaemonSet" and key(d) in {key(b) for b in base}] == [
+        d for d in base if d["kind"] != "DaemonSet"
+    ]
+    (ds,) = by_kind(web, "DaemonSet")
+    (base_ds,) = by_kind(base, "DaemonSet")
+    a, b = _flat_all(base_ds["spec"]["template"]), _flat_all(ds["spec"]["template"])
+    differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    assert differ == WEB_DIFFERENCES, sorted(differ ^ WEB_DIFFERENCES)
+    out = tmp_path / "web.yaml"
+    out.write_text(yaml.safe_dump_all(web))
+    validate = Path(sys.executable).parent / "kubernetes-validate"
+    cmd = [str(validate)] if validate.exists() else [sys.executable, "-m", "kubernetes_validate"]
+    proc = subprocess.run([*cmd, "--strict", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_web_config_overlay_mounts_what_its_flag_names_and_probes_over_https() -> None:
+    docs = render(WEB_OVERLAY)
+    (ds,) = by_kind(docs, "DaemonSet")
+    pod = ds["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    args = _args(ds)
+    base_args = _args(by_kind(render(DEPLOY), "DaemonSet")[0])
+    assert args.keys() - base_args.keys() == {"--web.config.file", "--web.auth-exempt-probes"}
+    assert {k: args[k] for k in base_args} == base_args
+    flag = Path(args["--web.config.file"])
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert all(m["readOnly"] for m in mounts.values()) and mounts.keys() == volumes.keys()
+    # The file the flag names is the generated Secret's key, in a directory mount (not a
+    # subPath, which a Secret update never reaches).
+    [web_mount] = [m for m in mounts.values() if Path(m["mountPath"]) == flag.parent]
+    assert "subPath" not in web_mount
+    (secret,) = by_kind(docs, "Secret")
+    assert volumes[web_mount["name"]]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert set(secret["data"]) == {flag.name}
+    # Every file the shipped configuration names lies in the certificate Secret's mount.
+    cfg = parse_text((WEB_OVERLAY / "web-config.yml").read_text())
+    [tls_mount] = [m for m in mounts.values() if m is not web_mount]
+    assert {str(Path(f).parent) for f in cfg.files} == {tls_mount["mountPath"]}
+    assert {Path(f).name for f in cfg.files} == {"tls.crt", "tls.key", "ca.crt"}
+    assert volumes[tls_mount["name"]]["secret"]["secretName"] == "pingmesh-exporter-tls"
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert pod["metadata"]["annotations"]["prometheus.io/scheme"] == "https"
+
+
+def test_web_config_overlays_file_loads_with_certificates_of_those_names(tmp_path: Path) -> None:
+    """The shipped web-config.yml, its mount directory moved into tmp_path and filled with
+    certificates made by openssl under the Secret's key names, is served as written."""
+    certs = make_certs(tmp_path / "certs")
+    mount = tmp_path / "tls"
+    mount.mkdir()
+    for name, src in (("tls.crt", "server.crt"), ("tls.key", "server.key"), ("ca.crt", "ca.crt")):
+        (mount / name).write_bytes(certs.path(src).read_bytes())
+    text = (WEB_OVERLAY / "web-config.yml").read_text()
+    web = tmp_path / "web-config.yml"
+    web.write_text(text.replace("/etc/pingmesh-exporter/tls", str(mount)))
+    loaded = load(str(web), exempt_probes=True)
+    assert loaded.context is not None and loaded.certificate_per_request
+    assert loaded.config.tls is not None
+    assert loaded.config.tls.client_auth == "RequireAndVerifyClientCert"

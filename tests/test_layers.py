@@ -4,8 +4,9 @@ Ground floor: settings and how they are declared, targets, the Kubernetes object
 selectors and logging. Above it the feature packages: probing, selection, mesh, discovery
 (which may use mesh and selection to plan), services; discovery and services never import
 each other, and none of them renders metrics. Above those the metrics layer, which turns
-each component's plain state into families (and the view of the mesh page); beside HTTP the
-pages (web), which read the view; only app (and cli) wire everything."""
+each component's plain state into families (and the view of the mesh page); beside them web
+(--web.config.file: TLS and auth, on the ground floor only); the pages (pages), which read the
+view; then HTTP; only app (and cli) wire everything."""
 
 from __future__ import annotations
 
@@ -32,9 +33,10 @@ ALLOWED = {
     "mesh": {"ground", "mesh", "selection"},
     "services": {"ground", "services"},
     "discovery": {"ground", "discovery", "mesh", "selection"},
-    "metrics": {"ground", "metrics", "probing", "discovery", "services"},
-    "web": {"ground", "web", "metrics"},
-    "http": {"ground", "http", "metrics"},
+    "web": {"ground", "web"},
+    "metrics": {"ground", "metrics", "probing", "discovery", "services", "web"},
+    "pages": {"ground", "pages", "metrics"},
+    "http": {"ground", "http", "metrics", "web"},
     "app": {
         "ground",
         "probing",
@@ -45,6 +47,7 @@ ALLOWED = {
         "metrics",
         "http",
         "web",
+        "pages",
         "app",
     },
 }

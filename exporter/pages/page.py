@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from exporter import __version__
 from exporter.metrics.view import View
-from exporter.web.matrix import STATES, Cell, Matrix
+from exporter.pages.matrix import STATES, Cell, Matrix
 
 # The colours of the states, also read back from screenshots by the browser tests.
 COLOURS = {

@@ -9,9 +9,9 @@ from collections.abc import Callable, Sequence
 
 from exporter.config import MeshPageSettings
 from exporter.metrics.view import CONTENT_TYPE, View, ViewError, ViewSource, from_json, to_json
-from exporter.web import page
-from exporter.web.fetch import Fetched, Fetcher, Limits, fan_out, fetch, view_url
-from exporter.web.matrix import Matrix, Peer, assemble, peers_of
+from exporter.pages import page
+from exporter.pages.fetch import Fetched, Fetcher, Limits, fan_out, fetch, view_url
+from exporter.pages.matrix import Matrix, Peer, assemble, peers_of
 
 HTML = "text/html; charset=utf-8"
 

@@ -35,10 +35,10 @@ from bench.common import machine_facts
 from exporter.config import MeshPageSettings, ProbeSettings
 from exporter.http import Health, HttpServer
 from exporter.metrics.view import Viewer, to_json
+from exporter.pages.site import Site
 from exporter.probing.engine import Prober
 from exporter.probing.stats import ring
 from exporter.targets import index, static_target
-from exporter.pages.site import Site
 from tests.support.browser import Browser, chromium_path
 from tests.support.views import FixedView, free_port, mesh_views, peer_address
 

@@ -33,6 +33,7 @@ from exporter.metrics.tcp import TcpCollector
 from exporter.metrics.view import Viewer
 from exporter.metrics.web import WebCollector
 from exporter.objects import Service, SliceCounts
+from exporter.pages.site import Site
 from exporter.probing.engine import Prober, Sizer
 from exporter.probing.icmpsocket import (
     PrivilegeError,
@@ -45,7 +46,6 @@ from exporter.probing.tcp import TargetSource, TcpProber, every_target, of_kinds
 from exporter.services.checker import ServiceChecker
 from exporter.services.plan import endpoint_counts, plan_checks
 from exporter.targets import Target, merge
-from exporter.pages.site import Site
 from exporter.web.config import WebConfigError
 from exporter.web.guard import WebGuard
 

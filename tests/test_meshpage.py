@@ -17,9 +17,9 @@ from exporter.config import MeshPageSettings, parse_settings
 from exporter.discovery.static import StaticDiscovery, system_resolver
 from exporter.http import Health, HttpServer
 from exporter.metrics.view import View, from_json
-from exporter.probing.engine import Prober
 from exporter.pages.fetch import Limits, fan_out, fetch, view_url
 from exporter.pages.site import Site
+from exporter.probing.engine import Prober
 from tests.support.views import (
     FixedView,
     Reply,

@@ -25,6 +25,8 @@ from exporter.metrics.view import (
     summarize,
     to_json,
 )
+from exporter.pages.matrix import Peer, assemble, classify, peers_of
+from exporter.pages.page import landing, mesh
 from exporter.probing.engine import Prober
 from exporter.probing.stats import (
     LOST,
@@ -38,8 +40,6 @@ from exporter.probing.stats import (
 from exporter.services.checker import ServiceChecker
 from exporter.services.plan import Check, ServicePlan
 from exporter.targets import index, static_target
-from exporter.pages.matrix import Peer, assemble, classify, peers_of
-from exporter.pages.page import landing, mesh
 from tests.support.views import mesh_views, node_name, peer_address, target, view
 
 

@@ -118,11 +118,11 @@ def tcp_source(settings: Settings) -> TargetSource:
     return every_target(port)
 
 
-def mesh_site(settings: Settings, parts: Parts, port: int) -> Site:
+def mesh_site(settings: Settings, parts: Parts, port: int, guard: WebGuard | None = None) -> Site:
     """`/`, `/api/v1/view` and `/mesh`. The peers whose views make the matrix are those the
     TCP probes connect to: the peer pods (their nodes from the host network), every static
     target in static mode (none with the loopback default); each answers on this exporter's
-    own port."""
+    own port, over HTTPS when the web configuration (guard) serves TLS."""
     s = settings
     kubernetes = s.discovery == "kubernetes"
     host = s.web.host_port[0]
@@ -140,7 +140,9 @@ def mesh_site(settings: Settings, parts: Parts, port: int) -> Site:
         kinds = ("static",)
     else:
         kinds = ()  # the embedded loopback default: no other exporter to ask
-    return Site(viewer, s.mesh_page, s.web.telemetry_path, port, kinds)
+    if guard is None:
+        return Site(viewer, s.mesh_page, s.web.telemetry_path, port, kinds)
+    return Site(viewer, s.mesh_page, s.web.telemetry_path, port, kinds, client_tls=guard.client_tls)
 
 
 def open_sockets(settings: Settings, opener: SocketOpener) -> dict[int, ProbeSocket]:
@@ -394,7 +396,7 @@ class App:
             host, port, s.web.telemetry_path, document.negotiate, health, self.guard
         )
         # Peers answer on the port asked for; one given as 0 (tests) is known only now.
-        server.set_routes(mesh_site(s, parts, port or server.port).routes())
+        server.set_routes(mesh_site(s, parts, port or server.port, self.guard).routes())
         server.start()
         shown = host if host and host not in ("::", "0.0.0.0") else "localhost"
         if ":" in shown:

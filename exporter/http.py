@@ -30,8 +30,9 @@ log = logging.getLogger("exporter.http")
 
 # The Accept header in; the content type and the document's pieces out.
 Render = Callable[[str], tuple[str, Iterable[bytes]]]
-# Further pages by path (the mesh page's): status, body and content type out.
-Routes = Mapping[str, Callable[[], tuple[int, bytes, str]]]
+# Further pages by path (the mesh page's): the request's Authorization header in (None
+# without; /mesh forwards it to the peers), status, body and content type out.
+Routes = Mapping[str, Callable[[str | None], tuple[int, bytes, str]]]
 
 
 class Health:
@@ -169,7 +170,7 @@ class _Handler(BaseHTTPRequestHandler):
                 ok, why = (srv.health.live if path == "/healthz" else srv.health.ready)()
                 self._send(200 if ok else 503, (why + "\n").encode(), "text/plain; charset=utf-8")
             elif path in srv.routes:
-                self._send(*srv.routes[path]())
+                self._send(*srv.routes[path](self.headers.get("Authorization")))
             elif path == "/":
                 self._send(
                     200,

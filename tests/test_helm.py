@@ -190,7 +190,10 @@ def test_every_value_lands_in_both_daemonsets(tmp_path: Path) -> None:
         assert ds["spec"]["selector"] == plain["spec"]["selector"]
         # The base's arguments first, then the web config, then the extra ones in order.
         want = plain["spec"]["template"]["spec"]["containers"][0]["args"]
-        want += ["--web.config.file=/etc/pingmesh-exporter/web/web-config.yml"]
+        want += [
+            "--web.config.file=/etc/pingmesh-exporter/web/web-config.yml",
+            "--web.auth-exempt-probes",
+        ]
         want += EVERYTHING["extraArgs"]
         if ns == "pingmesh-host":
             want += EVERYTHING["hostNetwork"]["extraArgs"]
@@ -239,6 +242,12 @@ def test_web_config_existing_secret_as_a_string_without_tls(tmp_path: Path) -> N
     assert pod["spec"]["volumes"] == [{"name": "web-config", "secret": {"secretName": "mine"}}]
     (c,) = pod["spec"]["containers"]
     assert "--web.config.file=/w/web.yml" in c["args"]
+    assert "--web.auth-exempt-probes" in c["args"]
+    strict = template(
+        tmp_path, {"webConfig": {"existingSecret": "mine", "authExemptProbes": False}}
+    )
+    (c,) = _pod(strict, "pingmesh")["spec"]["containers"]
+    assert "--web.auth-exempt-probes" not in c["args"]
     assert "scheme" not in c["readinessProbe"]["httpGet"]
     inline = template(tmp_path, {"webConfig": {"content": "basic_auth_users: {a: b}\n"}})
     (secret,) = by_kind(inline, "Secret")

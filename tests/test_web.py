@@ -21,14 +21,16 @@ import bcrypt
 import pytest
 
 from exporter.app import EXIT_CONFIG, App
-from exporter.config import parse_settings
+from exporter.config import MeshPageSettings, parse_settings
 from exporter.http import Health, HttpServer
 from exporter.metrics.web import WebCollector
+from exporter.pages.site import Site
 from exporter.web.auth import BasicAuth, parse_basic
 from exporter.web.config import CIPHER_SUITES, WebConfigError, parse_text
 from exporter.web.guard import WebGuard
 from exporter.web.tls import REASONS
 from tests.support.certs import Certs, make_certs
+from tests.support.views import FixedView, free_port, mesh_views, peer_address
 
 HASH = "$2y$10$" + "a" * 53  # well-formed; matches no password
 
@@ -666,3 +668,56 @@ def test_basic_auth_without_tls(tmp_path: Path, certs: Certs) -> None:
             assert resp.getheader("X-Frame-Options") == "sameorigin"
     finally:
         srv.stop()
+
+
+def test_the_mesh_page_asks_its_peers_over_tls_with_the_viewers_credentials(
+    tmp_path: Path, certs: Certs
+) -> None:
+    """Two exporters with one web configuration (TLS, client certificates verified, a
+    user): /mesh on one reads the other's /api/v1/view over HTTPS, presenting its own
+    certificate and forwarding the viewer's password (the peer answers nothing without
+    both)."""
+    path = tmp_path / "peer-web-config.yml"
+    path.write_text(
+        web_yaml(certs, cert=str(certs.path("peer.crt")), key=str(certs.path("peer.key")))
+    )
+    views = mesh_views(2)
+    port = free_port(peer_address(1))
+    servers = []
+    for n in (1, 2):
+        guard = WebGuard(str(path))
+        srv = HttpServer(peer_address(n), port, "/metrics", lambda a: ("", []), Health(), guard)
+        srv.set_routes(
+            Site(
+                FixedView(views[n - 1]),
+                MeshPageSettings(),
+                "/metrics",
+                port,
+                ("pod",),
+                client_tls=guard.client_tls,
+            ).routes()
+        )
+        srv.start()
+        servers.append(srv)
+    try:
+        ctx = client_context(certs, "client")
+        ctx.check_hostname = False
+        good = "Basic " + base64.b64encode(f"{certs.user}:{certs.password}".encode()).decode()
+
+        def mesh(authorization: str) -> tuple[int, bytes]:
+            conn = http.client.HTTPSConnection(peer_address(1), port, timeout=10, context=ctx)
+            try:
+                conn.request("GET", "/mesh", headers={"Authorization": authorization})
+                resp = conn.getresponse()
+                return resp.status, resp.read()
+            finally:
+                conn.close()
+
+        status, page = mesh(good)
+        assert status == 200
+        assert b"no view from" not in page and page.count(b'data-s="') == 2
+        # A page asked without the password is refused before any peer is asked.
+        assert mesh("Basic " + base64.b64encode(b"nobody:wrong").decode())[0] == 401
+    finally:
+        for srv in servers:
+            srv.stop()

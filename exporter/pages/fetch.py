@@ -1,11 +1,11 @@
-"""The peers' views over HTTP: one fetch (the seam: a URL and limits in, bytes or an error
-out) and a bounded fan-out of them (at most so many at once, each within its own timeout,
-all within one deadline). Plain HTTP; the seam is where HTTPS with a CA and a client
-certificate would go."""
+"""The peers' views over HTTP or HTTPS: one fetch (the seam: a URL, limits and how to ask in,
+bytes or an error out) and a bounded fan-out of them (at most so many at once, each within
+its own timeout, all within one deadline)."""
 
 from __future__ import annotations
 
 import http.client
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -33,7 +33,19 @@ class Fetched:
     seconds: float
 
 
-Fetcher = Callable[[str, Limits], Fetched]
+@dataclass(frozen=True)
+class Asking:
+    """How to ask the peers: the TLS client context for https URLs (None: plain HTTP) and
+    the Authorization header to send (the viewer's own, forwarded: every exporter of a
+    DaemonSet serves the same web configuration)."""
+
+    tls: ssl.SSLContext | None = None
+    authorization: str | None = None
+
+
+PLAIN = Asking()
+
+Fetcher = Callable[[str, Limits, Asking], Fetched]
 
 
 class _Connection(http.client.HTTPConnection):
@@ -48,7 +60,17 @@ class _Connection(http.client.HTTPConnection):
         super().close()
 
 
-def fetch(url: str, limits: Limits) -> Fetched:
+class _TlsConnection(http.client.HTTPSConnection):
+    """_Connection over TLS."""
+
+    def close(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        super().close()
+
+
+def fetch(url: str, limits: Limits, asking: Asking = PLAIN) -> Fetched:
     """GET url within limits; never raises for what a peer or the network does."""
     started = time.monotonic()
     deadline = started + limits.timeout
@@ -57,11 +79,20 @@ def fetch(url: str, limits: Limits) -> Fetched:
         return Fetched(url, None, why, time.monotonic() - started)
 
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
+    if not parts.hostname or parts.scheme != ("https" if asking.tls else "http"):
         return failed(f"unsupported URL {url!r}")
-    conn = _Connection(parts.hostname, parts.port or 80, timeout=limits.timeout)
+    conn: _Connection | _TlsConnection
+    if asking.tls is not None:
+        conn = _TlsConnection(
+            parts.hostname, parts.port or 443, timeout=limits.timeout, context=asking.tls
+        )
+    else:
+        conn = _Connection(parts.hostname, parts.port or 80, timeout=limits.timeout)
+    headers = {"Accept": "application/json"}
+    if asking.authorization is not None:
+        headers["Authorization"] = asking.authorization
     try:
-        conn.request("GET", parts.path or "/", headers={"Accept": "application/json"})
+        conn.request("GET", parts.path or "/", headers=headers)
         sock = conn.sock
         assert sock is not None
         sock.settimeout(max(0.001, deadline - time.monotonic()))
@@ -89,6 +120,8 @@ def fetch(url: str, limits: Limits) -> Fetched:
         return failed("timeout")
     except ConnectionRefusedError:
         return failed("connection refused")
+    except ssl.SSLError as exc:
+        return failed(f"TLS: {exc.reason or exc}")
     except (OSError, http.client.HTTPException) as exc:
         return failed(getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
     finally:
@@ -101,6 +134,7 @@ def fan_out(
     concurrency: int,
     deadline: float,
     fetcher: Fetcher = fetch,
+    asking: Asking = PLAIN,
 ) -> list[Fetched]:
     """Every URL fetched, at most `concurrency` at once, in order of the URLs. A fetch that
     starts late gets only the time left before the deadline; one not done by then is a
@@ -114,7 +148,7 @@ def fan_out(
         left = end - time.monotonic()
         if left <= 0:
             return Fetched(url, None, "deadline", 0.0)
-        return fetcher(url, replace(limits, timeout=min(limits.timeout, left)))
+        return fetcher(url, replace(limits, timeout=min(limits.timeout, left)), asking)
 
     pool = ThreadPoolExecutor(max_workers=min(concurrency, len(urls)), thread_name_prefix="mesh")
     try:
@@ -131,6 +165,6 @@ def fan_out(
     return out
 
 
-def view_url(address: str, port: int) -> str:
+def view_url(address: str, port: int, scheme: str = "http") -> str:
     host = f"[{address}]" if ":" in address else address
-    return f"http://{host}:{port}/api/v1/view"
+    return f"{scheme}://{host}:{port}/api/v1/view"

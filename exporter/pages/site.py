@@ -4,20 +4,26 @@ fetched within the page's limits."""
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Sequence
 
 from exporter.config import MeshPageSettings
 from exporter.metrics.view import CONTENT_TYPE, View, ViewError, ViewSource, from_json, to_json
 from exporter.pages import page
-from exporter.pages.fetch import Fetched, Fetcher, Limits, fan_out, fetch, view_url
+from exporter.pages.fetch import Asking, Fetched, Fetcher, Limits, fan_out, fetch, view_url
 from exporter.pages.matrix import Matrix, Peer, assemble, peers_of
 
 HTML = "text/html; charset=utf-8"
 
 # A route's answer: status, body, content type.
 Answer = tuple[int, bytes, str]
-Route = Callable[[], Answer]
+# A route takes the request's Authorization header (None without), which /mesh forwards.
+Route = Callable[[str | None], Answer]
+
+
+def _plain() -> ssl.SSLContext | None:
+    return None
 
 
 class Site:
@@ -31,32 +37,39 @@ class Site:
         port: int,
         peer_kinds: Sequence[str],
         fetcher: Fetcher = fetch,
+        client_tls: Callable[[], ssl.SSLContext | None] = _plain,
     ) -> None:
+        """client_tls: the context to ask peers with over HTTPS, read per page (the web
+        configuration may have been reloaded); None asks over plain HTTP."""
         self.viewer = viewer
         self.settings = settings
         self.telemetry_path = telemetry_path
         self.port = port
         self.peer_kinds = tuple(peer_kinds)
         self.fetcher = fetcher
+        self.client_tls = client_tls
 
     def routes(self) -> dict[str, Route]:
         return {"/": self.landing, "/api/v1/view": self.api_view, "/mesh": self.mesh}
 
-    def landing(self) -> Answer:
+    def landing(self, authorization: str | None = None) -> Answer:
         return 200, page.landing(self.viewer.view(), self.telemetry_path), HTML
 
-    def api_view(self) -> Answer:
+    def api_view(self, authorization: str | None = None) -> Answer:
         return 200, to_json(self.viewer.view()), CONTENT_TYPE
 
-    def matrix(self, own: View) -> Matrix:
+    def matrix(self, own: View, authorization: str | None = None) -> Matrix:
         """Own view and every peer's, fetched at once within the page's bounds. Each reply
         is read as a view in the thread that fetched it, while others still wait."""
         s = self.settings
         peers = peers_of(own, self.peer_kinds)
         read: dict[str, View | str] = {}
 
-        def fetch_and_read(url: str, limits: Limits) -> Fetched:
-            got = self.fetcher(url, limits)
+        asking = Asking(self.client_tls(), authorization)
+        scheme = "https" if asking.tls is not None else "http"
+
+        def fetch_and_read(url: str, limits: Limits, asking: Asking) -> Fetched:
+            got = self.fetcher(url, limits, asking)
             if got.body is not None:
                 try:
                     read[url] = from_json(got.body)
@@ -65,11 +78,12 @@ class Site:
             return got
 
         fetched = fan_out(
-            [view_url(p.address, self.port) for p in peers],
+            [view_url(p.address, self.port, scheme) for p in peers],
             Limits(s.peer_timeout, s.max_bytes),
             s.concurrency,
             s.deadline,
             fetch_and_read,
+            asking,
         )
         found: list[tuple[Peer, View | None, str | None, float]] = []
         for peer, got in zip(peers, fetched, strict=True):
@@ -80,7 +94,7 @@ class Site:
                 found.append((peer, None, outcome or "deadline", got.seconds))
         return assemble(own, found, s.slow_rtt)
 
-    def mesh(self) -> Answer:
+    def mesh(self, authorization: str | None = None) -> Answer:
         started = time.monotonic()
-        m = self.matrix(self.viewer.view())
+        m = self.matrix(self.viewer.view(), authorization)
         return 200, page.mesh(m, self.telemetry_path, time.monotonic() - started), HTML

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 
 from exporter.web.auth import BasicAuth, parse_basic
 from exporter.web.config import WebConfig, WebConfigError, parse_text
-from exporter.web.tls import REASONS, ClientGone, HandshakeFailed, handshake, server_context
+from exporter.web.tls import (
+    REASONS,
+    ClientGone,
+    HandshakeFailed,
+    client_context,
+    handshake,
+    server_context,
+)
 
 log = logging.getLogger("exporter.web")
 
@@ -55,6 +62,8 @@ class Loaded:
     config: WebConfig
     context: ssl.SSLContext | None
     stamp: Stamp
+    # The mesh page asks the peers' views with this (None: plain HTTP).
+    client: ssl.SSLContext | None
     # RequireAndVerifyClientCert with the probes exempt: the handshake lets a client without
     # a certificate in, and every request but the probes' needs one.
     certificate_per_request: bool = False
@@ -75,7 +84,8 @@ def load(path: str, exempt_probes: bool = False) -> Loaded:
         and config.tls.client_auth == "RequireAndVerifyClientCert"
     )
     context = server_context(config.tls, per_request) if config.tls is not None else None
-    return Loaded(config, context, before + _stamp(config.files), per_request)
+    client = client_context(config.tls) if config.tls is not None else None
+    return Loaded(config, context, before + _stamp(config.files), client, per_request)
 
 
 @dataclass
@@ -126,6 +136,10 @@ class WebGuard:
                 self._checked = now
                 self._maybe_reload()
             return self._loaded
+
+    def client_tls(self) -> ssl.SSLContext | None:
+        """What the mesh page asks the peers with, from the configuration in force."""
+        return self.current().client
 
     def reload_now(self) -> None:
         with self._lock:

@@ -116,6 +116,28 @@ def server_context(cfg: TlsServerConfig, certificate_optional: bool = False) -> 
     return ctx
 
 
+def client_context(cfg: TlsServerConfig) -> ssl.SSLContext:
+    """The context an exporter asks its peers' /api/v1/view with (the mesh page): the peers
+    serve the same configuration, so it presents its own certificate as the client
+    certificate and trusts the client CA, when there is one, for the peers' certificates
+    (one CA signs both, as a cert-manager issuer does); without a client CA the peer's
+    certificate is not verified. Peers are asked by pod IP, which certificates seldom
+    name: the name is never checked. Called after server_context() has read every file."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = VERSIONS[cfg.min_version]
+    ctx.maximum_version = VERSIONS[cfg.max_version]
+    ctx.check_hostname = False
+    with _pem_path(cfg.cert) as cert, _pem_path(cfg.key) as key:
+        ctx.load_cert_chain(cert, key)
+    if cfg.client_ca is None:
+        ctx.verify_mode = ssl.CERT_NONE
+    elif cfg.client_ca.path is not None:
+        ctx.load_verify_locations(cafile=cfg.client_ca.path)
+    else:
+        ctx.load_verify_locations(cadata=cfg.client_ca.inline)
+    return ctx
+
+
 class HandshakeFailed(Exception):
     """A client whose handshake failed, with the reason (one of REASONS)."""
 

@@ -1,6 +1,6 @@
 """Certificates for the TLS tests, made with the openssl command line into a directory: a CA,
 a server certificate for 127.0.0.1 and ::1, client certificates (good, expired, from another
-CA) and a bcrypt-hashed basic-auth user."""
+CA), an exporter's certificate for both ends (`peer`) and a bcrypt-hashed basic-auth user."""
 
 from __future__ import annotations
 
@@ -89,6 +89,13 @@ def make_certs(d: Path) -> Certs:
         f"subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost,DNS:{SERVER_NAME}",
     )
     _signed(d, "ca", "client", CLIENT_EXT)
+    # An exporter's certificate for both ends, as the mesh page's fetches present it to peers.
+    _signed(
+        d,
+        "ca",
+        "peer",
+        "extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.1.1,IP:127.0.1.2",
+    )
     _signed(d, "ca", "expired", CLIENT_EXT, "20200101000000Z", "20200102000000Z")
     _signed(d, "other-ca", "untrusted", CLIENT_EXT)
     certs = Certs(d)

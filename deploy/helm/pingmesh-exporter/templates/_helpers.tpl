@@ -145,6 +145,9 @@ spec:
             - --log.format=json
             {{- if $web }}
             - --web.config.file={{ $v.webConfig.mountPath }}/{{ $v.webConfig.key }}
+            {{- if $v.webConfig.authExemptProbes }}
+            - --web.auth-exempt-probes
+            {{- end }}
             {{- end }}
             {{- range $v.extraArgs }}
             - {{ . | quote }}

@@ -4,6 +4,7 @@ pass the restricted Pod Security profile, and the derived files are current."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,11 +94,16 @@ CACHE_BIN = Path(os.environ.get("PINGMESH_CACHE", "/var/cache/pingmesh-exporter"
 # tests/support/cluster/build-components.sh; native-histogram input needs the latter.
 PROMTOOLS = {"2.42": Path("/usr/bin/promtool"), "3.16": CACHE_BIN / "promtool"}
 RULE_TESTS = {
-    "2.42": ["pingmesh.rules.test.yml", "pingmesh.rules.mtu.test.yml"],
+    "2.42": [
+        "pingmesh.rules.test.yml",
+        "pingmesh.rules.mtu.test.yml",
+        "pingmesh.rules.localisation.test.yml",
+    ],
     "3.16": [
         "pingmesh.rules.test.yml",
         "pingmesh.rules.native.test.yml",
         "pingmesh.rules.mtu.test.yml",
+        "pingmesh.rules.localisation.test.yml",
     ],
 }
 
@@ -116,6 +122,17 @@ def test_rules_unit_tests_pass(version: str) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("SUCCESS") == len(RULE_TESTS[version]), proc.stdout
+
+
+def test_every_alert_links_its_runbook_section_at_the_base() -> None:
+    rules = yaml.safe_load((DEPLOY / "rules" / "pingmesh.rules.yml").read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    headings = re.findall(r"^## (\w+)$", (DEPLOY.parent / "docs" / "runbook.md").read_text(), re.M)
+    for alert in alerts:
+        url = alert["annotations"]["runbook_url"]
+        assert url == f"{generate.RUNBOOK_BASE}#{alert['alert'].lower()}", alert["alert"]
+        assert alert["alert"] in headings, f"{alert['alert']} has no section in docs/runbook.md"
+    assert set(headings) == {a["alert"] for a in alerts}
 
 
 def test_every_rules_test_file_is_run() -> None:

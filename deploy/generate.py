@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -67,7 +68,16 @@ ZONES = {n: "a" if i < 6 else "b" if i < 13 else "c" for i, n in enumerate(NODES
 Lossy = Callable[[str, str], bool]
 
 
-def _scenario(comment: str, lossy: Lossy, alerts: list[dict[str, object]], zones: bool) -> str:
+@dataclass(frozen=True)
+class Expected:
+    """An alert a localisation scenario expects to fire, as promtool compares it."""
+
+    alertname: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+
+def _scenario(comment: str, lossy: Lossy, alerts: list[Expected], zones: bool) -> str:
     """One promtool test: every ordered pair of NODES, own-node pairs included and always
     clean, 50 % loss where lossy(source, target); alerts the expected localisation alerts,
     every other localisation alert expected silent."""
@@ -84,21 +94,24 @@ def _scenario(comment: str, lossy: Lossy, alerts: list[dict[str, object]], zones
                 f"        values: '0+{got}x30'",
             ]
             if zones:  # where pingmesh:node_zone:info learns the zones
-                lines += [f"      - series: 'pingmesh_target_up{{{sel}}}'", "        values: '1x30'"]
+                lines += [
+                    f"      - series: 'pingmesh_target_up{{{sel}}}'",
+                    "        values: '1x30'",
+                ]
     lines.append("    alert_rule_test:")
     for name in ("PingmeshNodeNetworkDegraded", "PingmeshZonePathLoss", "PingmeshPathLoss"):
-        exp = [a for a in alerts if a["alertname"] == name]
+        exp = [a for a in alerts if a.alertname == name]
         lines += ["      - eval_time: 25m", f"        alertname: {name}"]
         if not exp:
             lines.append("        exp_alerts: []")
             continue
         lines.append("        exp_alerts:")
         for a in exp:
-            labels = ", ".join(f"{k}: {v}" for k, v in a["labels"].items())  # type: ignore[attr-defined]
+            labels = ", ".join(f"{k}: {v}" for k, v in a.labels.items())
             lines += [f"          - exp_labels: {{severity: warning, kind: pod, {labels}}}"]
             lines.append("            exp_annotations:")
-            for k, v in sorted(a["annotations"].items()):  # type: ignore[attr-defined]
-                lines.append(f"              {k}: {json_str(v)}")
+            for k, v in sorted(a.annotations.items()):
+                lines.append(f"              {k}: {_quoted(v)}")
     lines += [
         "    promql_expr_test:",
         "      - expr: count(pingmesh:pair_lossy:bool5m)",
@@ -110,53 +123,54 @@ def _scenario(comment: str, lossy: Lossy, alerts: list[dict[str, object]], zones
     return "\n".join(lines) + "\n"
 
 
-def json_str(v: str) -> str:
+def _quoted(v: str) -> str:
     return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _degraded(node: str, side: str) -> dict[str, object]:
+def _degraded(node: str, side: str) -> Expected:
     who = (
         f"peers probing {node} lose echoes to it"
         if side == "target"
         else f"peers {node} probes lose its echoes"
     )
-    return {
-        "alertname": "PingmeshNodeNetworkDegraded",
-        "labels": {"node": node, "side": side},
-        "annotations": {
+    return Expected(
+        "PingmeshNodeNetworkDegraded",
+        {"node": node, "side": side},
+        {
             "summary": f"Node {node} loses pod network packets ({side} side)",
             "description": f"100% of the {who} (pod network, more than 5 % over 5 minutes):"
             f" the fault is on {node}, not between pairs.",
             "runbook_url": f"{RUNBOOK_BASE}#pingmeshnodenetworkdegraded",
         },
-    }
+    )
 
 
-def _path(s: str, t: str) -> dict[str, object]:
-    return {
-        "alertname": "PingmeshPathLoss",
-        "labels": {"source_node": s, "target_node": t},
-        "annotations": {
+def _path(s: str, t: str) -> Expected:
+    return Expected(
+        "PingmeshPathLoss",
+        {"source_node": s, "target_node": t},
+        {
             "summary": f"Pod network loss 50% from {s} to {t}",
             "description": f"Echo requests from {s} to the exporter pod on {t} lost 50% over"
             " 5 minutes (the worse family); no node or zone alert explains it: the path between"
             " the two.",
             "runbook_url": f"{RUNBOOK_BASE}#pingmeshpathloss",
         },
-    }
+    )
 
 
-def _zone(s: str, t: str) -> dict[str, object]:
-    return {
-        "alertname": "PingmeshZonePathLoss",
-        "labels": {"source_zone": s, "target_zone": t},
-        "annotations": {
+def _zone(s: str, t: str) -> Expected:
+    return Expected(
+        "PingmeshZonePathLoss",
+        {"source_zone": s, "target_zone": t},
+        {
             "summary": f"Zone {s} loses pod network packets to zone {t}",
-            "description": f"100% of the node pairs from zone {s} to zone {t} (pod network) lose"
-            " more than 5 % of their echoes over 5 minutes: the path between the zones, not a node.",
+            "description": f"100% of the node pairs from zone {s} to zone {t} (pod network)"
+            " lose more than 5 % of their echoes over 5 minutes: the path between the zones,"
+            " not a node.",
             "runbook_url": f"{RUNBOOK_BASE}#pingmeshzonepathloss",
         },
-    }
+    )
 
 
 def localisation_tests() -> str:
@@ -179,6 +193,12 @@ def localisation_tests() -> str:
             "One bad pair: the path alert for that pair only.",
             lambda s, t: (s, t) == ("n01", "n02"),
             [_path("n01", "n02")],
+            False,
+        ),
+        (
+            "A bad target node and, elsewhere, a bad pair: one alert each.",
+            lambda s, t: t == "n07" or (s, t) == ("n01", "n02"),
+            [_degraded("n07", "target"), _path("n01", "n02")],
             False,
         ),
         (

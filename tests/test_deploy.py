@@ -15,9 +15,11 @@ import pytest
 import yaml
 
 from deploy import generate
+from tests.support import rulescenarios
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
+RULES = DEPLOY / "rules" / "pingmesh.rules.yml"
 
 SAFE_SYSCTLS = {
     "kernel.shm_rmid_forced",
@@ -94,16 +96,11 @@ CACHE_BIN = Path(os.environ.get("PINGMESH_CACHE", "/var/cache/pingmesh-exporter"
 # tests/support/cluster/build-components.sh; native-histogram input needs the latter.
 PROMTOOLS = {"2.42": Path("/usr/bin/promtool"), "3.16": CACHE_BIN / "promtool"}
 RULE_TESTS = {
-    "2.42": [
-        "pingmesh.rules.test.yml",
-        "pingmesh.rules.mtu.test.yml",
-        "pingmesh.rules.localisation.test.yml",
-    ],
+    "2.42": ["pingmesh.rules.test.yml", "pingmesh.rules.mtu.test.yml"],
     "3.16": [
         "pingmesh.rules.test.yml",
         "pingmesh.rules.native.test.yml",
         "pingmesh.rules.mtu.test.yml",
-        "pingmesh.rules.localisation.test.yml",
     ],
 }
 
@@ -122,6 +119,38 @@ def test_rules_unit_tests_pass(version: str) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("SUCCESS") == len(RULE_TESTS[version]), proc.stdout
+
+
+# The scenarios on a mesh of 20 nodes, written at test time (tests/support/rulescenarios.py).
+SCENARIOS = {"localisation": rulescenarios.localisation, "lifecycle": rulescenarios.lifecycle}
+
+
+@pytest.mark.parametrize("scenarios", list(SCENARIOS))
+@pytest.mark.parametrize("version", list(PROMTOOLS))
+def test_generated_rules_scenarios_pass(version: str, scenarios: str, tmp_path: Path) -> None:
+    promtool = PROMTOOLS[version]
+    if not promtool.exists():
+        pytest.skip(f"{promtool} is not installed (Debian prometheus, build-components.sh)")
+    written = SCENARIOS[scenarios](generate.RUNBOOK_BASE)
+    test_file = rulescenarios.write(written, RULES, tmp_path / f"{scenarios}.test.yml")
+    proc = subprocess.run(
+        [str(promtool), "test", "rules", str(test_file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-20000:]
+    assert proc.stdout.count("SUCCESS") == 1, proc.stdout
+
+
+def test_a_mirror_sets_the_runbook_base_in_one_place() -> None:
+    mirror = "https://git.example.org/mirror/pingmesh-exporter/docs/runbook.md"
+    moved = generate.with_runbook_base(RULES.read_text(), mirror)
+    urls = re.findall(r'runbook_url: "([^"]*)"', moved)
+    assert urls and all(u.startswith(mirror + "#") for u in urls), urls
+    with pytest.raises(SystemExit, match="--runbook-base"):
+        generate.set_runbook_base("docs/runbook.md")  # refused before anything is written
+    assert generate.RUNBOOK_BASE in Path(generate.__file__).read_text()
 
 
 def test_every_alert_links_its_runbook_section_at_the_base() -> None:

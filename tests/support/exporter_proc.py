@@ -90,7 +90,7 @@ class ExporterProcess:
         # and once its 64 KiB are full (debug logs a line per request: a few Prometheus
         # servers scraping every second fill it in about two minutes) every thread that logs
         # blocks in write(), the HTTP server with them, and scrapes fail.
-        self._out = tempfile.TemporaryFile("w+")
+        self._out = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by __exit__)
         self.proc: subprocess.Popen[str] = ns.popen(
             argv, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT, text=True
         )

@@ -4,6 +4,7 @@ pass the restricted Pod Security profile, and the derived files are current."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,10 +17,12 @@ import yaml
 from deploy import generate
 from exporter.web.config import parse_text
 from exporter.web.guard import load
+from tests.support import rulescenarios
 from tests.support.certs import make_certs
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
+RULES = DEPLOY / "rules" / "pingmesh.rules.yml"
 
 SAFE_SYSCTLS = {
     "kernel.shm_rmid_forced",
@@ -124,6 +127,49 @@ def test_rules_unit_tests_pass(version: str) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("SUCCESS") == len(RULE_TESTS[version]), proc.stdout
+
+
+# The scenarios on a mesh of 20 nodes, written at test time (tests/support/rulescenarios.py).
+SCENARIOS = {"localisation": rulescenarios.localisation, "lifecycle": rulescenarios.lifecycle}
+
+
+@pytest.mark.parametrize("scenarios", list(SCENARIOS))
+@pytest.mark.parametrize("version", list(PROMTOOLS))
+def test_generated_rules_scenarios_pass(version: str, scenarios: str, tmp_path: Path) -> None:
+    promtool = PROMTOOLS[version]
+    if not promtool.exists():
+        pytest.skip(f"{promtool} is not installed (Debian prometheus, build-components.sh)")
+    written = SCENARIOS[scenarios](generate.RUNBOOK_BASE)
+    test_file = rulescenarios.write(written, RULES, tmp_path / f"{scenarios}.test.yml")
+    proc = subprocess.run(
+        [str(promtool), "test", "rules", str(test_file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-20000:]
+    assert proc.stdout.count("SUCCESS") == 1, proc.stdout
+
+
+def test_a_mirror_sets_the_runbook_base_in_one_place() -> None:
+    mirror = "https://git.example.org/mirror/pingmesh-exporter/docs/runbook.md"
+    moved = generate.with_runbook_base(RULES.read_text(), mirror)
+    urls = re.findall(r'runbook_url: "([^"]*)"', moved)
+    assert urls and all(u.startswith(mirror + "#") for u in urls), urls
+    with pytest.raises(SystemExit, match="--runbook-base"):
+        generate.set_runbook_base("docs/runbook.md")  # refused before anything is written
+    assert generate.RUNBOOK_BASE in Path(generate.__file__).read_text()
+
+
+def test_every_alert_links_its_runbook_section_at_the_base() -> None:
+    rules = yaml.safe_load((DEPLOY / "rules" / "pingmesh.rules.yml").read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    headings = re.findall(r"^## (\w+)$", (DEPLOY.parent / "docs" / "runbook.md").read_text(), re.M)
+    for alert in alerts:
+        url = alert["annotations"]["runbook_url"]
+        assert url == f"{generate.RUNBOOK_BASE}#{alert['alert'].lower()}", alert["alert"]
+        assert alert["alert"] in headings, f"{alert['alert']} has no section in docs/runbook.md"
+    assert set(headings) == {a["alert"] for a in alerts}
 
 
 def test_every_rules_test_file_is_run() -> None:

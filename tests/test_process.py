@@ -46,6 +46,20 @@ def test_http_endpoints_and_gzip(bed: Bed) -> None:
         assert proc.get("/nope")[0] == 404
 
 
+def test_a_long_run_of_requests_never_blocks_on_its_own_logs(bed: Bed) -> None:
+    """2,000 requests log 2,000 debug lines, three times what a pipe holds: the harness keeps
+    the exporter's output where it cannot fill up (tests/support/exporter_proc.py), or the
+    exporter would hang in write() after about 580 of them, as a long test module's did."""
+    dst = bed.add_dst("echo")
+    (addr,) = dst.add_targets(1)
+    with ExporterProcess(bed.src, ["--target", addr]) as proc:
+        proc.wait_ready()
+        for _ in range(2000):  # bounded; each one answered within its 10 s timeout
+            assert proc.get("/healthz")[0] == 200
+        proc.stop()
+        assert proc.output().count("GET /healthz") >= 2000
+
+
 def test_address_in_use_exits_naming_the_flag(bed: Bed) -> None:
     dst = bed.add_dst("echo")
     (addr,) = dst.add_targets(1)

@@ -42,6 +42,7 @@ from exporter.histogram import bucket_index, upper_bound
 from tests.support.exporter_proc import ExporterProcess, http_get
 from tests.support.netbed import Bed, Namespace, Profile
 from tests.support.netbed_fixtures import ensure_bed_possible, skip_or_fail
+from tests.support.rulescenarios import EMPTY_WHEN_HEALTHY, shrink_starting
 from tests.test_dashboard import dashboard_queries, metric_names
 
 pytestmark = pytest.mark.netns
@@ -76,6 +77,9 @@ def free_port(ns: Namespace) -> int:
 
 def shrunk_rules() -> str:
     text = re.sub(r"\[5m\]", f"[{WINDOW}]", RULES.read_text())
+    # An exporter's quiet start cut to one window: the fixture's fill wait is longer, so the
+    # bed's exporter is past it before any rule is looked at.
+    text = shrink_starting(text, 30)
     return re.sub(r"for: \d+m", "for: 5s", text)
 
 
@@ -377,7 +381,11 @@ def _empty(p: Prom, exprs: list[tuple[str, str]]) -> list[str]:
 
 @BY_VERSION
 def test_rules_and_dashboard_answer_on_every_kind_of_prometheus(mesh: Mesh, version: str) -> None:
-    rules = [(record, expr) for record, expr in recording_rules() if not needs_a_cluster(expr)]
+    rules = [
+        (record, expr)
+        for record, expr in recording_rules()
+        if not needs_a_cluster(expr) and record not in EMPTY_WHEN_HEALTHY
+    ]
     assert len(rules) >= 6 and any("histogram_quantile" in e for _, e in rules)
     panels = [
         (title, expr)

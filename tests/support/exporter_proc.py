@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -85,8 +86,13 @@ class ExporterProcess:
             # Root's uid without a single capability: what a container with
             # `capabilities: drop: [ALL]` gets.
             argv = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", *argv]
+        # Its output goes to a file, not a pipe: nobody reads a pipe while the exporter runs,
+        # and once its 64 KiB are full (debug logs a line per request: a few Prometheus
+        # servers scraping every second fill it in about two minutes) every thread that logs
+        # blocks in write(), the HTTP server with them, and scrapes fail.
+        self._out = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by __exit__)
         self.proc: subprocess.Popen[str] = ns.popen(
-            argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            argv, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT, text=True
         )
 
     def wait_ready(self, timeout: float = 20.0) -> None:
@@ -133,8 +139,8 @@ class ExporterProcess:
     def output(self) -> str:
         if self.proc.poll() is None:
             return "(running)"
-        out, err = self.proc.communicate(timeout=5)
-        return (out or "") + (err or "")
+        self._out.seek(0)
+        return self._out.read()
 
     def __enter__(self) -> ExporterProcess:
         return self
@@ -143,6 +149,7 @@ class ExporterProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        self._out.close()
 
 
 def in_namespace(ns: Namespace, fn: Callable[[], T]) -> T:

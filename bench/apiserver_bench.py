@@ -941,6 +941,9 @@ def child_main(args: argparse.Namespace) -> int:
 class Child:
     """The watchers' process, inside the cluster's network namespace, talking JSON lines."""
 
+    # Whose --child runs there (imported from cwd, the repository root).
+    module = "bench.apiserver_bench"
+
     def __init__(self, ns_path: Path, n: int, kubeconfig: Path, log: Path) -> None:
         self.n = n
         self._err: IO[bytes] = open(log, "ab")  # noqa: SIM115 - closed in stop()
@@ -949,7 +952,7 @@ class Child:
             f"--net={ns_path}",
             sys.executable,
             "-m",
-            "bench.apiserver_bench",  # from cwd, the repository root
+            self.module,
             "--child",
             str(n),
             "--kubeconfig",

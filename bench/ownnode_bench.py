@@ -191,35 +191,7 @@ def child_main(args: argparse.Namespace) -> int:
 class OwnChild(Child):
     """bench.apiserver_bench's watchers' process, running this module's child instead."""
 
-    def __init__(self, ns_path: Path, n: int, kubeconfig: Path, log: Path) -> None:
-        import subprocess
-
-        from bench.apiserver_bench import exec_pid
-        from bench.common import ROOT
-
-        self.n = n
-        self._err = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        argv = [
-            "nsenter",
-            f"--net={ns_path}",
-            sys.executable,
-            "-m",
-            "bench.ownnode_bench",
-            "--child",
-            str(n),
-            "--kubeconfig",
-            str(kubeconfig),
-        ]
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._err,
-            start_new_session=True,
-        )
-        self.pid = exec_pid(self.proc.pid, "--child")
-        self._buf = b""
+    module = "bench.ownnode_bench"
 
 
 # --------------------------------------------------------------------------------------------

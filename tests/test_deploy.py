@@ -19,6 +19,7 @@ from exporter.web.config import parse_text
 from exporter.web.guard import load
 from tests.support import rulescenarios
 from tests.support.certs import make_certs
+from tests.support.manifests import assert_schema_valid
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -74,13 +75,7 @@ def test_kustomizations_render() -> None:
 
 
 def test_every_object_validates_against_the_openapi_schemas(tmp_path: Path) -> None:
-    out = tmp_path / "all.yaml"
-    out.write_text(yaml.safe_dump_all(render(DEPLOY)))
-    validate = Path(sys.executable).parent / "kubernetes-validate"
-    cmd = [str(validate)] if validate.exists() else [sys.executable, "-m", "kubernetes_validate"]
-    proc = subprocess.run([*cmd, "--strict", str(out)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("passed") == len(render(DEPLOY))
+    assert_schema_valid(render(DEPLOY), tmp_path / "all.yaml")
 
 
 def test_derived_files_are_current() -> None:
@@ -246,14 +241,7 @@ def test_host_network_overlay_is_the_base_plus_its_own_daemonset() -> None:
 
 
 def test_host_network_overlay_validates_against_the_openapi_schemas(tmp_path: Path) -> None:
-    docs = render(HOST_OVERLAY)
-    out = tmp_path / "host.yaml"
-    out.write_text(yaml.safe_dump_all(docs))
-    validate = Path(sys.executable).parent / "kubernetes-validate"
-    cmd = [str(validate)] if validate.exists() else [sys.executable, "-m", "kubernetes_validate"]
-    proc = subprocess.run([*cmd, "--strict", str(out)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("passed") == len(docs)
+    assert_schema_valid(render(HOST_OVERLAY), tmp_path / "host.yaml")
 
 
 def _args(ds: dict[str, Any]) -> dict[str, str]:
@@ -423,12 +411,7 @@ def test_the_networkpolicy_component_selects_the_pods_and_admits_their_port(
     assert peers["from"] == [{"podSelector": policy["spec"]["podSelector"]}]
     port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
     assert scrape == {"ports": [{"protocol": "TCP", "port": port}]}
-    out = tmp_path / "policy.yaml"
-    out.write_text(yaml.safe_dump(policy))
-    validate = Path(sys.executable).parent / "kubernetes-validate"
-    cmd = [str(validate)] if validate.exists() else [sys.executable, "-m", "kubernetes_validate"]
-    proc = subprocess.run([*cmd, "--strict", str(out)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_schema_valid([policy], tmp_path / "policy.yaml")
 
 
 # ----- deploy/overlays/web-config: --web.config.file mounted from Secrets ---------------------
@@ -473,12 +456,7 @@ def test_web_config_overlay_is_the_base_with_its_secret_and_mounts(tmp_path: Pat
     a, b = _flat_all(base_ds["spec"]["template"]), _flat_all(ds["spec"]["template"])
     differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
     assert differ == WEB_DIFFERENCES, sorted(differ ^ WEB_DIFFERENCES)
-    out = tmp_path / "web.yaml"
-    out.write_text(yaml.safe_dump_all(web))
-    validate = Path(sys.executable).parent / "kubernetes-validate"
-    cmd = [str(validate)] if validate.exists() else [sys.executable, "-m", "kubernetes_validate"]
-    proc = subprocess.run([*cmd, "--strict", str(out)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_schema_valid(web, tmp_path / "web.yaml")
 
 
 def test_web_config_overlay_mounts_what_its_flag_names_and_probes_over_https() -> None:

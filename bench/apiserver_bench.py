@@ -714,9 +714,10 @@ def metrics_level(s: list[Any]) -> dict[str, Any]:
 def child_main(args: argparse.Namespace) -> int:
     import asyncio
 
+    from bench.counting import LOCK, CountingApi, Counts
     from exporter.config import parse_settings
     from exporter.discovery.api import Resource
-    from exporter.discovery.kubeapi import KubeApi, load_configuration
+    from exporter.discovery.kubeapi import load_configuration
     from exporter.discovery.objects import (
         SERVICE_NAME_LABEL,
         parse_endpoint_slice,
@@ -726,87 +727,7 @@ def child_main(args: argparse.Namespace) -> int:
     )
     from exporter.discovery.reflector import Reflector
 
-    lock = threading.Lock()
     out_lock = threading.Lock()
-
-    class Counts:
-        def __init__(self) -> None:
-            self.bytes: dict[str, int] = {}  # "<res>/<list|watch>" -> body bytes read
-            self.events: dict[str, int] = {}  # "<res>/<TYPE>" -> events
-            self.pages: dict[str, int] = {}  # res -> list pages
-            self.lists: dict[str, list[float]] = {}  # res -> seconds of each complete LIST
-            self.list_items: dict[str, int] = {}
-
-        def add(self, table: dict[str, int], key: str, n: int) -> None:
-            with lock:
-                table[key] = table.get(key, 0) + n
-
-    class Counted:
-        """A response whose body bytes are counted as the exporter's code reads them."""
-
-        def __init__(self, resp: Any, counts: Counts, key: str) -> None:
-            self._resp = resp
-            self._counts = counts
-            self._key = key
-
-        def read(self, *a: Any, **kw: Any) -> bytes:
-            try:
-                data: bytes = self._resp.read(*a, **kw)
-            except Exception:
-                self._counts.add(self._counts.bytes, self._key + "_failed", 1)
-                raise
-            self._counts.add(self._counts.bytes, self._key, len(data))
-            return data
-
-        def __iter__(self) -> Any:
-            for line in self._resp:
-                self._counts.add(self._counts.bytes, self._key, len(line))
-                yield line
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._resp, name)
-
-    class CountedWatch:
-        def __init__(self, inner: Any, counts: Counts, res: str) -> None:
-            self.inner, self.counts, self.res = inner, counts, res
-
-        def events(self) -> Any:
-            for etype, obj in self.inner.events():
-                self.counts.add(self.counts.events, f"{self.res}/{etype}", 1)
-                yield etype, obj
-
-        def close(self) -> None:
-            self.inner.close()
-
-    class CountingApi(KubeApi):
-        def __init__(self, cfg: Any, counts: Counts) -> None:
-            super().__init__(cfg)
-            self.counts = counts
-
-        def _get(self, res: Any, query: dict[str, str], read_timeout: float) -> Any:
-            # A watch-list (sendInitialEvents) is the list, streamed: counted as one page.
-            watch = query.get("watch") == "true" and "sendInitialEvents" not in query
-            resp = super()._get(res, query, read_timeout)
-            if not watch:
-                self.counts.add(self.counts.pages, res.name, 1)
-            return Counted(resp, self.counts, f"{res.name}/{'watch' if watch else 'list'}")
-
-        def list(self, res: Any, timeout: float, transform: Any = lambda o: o) -> Any:
-            started = time.monotonic()
-            items, rv = super().list(res, timeout, transform)
-            with lock:
-                self.counts.lists.setdefault(res.name, []).append(time.monotonic() - started)
-                self.counts.list_items[res.name] = len(items)
-            return items, rv
-
-        def watch(
-            self, res: Any, resource_version: str, timeout_seconds: int, read_timeout: float
-        ) -> Any:
-            return CountedWatch(
-                super().watch(res, resource_version, timeout_seconds, read_timeout),
-                self.counts,
-                res.name,
-            )
 
     def emit(doc: dict[str, Any]) -> None:
         with out_lock:
@@ -871,7 +792,7 @@ def child_main(args: argparse.Namespace) -> int:
             return all(r.synced.is_set() for r in self.reflectors)
 
         def snapshot(self) -> dict[str, Any]:
-            with lock:
+            with LOCK:
                 c = self.counts
                 doc: dict[str, Any] = {
                     "bytes": dict(c.bytes),

@@ -74,60 +74,10 @@ SCALE_TO = 5000
 
 
 def child_main(args: argparse.Namespace) -> int:
+    from bench.counting import LOCK, CountingApi, Counts
     from exporter.config import KubernetesSettings
-    from exporter.discovery.kubeapi import KubeApi, load_configuration
+    from exporter.discovery.kubeapi import load_configuration
     from exporter.discovery.ownnode import OwnNode
-
-    lock = threading.Lock()
-
-    class Counts:
-        def __init__(self) -> None:
-            self.bytes: dict[str, int] = {}  # list | watch -> body bytes read
-            self.events: dict[str, int] = {}  # event type -> n
-
-        def add(self, table: dict[str, int], key: str, n: int) -> None:
-            with lock:
-                table[key] = table.get(key, 0) + n
-
-    class Counted:
-        """A response whose body lines are counted as the exporter's code reads them."""
-
-        def __init__(self, resp: Any, counts: Counts, key: str) -> None:
-            self._resp, self._counts, self._key = resp, counts, key
-
-        def __iter__(self) -> Any:
-            for line in self._resp:
-                self._counts.add(self._counts.bytes, self._key, len(line))
-                yield line
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._resp, name)
-
-    class CountingApi(KubeApi):
-        def __init__(self, cfg: Any, counts: Counts) -> None:
-            super().__init__(cfg)
-            self.counts = counts
-
-        def _get(self, res: Any, query: dict[str, str], read_timeout: float) -> Any:
-            key = (
-                "list" if "sendInitialEvents" in query or query.get("watch") != "true" else "watch"
-            )
-            return Counted(super()._get(res, query, read_timeout), self.counts, key)
-
-        def watch(self, res: Any, rv: str, timeout_seconds: int, read_timeout: float) -> Any:
-            inner = super().watch(res, rv, timeout_seconds, read_timeout)
-            counts = self.counts
-
-            class W:
-                def events(self) -> Any:
-                    for etype, obj in inner.events():
-                        counts.add(counts.events, etype, 1)
-                        yield etype, obj
-
-                def close(self) -> None:
-                    inner.close()
-
-            return W()
 
     owns: list[tuple[OwnNode, Counts]] = []
     for i in range(args.child):
@@ -142,7 +92,7 @@ def child_main(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     def snapshot() -> list[dict[str, Any]]:
-        with lock:
+        with LOCK:
             return [
                 {
                     "bytes": dict(c.bytes),
@@ -256,7 +206,10 @@ def one_run(
             child.read("started", 120)
             synced = child.read("synced", 900)["synced"]
             b = meter.snapshot()
-            out["sync"] = {"cost": meter.window(a, b), "list_bytes": _sum(synced, "bytes", "list")}
+            out["sync"] = {
+                "cost": meter.window(a, b),
+                "list_bytes": _sum(synced, "bytes", "nodes/list"),
+            }
             assert all(s["ready"] for s in synced), "a watcher is not ready"
         time.sleep(args.settle_seconds)
         out["level"] = metrics_level(apiserver_metrics(rest))
@@ -267,8 +220,9 @@ def one_run(
         s1 = child.stats() if child else []
         out["idle"] = {
             "cost": meter.window(a, b),
-            "bookmarks": _sum(s1, "events", "BOOKMARK") - _sum(s0, "events", "BOOKMARK"),
-            "watch_bytes": _sum(s1, "bytes", "watch") - _sum(s0, "bytes", "watch"),
+            "bookmarks": _sum(s1, "events", "nodes/BOOKMARK")
+            - _sum(s0, "events", "nodes/BOOKMARK"),
+            "watch_bytes": _sum(s1, "bytes", "nodes/watch") - _sum(s0, "bytes", "nodes/watch"),
             "watch_requests": _sum(s1, "requests", "watch") - _sum(s0, "requests", "watch"),
         }
         rounds = []
@@ -282,7 +236,7 @@ def one_run(
                 if not child:
                     break
                 s1 = child.stats()
-                if _sum(s1, "events", "MODIFIED") - _sum(s0, "events", "MODIFIED") >= n:
+                if _sum(s1, "events", "nodes/MODIFIED") - _sum(s0, "events", "nodes/MODIFIED") >= n:
                     break
                 time.sleep(0.2)
             b = meter.snapshot()
@@ -290,8 +244,10 @@ def one_run(
                 {
                     "write_s": took,
                     "cost": meter.window(a, b),
-                    "modified": _sum(s1, "events", "MODIFIED") - _sum(s0, "events", "MODIFIED"),
-                    "watch_bytes": _sum(s1, "bytes", "watch") - _sum(s0, "bytes", "watch"),
+                    "modified": _sum(s1, "events", "nodes/MODIFIED")
+                    - _sum(s0, "events", "nodes/MODIFIED"),
+                    "watch_bytes": _sum(s1, "bytes", "nodes/watch")
+                    - _sum(s0, "bytes", "nodes/watch"),
                 }
             )
             time.sleep(args.settle_seconds)

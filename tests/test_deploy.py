@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -323,17 +324,18 @@ HOST_DIFFERENCES = {
 }
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+def _flat(value: Any, whole: Collection[str], prefix: str = "") -> dict[str, Any]:
+    """value's leaves by dotted path; a path in whole is kept whole, as one leaf."""
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for k, v in value.items():
             path = f"{prefix}.{k}" if prefix else k
-            out.update(_flat(v, path) if path not in HOST_DIFFERENCES else {path: v})
+            out.update(_flat(v, whole, path) if path not in whole else {path: v})
         return out
     if isinstance(value, list) and value and isinstance(value[0], dict):
         out = {}
         for i, v in enumerate(value):
-            out.update(_flat(v, f"{prefix}.{i}"))
+            out.update(_flat(v, whole, f"{prefix}.{i}"))
         return out
     return {prefix: value}
 
@@ -343,7 +345,7 @@ def test_host_network_pod_differs_from_the_base_only_where_it_must() -> None:
     resources, env, tolerations, priority) fails here."""
     sets = _daemonsets(render(HOST_OVERLAY))
     pod_t, host_t = (sets[ns]["spec"]["template"] for ns in ("pingmesh", "pingmesh-host"))
-    a, b = _flat(pod_t), _flat(host_t)
+    a, b = _flat(pod_t, HOST_DIFFERENCES), _flat(host_t, HOST_DIFFERENCES)
     differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
     assert differ <= HOST_DIFFERENCES, sorted(differ - HOST_DIFFERENCES)
     common = ("updateStrategy",)
@@ -428,21 +430,6 @@ WEB_DIFFERENCES = {
 }
 
 
-def _flat_all(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            path = f"{prefix}.{k}" if prefix else k
-            out.update(_flat_all(v, path) if path not in WEB_DIFFERENCES else {path: v})
-        return out
-    if isinstance(value, list) and value and isinstance(value[0], dict):
-        out = {}
-        for i, v in enumerate(value):
-            out.update(_flat_all(v, f"{prefix}.{i}"))
-        return out
-    return {prefix: value}
-
-
 def test_web_config_overlay_is_the_base_with_its_secret_and_mounts(tmp_path: Path) -> None:
     base, web = render(DEPLOY), render(WEB_OVERLAY)
     key = lambda d: (d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"])  # noqa: E731
@@ -453,7 +440,8 @@ def test_web_config_overlay_is_the_base_with_its_secret_and_mounts(tmp_path: Pat
     ]
     (ds,) = by_kind(web, "DaemonSet")
     (base_ds,) = by_kind(base, "DaemonSet")
-    a, b = _flat_all(base_ds["spec"]["template"]), _flat_all(ds["spec"]["template"])
+    a = _flat(base_ds["spec"]["template"], WEB_DIFFERENCES)
+    b = _flat(ds["spec"]["template"], WEB_DIFFERENCES)
     differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
     assert differ == WEB_DIFFERENCES, sorted(differ ^ WEB_DIFFERENCES)
     assert_schema_valid(web, tmp_path / "web.yaml")

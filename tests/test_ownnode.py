@@ -19,6 +19,7 @@ from exporter.metrics.discovery import OwnNodeCollector
 from exporter.objects import NodeSchedule, Skip
 from tests.support.fakeapi import FakeApi
 from tests.support.kubeobjects import make_node
+from tests.test_reflector import run_with
 
 K = KubernetesSettings(
     node_name="node-a",
@@ -89,16 +90,8 @@ async def until(cond: Any, timeout: float = 10.0) -> None:
 
 
 def run_own(own: OwnNode, body: Any) -> None:
-    async def main() -> None:
-        task = asyncio.create_task(own.run(), name="discovery.own_node")
-        try:
-            await body()
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-
-    asyncio.run(main())
+    # OwnNode.run is its reflector's run: the reflector tests' harness serves.
+    run_with(own.reflector, body)
 
 
 def test_cordon_and_uncordon_follow_the_watch() -> None:
